@@ -1,0 +1,78 @@
+//! A stage's cache key: blake3 over the canonical JSON of everything that can change its
+//! outputs, and nothing else (not the spec's formatting, comments, or the stage's place).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Bumped when the fingerprint's own layout changes, invalidating every cached result.
+pub const FORMAT: u32 = 1;
+
+/// What goes into a fingerprint. Maps are `BTreeMap`s and `serde_json::Map` (sorted) so
+/// the serialisation is canonical.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fingerprint {
+    pub format: u32,
+    pub kind: String,
+    pub kind_version: u32,
+    /// The resolved `with` parameters.
+    pub params: Value,
+    pub seed: u64,
+    /// Input port -> digests of the artifacts bound to it, in binding order.
+    pub inputs: BTreeMap<String, Vec<String>>,
+    /// Workspace path -> content digest of each file dependency.
+    pub deps: BTreeMap<String, String>,
+}
+
+pub fn fingerprint(material: &Fingerprint) -> String {
+    let bytes = serde_json::to_vec(material).expect("fingerprint material serialises");
+    blake3::hash(&bytes).to_hex().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn material(lr: Value) -> Fingerprint {
+        Fingerprint {
+            format: FORMAT,
+            kind: "command".into(),
+            kind_version: 1,
+            params: serde_json::json!({"cmd": "x", "lr": lr}),
+            seed: 7,
+            inputs: BTreeMap::from([("a".into(), vec!["00".into()])]),
+            deps: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn equal_values_give_equal_keys_whatever_their_spelling() {
+        // 1.0e-3 and 0.001 in YAML are the same f64; key order in YAML does not matter.
+        assert_eq!(
+            fingerprint(&material(serde_json::json!(1.0e-3))),
+            fingerprint(&material(serde_json::json!(0.001)))
+        );
+        let a: Value = serde_json::from_str(r#"{"x": 1, "y": 2}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"y": 2, "x": 1}"#).unwrap();
+        assert_eq!(fingerprint(&material(a)), fingerprint(&material(b)));
+    }
+
+    #[test]
+    fn every_part_changes_the_key() {
+        let base = material(serde_json::json!(0.1));
+        let key = fingerprint(&base);
+        let mut m = base.clone();
+        m.kind_version = 2;
+        assert_ne!(fingerprint(&m), key);
+        let mut m = base.clone();
+        m.seed = 8;
+        assert_ne!(fingerprint(&m), key);
+        let mut m = base.clone();
+        m.inputs.insert("a".into(), vec!["01".into()]);
+        assert_ne!(fingerprint(&m), key);
+        let mut m = base;
+        m.deps.insert("x.py".into(), "00".into());
+        assert_ne!(fingerprint(&m), key);
+    }
+}

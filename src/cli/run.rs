@@ -1,0 +1,238 @@
+//! `hone run`: run the stale stages, with a live display and a summary.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use clap::Args;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+
+use super::{CliError, SpecArgs, load_pipeline, out, spec_and_targets, workspace};
+use crate::runner::{self, Observer, RunOptions, RunReport, StageReport, Status};
+
+/// Set by Ctrl-C (or SIGTERM): running stages are stopped, nothing new starts.
+static CANCEL: AtomicBool = AtomicBool::new(false);
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The spec (a .yaml file) and/or stages to run; without stages, all of them.
+    #[arg(value_name = "SPEC|STAGE")]
+    pub positionals: Vec<String>,
+    /// Also run everything downstream of the given stages.
+    #[arg(long)]
+    pub downstream: bool,
+    /// Run this stage even if its result is stored (repeatable).
+    #[arg(long, value_name = "STAGE")]
+    pub force: Vec<String>,
+    /// Run every selected stage even if stored.
+    #[arg(long)]
+    pub force_all: bool,
+    /// How many CPU threads stages may use at once (default: the number of cores).
+    #[arg(short, long, value_name = "N")]
+    pub jobs: Option<usize>,
+    /// After a failure, go on with the stages that do not depend on it.
+    #[arg(short, long)]
+    pub keep_going: bool,
+    /// Fail if the run would change the lock file (checks that a shared experiment reproduces).
+    #[arg(long)]
+    pub frozen: bool,
+    /// If another run holds the workspace, wait for it instead of failing.
+    #[arg(long)]
+    pub wait: bool,
+    /// Print a machine-readable summary on stdout.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub spec: SpecArgs,
+}
+
+pub fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
+    let (spec_path, targets) = spec_and_targets(&args.positionals)?;
+    let pipeline = load_pipeline(&spec_path, &args.spec.set)?;
+    let ws = workspace()?;
+    let presses = AtomicUsize::new(0);
+    let _ = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) > 0 {
+            eprintln!("interrupted again: stopping at once");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "interrupt: stopping running stages; finished stages are kept (Ctrl-C again to quit at once)"
+        );
+        CANCEL.store(true, Ordering::SeqCst);
+    });
+    let options = RunOptions {
+        targets,
+        downstream: args.downstream,
+        force: args.force,
+        force_all: args.force_all,
+        jobs: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }),
+        keep_going: args.keep_going,
+        frozen: args.frozen,
+        wait: args.wait,
+    };
+    let display = Display::new(!quiet && !args.json);
+    let report = runner::run(&pipeline, &spec_path, &ws, &options, &CANCEL, &display)?;
+    display.clear();
+    if args.json {
+        out(&format!(
+            "{}\n",
+            serde_json::to_string_pretty(&json_report(&report)).expect("json")
+        ));
+    } else if !quiet || !report.ok() {
+        out(&summary(&report));
+    }
+    Ok(if report.interrupted() || CANCEL.load(Ordering::SeqCst) {
+        130
+    } else if report.ok() {
+        0
+    } else {
+        1
+    })
+}
+
+/// Spinners for running stages on a terminal; nothing when stderr is not one.
+struct Display {
+    multi: Option<MultiProgress>,
+    bars: Mutex<BTreeMap<String, ProgressBar>>,
+}
+
+impl Display {
+    fn new(enabled: bool) -> Self {
+        use std::io::IsTerminal;
+        let multi = (enabled && std::io::stderr().is_terminal())
+            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
+        Display {
+            multi,
+            bars: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    fn clear(&self) {
+        if let Some(multi) = &self.multi {
+            let _ = multi.clear();
+        }
+    }
+}
+
+impl Observer for Display {
+    fn started(&self, id: &str) {
+        let Some(multi) = &self.multi else { return };
+        let bar = multi.add(ProgressBar::new_spinner());
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
+        bar.set_message(id.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bars.lock().expect("bars").insert(id.to_string(), bar);
+    }
+
+    fn finished(&self, report: &StageReport) {
+        let Some(multi) = &self.multi else { return };
+        if let Some(bar) = self.bars.lock().expect("bars").remove(&report.id) {
+            bar.finish_and_clear();
+            multi.remove(&bar);
+        }
+        if report.status != Status::Cached {
+            let _ = multi.println(format!(
+                "{} {} {}",
+                mark(&report.status),
+                report.id,
+                report.status.word()
+            ));
+        }
+    }
+}
+
+fn mark(status: &Status) -> &'static str {
+    match status {
+        Status::Ran => "✓",
+        Status::Cached => "·",
+        Status::Failed(_) => "✗",
+        Status::Skipped(_) => "-",
+        Status::Interrupted => "!",
+    }
+}
+
+fn summary(report: &RunReport) -> String {
+    let count = |word: &str| {
+        report
+            .stages
+            .iter()
+            .filter(|s| s.status.word() == word)
+            .count()
+    };
+    let mut parts = Vec::new();
+    for word in ["ran", "cached", "failed", "skipped", "interrupted"] {
+        let n = count(word);
+        if n > 0 {
+            parts.push(format!("{n} {word}"));
+        }
+    }
+    let width = report.stages.iter().map(|s| s.id.len()).max().unwrap_or(0);
+    let mut text = format!(
+        "pipeline `{}`: {} stage{} ({}) in {:.2} s\n",
+        report.pipeline,
+        report.stages.len(),
+        if report.stages.len() == 1 { "" } else { "s" },
+        parts.join(", "),
+        report.wall.as_secs_f64()
+    );
+    for s in &report.stages {
+        let time = if s.status == Status::Ran
+            || matches!(s.status, Status::Failed(_)) && !s.duration.is_zero()
+        {
+            format!(" {:>8.2} s", s.duration.as_secs_f64())
+        } else {
+            String::new()
+        };
+        text.push_str(&format!(
+            "  {} {:<width$}  {}{time}\n",
+            mark(&s.status),
+            s.id,
+            s.status.word()
+        ));
+        match &s.status {
+            Status::Failed(why) | Status::Skipped(why) => {
+                for line in why.lines() {
+                    text.push_str(&format!("      {line}\n"));
+                }
+            }
+            _ => {}
+        }
+    }
+    for v in &report.frozen_violations {
+        text.push_str(&format!("--frozen: {v}\n"));
+    }
+    text
+}
+
+fn json_report(report: &RunReport) -> serde_json::Value {
+    let stages: Vec<serde_json::Value> = report
+        .stages
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::json!({
+                "id": s.id,
+                "status": s.status.word(),
+                "duration_s": s.duration.as_secs_f64(),
+                "fingerprint": s.fingerprint,
+                "outputs": s.outputs,
+            });
+            if let Status::Failed(why) | Status::Skipped(why) = &s.status {
+                v["reason"] = serde_json::Value::String(why.clone());
+            }
+            v
+        })
+        .collect();
+    serde_json::json!({
+        "pipeline": report.pipeline,
+        "ok": report.ok(),
+        "wall_s": report.wall.as_secs_f64(),
+        "stages": stages,
+        "frozen_violations": report.frozen_violations,
+    })
+}

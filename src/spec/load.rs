@@ -1,0 +1,376 @@
+//! The only module that knows which YAML library hone uses: it parses text into a
+//! position-carrying [`Node`] tree and writes a [`serde_json::Value`] back out as YAML.
+//!
+//! saphyr-parser's event stream is used directly (rather than a serde front end) because
+//! validation needs the line and column of every key and value, and duplicate keys must be
+//! errors, not silently overwritten.
+
+use std::collections::HashMap;
+
+use saphyr_parser::{Event, Parser, ScalarStyle};
+
+use super::node::{Node, NodeValue, Span};
+
+/// A YAML syntax error with the place it was found.
+#[derive(Debug, Clone)]
+pub struct SyntaxError {
+    pub message: String,
+    pub span: Span,
+}
+
+/// Parses one YAML document. An empty document is `Null`.
+pub fn parse(text: &str) -> Result<Node, SyntaxError> {
+    let mut builder = Builder {
+        anchors: HashMap::new(),
+        stack: Vec::new(),
+        root: None,
+    };
+    for item in Parser::new_from_str(text) {
+        let (event, span) = item.map_err(|err| SyntaxError {
+            message: err.info().to_string(),
+            span: Span::at(
+                err.marker().index(),
+                err.marker().line(),
+                err.marker().col(),
+            ),
+        })?;
+        let span = Span::new(
+            span.start.index(),
+            span.start.line(),
+            span.start.col(),
+            span.end.index(),
+        );
+        builder.event(event, span)?;
+    }
+    Ok(builder.root.unwrap_or(Node {
+        value: NodeValue::Null,
+        span: Span::at(0, 1, 0),
+    }))
+}
+
+enum Open {
+    Seq(Node, usize),
+    Map {
+        node: Node,
+        anchor: usize,
+        pending_key: Option<Node>,
+    },
+}
+
+struct Builder {
+    anchors: HashMap<usize, Node>,
+    stack: Vec<Open>,
+    root: Option<Node>,
+}
+
+impl Builder {
+    fn event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
+        match event {
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => Ok(()),
+            Event::DocumentStart(_) => {
+                if self.root.is_some() {
+                    return Err(SyntaxError {
+                        message: "a spec holds one YAML document; found a second `---`".into(),
+                        span,
+                    });
+                }
+                Ok(())
+            }
+            Event::Alias(id) => match self.anchors.get(&id) {
+                Some(node) => {
+                    let mut node = node.clone();
+                    node.span = span;
+                    self.push(node)
+                }
+                None => Err(SyntaxError {
+                    message: "alias to an unknown anchor".into(),
+                    span,
+                }),
+            },
+            Event::Scalar(text, style, anchor, _tag) => {
+                let value = if matches!(style, ScalarStyle::Plain) {
+                    resolve_plain(&text)
+                } else {
+                    NodeValue::Str(text.into_owned())
+                };
+                let node = Node { value, span };
+                if anchor > 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.push(node)
+            }
+            Event::SequenceStart(anchor, _) => {
+                self.stack.push(Open::Seq(
+                    Node {
+                        value: NodeValue::Seq(Vec::new()),
+                        span,
+                    },
+                    anchor,
+                ));
+                Ok(())
+            }
+            Event::MappingStart(anchor, _) => {
+                self.stack.push(Open::Map {
+                    node: Node {
+                        value: NodeValue::Map(Vec::new()),
+                        span,
+                    },
+                    anchor,
+                    pending_key: None,
+                });
+                Ok(())
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (mut node, anchor) = match self.stack.pop() {
+                    Some(Open::Seq(node, anchor)) => (node, anchor),
+                    Some(Open::Map { node, anchor, .. }) => (node, anchor),
+                    None => {
+                        return Err(SyntaxError {
+                            message: "unbalanced collection".into(),
+                            span,
+                        });
+                    }
+                };
+                node.span.end = span.end.max(node.span.end);
+                if anchor > 0 {
+                    self.anchors.insert(anchor, node.clone());
+                }
+                self.push(node)
+            }
+        }
+    }
+
+    fn push(&mut self, node: Node) -> Result<(), SyntaxError> {
+        match self.stack.last_mut() {
+            None => {
+                self.root = Some(node);
+                Ok(())
+            }
+            Some(Open::Seq(seq, _)) => {
+                if let NodeValue::Seq(items) = &mut seq.value {
+                    items.push(node);
+                }
+                Ok(())
+            }
+            Some(Open::Map {
+                node: map,
+                pending_key,
+                ..
+            }) => match pending_key.take() {
+                None => {
+                    if !matches!(
+                        node.value,
+                        NodeValue::Str(_) | NodeValue::Int(_) | NodeValue::Bool(_)
+                    ) {
+                        return Err(SyntaxError {
+                            message: "mapping keys must be plain strings".into(),
+                            span: node.span,
+                        });
+                    }
+                    *pending_key = Some(node);
+                    Ok(())
+                }
+                Some(key) => {
+                    let NodeValue::Map(entries) = &mut map.value else {
+                        unreachable!()
+                    };
+                    let key_text = key.scalar_text();
+                    if let Some((first, _)) =
+                        entries.iter().find(|(k, _)| k.scalar_text() == key_text)
+                    {
+                        return Err(SyntaxError {
+                            message: format!(
+                                "duplicate key `{key_text}` (first defined on line {})",
+                                first.span.line
+                            ),
+                            span: key.span,
+                        });
+                    }
+                    let key = Node {
+                        value: NodeValue::Str(key_text),
+                        span: key.span,
+                    };
+                    entries.push((key, node));
+                    Ok(())
+                }
+            },
+        }
+    }
+}
+
+/// YAML 1.2 core schema resolution of an unquoted scalar.
+fn resolve_plain(text: &str) -> NodeValue {
+    match text {
+        "" | "~" | "null" | "Null" | "NULL" => return NodeValue::Null,
+        "true" | "True" | "TRUE" => return NodeValue::Bool(true),
+        "false" | "False" | "FALSE" => return NodeValue::Bool(false),
+        ".inf" | "+.inf" | ".Inf" | "+.Inf" | ".INF" => return NodeValue::Float(f64::INFINITY),
+        "-.inf" | "-.Inf" | "-.INF" => return NodeValue::Float(f64::NEG_INFINITY),
+        ".nan" | ".NaN" | ".NAN" => return NodeValue::Float(f64::NAN),
+        _ => {}
+    }
+    let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
+    if let Some(hex) = digits.strip_prefix("0x") {
+        if let Ok(v) = i64::from_str_radix(hex, 16) {
+            return NodeValue::Int(if text.starts_with('-') { -v } else { v });
+        }
+    }
+    if let Some(oct) = digits.strip_prefix("0o") {
+        if let Ok(v) = i64::from_str_radix(oct, 8) {
+            return NodeValue::Int(if text.starts_with('-') { -v } else { v });
+        }
+    }
+    let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
+        && digits
+            .chars()
+            .all(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '-' | '+'));
+    if looks_numeric {
+        if let Ok(v) = text.parse::<i64>() {
+            return NodeValue::Int(v);
+        }
+        if let Ok(v) = text.parse::<f64>() {
+            return NodeValue::Float(v);
+        }
+    }
+    NodeValue::Str(text.to_string())
+}
+
+/// Parses one scalar the way a plain YAML value would be read (`-S key=1e-4` gives a number).
+pub fn parse_scalar(text: &str) -> NodeValue {
+    match parse(text) {
+        Ok(node) if !matches!(node.value, NodeValue::Map(_)) => node.value,
+        _ => NodeValue::Str(text.to_string()),
+    }
+}
+
+/// Writes a JSON value as block-style YAML: maps and lists indented by two spaces,
+/// strings double-quoted only where a plain scalar would be read back differently.
+pub fn to_yaml(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    emit(value, 0, &mut out, true);
+    out
+}
+
+fn emit(value: &serde_json::Value, indent: usize, out: &mut String, top: bool) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            if !top {
+                out.push('\n');
+            }
+            for (key, item) in map {
+                out.push_str(&pad);
+                out.push_str(&scalar_string(key));
+                out.push(':');
+                emit_child(item, indent, out);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            if !top {
+                out.push('\n');
+            }
+            for item in items {
+                out.push_str(&pad);
+                out.push('-');
+                emit_child(item, indent, out);
+            }
+        }
+        other => {
+            if !top {
+                out.push(' ');
+            }
+            out.push_str(&inline(other));
+            out.push('\n');
+        }
+    }
+}
+
+fn emit_child(item: &serde_json::Value, indent: usize, out: &mut String) {
+    match item {
+        serde_json::Value::Object(m) if !m.is_empty() => emit(item, indent + 2, out, false),
+        serde_json::Value::Array(a) if !a.is_empty() => emit(item, indent + 2, out, false),
+        _ => emit(item, indent, out, false),
+    }
+}
+
+fn inline(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => scalar_string(s),
+        // Empty collections and numbers: JSON flow syntax is valid YAML.
+        other => other.to_string(),
+    }
+}
+
+fn scalar_string(text: &str) -> String {
+    let plain_safe = !text.is_empty()
+        && matches!(resolve_plain(text), NodeValue::Str(_))
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/' | '@'))
+        && !text.starts_with(['-', '.', '@']);
+    if plain_safe {
+        text.to_string()
+    } else {
+        serde_json::Value::String(text.to_string()).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(text: &str, expected: serde_json::Value) {
+        assert_eq!(parse(text).unwrap().to_json(), expected);
+    }
+
+    #[test]
+    fn scalars_resolve_by_the_core_schema() {
+        check(
+            "a: 1\nb: 1.0e-4\nc: 1e-4\nd: true\ne: ~\nf: '7'\ng: hello world\nh: 0x10\ni: -3",
+            serde_json::json!({"a": 1, "b": 1.0e-4, "c": 1.0e-4, "d": true, "e": null, "f": "7",
+                               "g": "hello world", "h": 16, "i": -3}),
+        );
+    }
+
+    #[test]
+    fn positions_are_one_based_lines() {
+        let node = parse("name: x\nstages:\n  a: {kind: command}\n").unwrap();
+        let stages = node.get("stages").unwrap();
+        let (key, _) = &stages.entries()[0];
+        assert_eq!((key.span.line, key.span.col), (3, 2));
+    }
+
+    #[test]
+    fn duplicate_keys_are_errors() {
+        let err = parse("stages:\n  a: 1\n  a: 2\n").unwrap_err();
+        assert_eq!(err.message, "duplicate key `a` (first defined on line 2)");
+        assert_eq!(err.span.line, 3);
+    }
+
+    #[test]
+    fn anchors_and_aliases_are_copied() {
+        check(
+            "base: &b {x: 1}\nother: *b\n",
+            serde_json::json!({"base": {"x": 1}, "other": {"x": 1}}),
+        );
+    }
+
+    #[test]
+    fn emitted_yaml_reads_back_identically() {
+        let value = serde_json::json!({
+            "version": 1, "name": "a b", "empty": {}, "list": [1, "x", {"k": "true"}],
+            "nested": {"deep": {"path": "data/x.csv", "n": 1.5e-7, "s": "-dash", "e": ""}}
+        });
+        let text = to_yaml(&value);
+        assert_eq!(parse(&text).unwrap().to_json(), value, "{text}");
+    }
+
+    #[test]
+    fn override_values_are_typed() {
+        assert!(matches!(parse_scalar("1e-4"), NodeValue::Float(v) if v == 1e-4));
+        assert!(matches!(parse_scalar("12"), NodeValue::Int(12)));
+        assert!(matches!(parse_scalar("adam"), NodeValue::Str(ref s) if s == "adam"));
+        assert!(matches!(parse_scalar("a: b"), NodeValue::Str(_)));
+    }
+}

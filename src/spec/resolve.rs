@@ -1,0 +1,758 @@
+//! From parsed YAML to validated stages: overrides, structure, groups, interpolation,
+//! kinds and their parameters. Every problem becomes a [`Diagnostic`]; resolution goes on
+//! past errors so that one run of `hone validate` reports them all.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::de::{FieldError, from_value};
+use super::diag::{Diagnostic, SourceFile, did_you_mean};
+use super::interp::{self, Piece};
+use super::load;
+use super::node::{DisplayPath, Node, NodeValue, PathSeg, Span, path};
+use super::raw::{RawGroup, RawSpec, RawStage};
+use super::{InputRef, Spec, StageDecl, derive_seed, is_identifier};
+use crate::stages;
+
+/// Resolves a spec; problems go to `diags`. Returns `None` only when the file cannot
+/// be read as a spec at all (a YAML syntax error, a root that is not a mapping).
+pub fn resolve(
+    file: Arc<SourceFile>,
+    overrides: &[String],
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Spec> {
+    let mut root = match load::parse(&file.text) {
+        Ok(root) => root,
+        Err(err) => {
+            diags.push(Diagnostic::new(
+                "",
+                err.span,
+                format!("YAML syntax error: {}", err.message),
+            ));
+            return None;
+        }
+    };
+    if !root.is_map() {
+        diags.push(Diagnostic::new(
+            "",
+            root.span,
+            format!(
+                "a spec is a mapping with `name` and `stages`, found {}",
+                root.type_name()
+            ),
+        ));
+        return None;
+    }
+    apply_overrides(&mut root, overrides, diags);
+
+    let mut r = Resolver {
+        root: &root,
+        diags,
+        stages: Vec::new(),
+        invalid: BTreeSet::new(),
+        params: BTreeMap::new(),
+        seed: 0,
+    };
+    let raw: Option<RawSpec> = r.read(&[], &root.to_json());
+    let name = raw.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    r.seed = raw.as_ref().map(|s| s.seed).unwrap_or(0);
+    r.params = match root.get("params") {
+        Some(params) if params.is_map() => params
+            .entries()
+            .iter()
+            .map(|(k, v)| (k.scalar_text(), v.to_json()))
+            .collect(),
+        _ => BTreeMap::new(),
+    };
+    if let Some(stages) = root.get("stages") {
+        r.resolve_stages(stages);
+    }
+    let (stages, invalid) = (r.stages, r.invalid);
+    let seed = raw.as_ref().map(|s| s.seed).unwrap_or(0);
+    Some(Spec {
+        file,
+        root,
+        name,
+        seed,
+        stages,
+        invalid,
+    })
+}
+
+struct Resolver<'a> {
+    root: &'a Node,
+    diags: &'a mut Vec<Diagnostic>,
+    stages: Vec<StageDecl>,
+    invalid: BTreeSet<String>,
+    params: BTreeMap<String, Value>,
+    seed: u64,
+}
+
+/// The round a group stage is being expanded for.
+struct Round<'a> {
+    index: i64,
+    item: Value,
+    suffix: String,
+    siblings: &'a BTreeSet<String>,
+    /// Resolved references of each carried name in this round.
+    carry: &'a BTreeMap<String, Vec<String>>,
+}
+
+impl Resolver<'_> {
+    fn error(&mut self, at: &[PathSeg], message: impl Into<String>, help: Option<String>) {
+        let span = self.root.key_span(at);
+        self.diags
+            .push(Diagnostic::new(DisplayPath(at).to_string(), span, message).with_help(help));
+    }
+
+    fn error_at_value(&mut self, at: &[PathSeg], message: impl Into<String>, help: Option<String>) {
+        let span = self.root.locate(at).0.span;
+        self.diags
+            .push(Diagnostic::new(DisplayPath(at).to_string(), span, message).with_help(help));
+    }
+
+    /// Reads a part of the spec into a raw type, reporting errors at `base` + their path.
+    fn read<T: serde::de::DeserializeOwned>(
+        &mut self,
+        base: &[PathSeg],
+        value: &Value,
+    ) -> Option<T> {
+        match from_value::<T>(value) {
+            Ok(v) => Some(v),
+            Err(errors) => {
+                for FieldError {
+                    path,
+                    message,
+                    help,
+                } in errors
+                {
+                    let full: Vec<PathSeg> = base.iter().cloned().chain(path).collect();
+                    if message.starts_with("unknown key") {
+                        self.error(&full, message, help);
+                    } else {
+                        self.error_at_value(&full, message, help);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    fn resolve_stages(&mut self, stages: &Node) {
+        let top_names: BTreeSet<String> = stages
+            .entries()
+            .iter()
+            .map(|(k, _)| k.scalar_text())
+            .collect();
+        let mut group_names: BTreeMap<String, String> = BTreeMap::new();
+        for (key, node) in stages.entries() {
+            let id = key.scalar_text();
+            let at = path(&["stages", &id]);
+            if !is_identifier(&id) {
+                self.error(&at, format!("stage id `{id}` must be letters, digits, `_` or `-`, starting with a letter or `_`"), None);
+                self.invalid.insert(id.clone());
+                continue;
+            }
+            if !node.is_map() {
+                self.error_at_value(
+                    &at,
+                    format!(
+                        "stage `{id}` must be a mapping with a `kind`, found {}",
+                        node.type_name()
+                    ),
+                    None,
+                );
+                self.invalid.insert(id);
+                continue;
+            }
+            if node.get("rounds").is_some() || node.get("foreach").is_some() {
+                let inner: Vec<String> = node
+                    .get("stages")
+                    .map(|s| s.entries().iter().map(|(k, _)| k.scalar_text()).collect())
+                    .unwrap_or_default();
+                for name in inner {
+                    if top_names.contains(&name) {
+                        let inner_at = path(&["stages", &id, "stages", &name]);
+                        self.error(
+                            &inner_at,
+                            format!(
+                                "duplicate stage id `{name}`: a top-level stage has the same name"
+                            ),
+                            None,
+                        );
+                    } else if let Some(other) = group_names.insert(name.clone(), id.clone()) {
+                        let inner_at = path(&["stages", &id, "stages", &name]);
+                        self.error(&inner_at, format!("duplicate stage id `{name}`: group `{other}` has a stage of the same name"), None);
+                    }
+                }
+                self.resolve_group(&id, node, &at);
+            } else {
+                self.resolve_stage(&id, node, &at, None);
+            }
+        }
+    }
+
+    fn resolve_group(&mut self, id: &str, node: &Node, at: &[PathSeg]) {
+        let Some(group) = self.read::<RawGroup>(at, &node.to_json()) else {
+            self.invalid.insert(id.to_string());
+            return;
+        };
+        let items: Vec<Value> = match (&group.rounds, &group.foreach) {
+            (Some(_), Some(_)) => {
+                self.error(
+                    &with(at, "foreach"),
+                    "a group has `rounds` or `foreach`, not both",
+                    None,
+                );
+                return;
+            }
+            (Some(0), None) => {
+                self.error_at_value(&with(at, "rounds"), "`rounds` must be at least 1", None);
+                return;
+            }
+            (Some(n), None) => (1..=i64::from(*n)).map(Value::from).collect(),
+            (None, Some(items)) if items.is_empty() => {
+                self.error_at_value(
+                    &with(at, "foreach"),
+                    "`foreach` needs at least one value",
+                    None,
+                );
+                return;
+            }
+            (None, Some(items)) => items.clone(),
+            (None, None) => unreachable!("groups are recognised by `rounds` or `foreach`"),
+        };
+        let siblings: BTreeSet<String> = group.stages.keys().cloned().collect();
+        let stage_nodes = node
+            .get("stages")
+            .map(|s| s.entries().to_vec())
+            .unwrap_or_default();
+        for name in group.next.keys() {
+            if !group.carry.contains_key(name) {
+                let help = did_you_mean(name, group.carry.keys().map(String::as_str));
+                self.error(
+                    &[at, &path(&["next", name])].concat(),
+                    format!("`next.{name}` has no `carry.{name}` to update"),
+                    help,
+                );
+            }
+        }
+        let mut carry: BTreeMap<String, Vec<String>> = group
+            .carry
+            .iter()
+            .map(|(k, v)| (k.clone(), v.0.clone()))
+            .collect();
+        let mut suffixes = BTreeSet::new();
+        for (i, item) in items.iter().enumerate() {
+            let suffix = match item {
+                Value::String(s)
+                    if is_identifier(s)
+                        || s.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                {
+                    s.clone()
+                }
+                Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
+                other => {
+                    self.error_at_value(&[at, &[PathSeg::Key("foreach".into()), PathSeg::Index(i)]].concat(),
+                        format!("`foreach` values become part of stage ids: use strings of letters, digits, `_`, `-` or integers, not `{other}`"), None);
+                    return;
+                }
+            };
+            if !suffixes.insert(suffix.clone()) {
+                self.error_at_value(
+                    &with(at, "foreach"),
+                    format!("`foreach` lists `{suffix}` twice"),
+                    None,
+                );
+                return;
+            }
+            let round = Round {
+                index: i as i64 + 1,
+                item: item.clone(),
+                suffix,
+                siblings: &siblings,
+                carry: &carry,
+            };
+            for (key, stage_node) in &stage_nodes {
+                let name = key.scalar_text();
+                let stage_at = [at, &path(&["stages", &name])].concat();
+                if !is_identifier(&name) {
+                    if i == 0 {
+                        self.error(
+                            &stage_at,
+                            format!("stage id `{name}` must be letters, digits, `_` or `-`"),
+                            None,
+                        );
+                    }
+                    continue;
+                }
+                if stage_node.get("rounds").is_some() || stage_node.get("foreach").is_some() {
+                    if i == 0 {
+                        self.error(&stage_at, "groups do not nest: a stage inside a group cannot have `rounds` or `foreach`", None);
+                    }
+                    continue;
+                }
+                let errors_before = self.diags.len();
+                self.resolve_stage(&name, stage_node, &stage_at, Some(&round));
+                if i > 0 && self.diags.len() > errors_before {
+                    // The same mistake in every round is reported once.
+                    let (first, _) = self.diags.split_at(errors_before);
+                    let first: Vec<(String, String)> = first
+                        .iter()
+                        .map(|d| (d.path.clone(), d.message.clone()))
+                        .collect();
+                    let mut kept = Vec::new();
+                    for d in self.diags.drain(errors_before..) {
+                        if !first.contains(&(d.path.clone(), d.message.clone())) {
+                            kept.push(d);
+                        }
+                    }
+                    self.diags.extend(kept);
+                }
+            }
+            // The next round's carried references, resolved in this round's context.
+            let mut next_carry = carry.clone();
+            for (name, value) in &group.next {
+                let value_at = [at, &path(&["next", name])].concat();
+                let refs = self.expand_refs(&value.0, &value_at, Some(&round), true);
+                next_carry.insert(name.clone(), refs.into_iter().map(|(r, _)| r).collect());
+            }
+            carry = next_carry;
+        }
+    }
+
+    fn resolve_stage(
+        &mut self,
+        name: &str,
+        node: &Node,
+        at: &[PathSeg],
+        round: Option<&Round<'_>>,
+    ) {
+        let id = match round {
+            Some(r) => format!("{name}@{}", r.suffix),
+            None => name.to_string(),
+        };
+        let Some(raw) = self.read::<RawStage>(at, &node.to_json()) else {
+            self.invalid.insert(id);
+            return;
+        };
+        let Some(kind) = stages::find(&raw.kind) else {
+            let names: Vec<&str> = stages::registry().iter().map(|k| k.name()).collect();
+            let help = did_you_mean(&raw.kind, names.iter().copied())
+                .or_else(|| Some(format!("known kinds: {}", names.join(", "))));
+            self.error_at_value(
+                &with(at, "kind"),
+                format!("unknown stage kind `{}`", raw.kind),
+                help,
+            );
+            self.invalid.insert(id);
+            return;
+        };
+        let with_at = with(at, "with");
+        let params = self.interpolate(&Value::Object(raw.with.clone()), &with_at, round);
+
+        let mut inputs = BTreeMap::new();
+        for (port, value) in &raw.inputs {
+            let port_at = [&with(at, "inputs")[..], &[PathSeg::Key(port.clone())]].concat();
+            let refs = self.expand_refs(&value.0, &port_at, round, false);
+            let mut parsed = Vec::new();
+            for (text, ref_at) in refs {
+                match text.rsplit_once('.') {
+                    Some((stage, output)) if !stage.is_empty() && !output.is_empty() => parsed
+                        .push(InputRef {
+                            stage: stage.to_string(),
+                            output: output.to_string(),
+                            node_path: ref_at,
+                        }),
+                    _ => self.error_at_value(
+                        &ref_at,
+                        format!("input `{port}` should be `stage.output`, found `{text}`"),
+                        None,
+                    ),
+                }
+            }
+            inputs.insert(port.clone(), parsed);
+        }
+
+        let mut needs = Vec::new();
+        for (i, need) in raw.needs.iter().enumerate() {
+            let need_at = [&with(at, "needs")[..], &[PathSeg::Index(i)]].concat();
+            let resolved = self.interpolate_str(need, &need_at, round, false);
+            let resolved = match (resolved.as_str(), round) {
+                (Some(s), Some(r)) if r.siblings.contains(s) => format!("{s}@{}", r.suffix),
+                (Some(s), _) => s.to_string(),
+                _ => need.clone(),
+            };
+            needs.push((resolved, need_at));
+        }
+
+        let threads = match raw.threads {
+            Some(0) => {
+                self.error_at_value(&with(at, "threads"), "`threads` must be at least 1", None);
+                1
+            }
+            Some(n) => n as usize,
+            None => 1,
+        };
+        let seed = raw.seed.unwrap_or_else(|| derive_seed(self.seed, &id));
+
+        let input_names: Vec<&str> = raw.inputs.keys().map(String::as_str).collect();
+        let signature = match kind.signature(&params, &input_names) {
+            Ok(sig) => sig,
+            Err(errors) => {
+                for FieldError {
+                    path,
+                    message,
+                    help,
+                } in errors
+                {
+                    let full = [&with_at[..], &path[..]].concat();
+                    if message.starts_with("unknown key") {
+                        self.error(&full, message, help);
+                    } else {
+                        self.error_at_value(&full, message, help);
+                    }
+                }
+                self.invalid.insert(id);
+                return;
+            }
+        };
+        self.stages.push(StageDecl {
+            id,
+            kind,
+            params,
+            inputs,
+            needs,
+            threads,
+            seed,
+            signature,
+            description: raw.description,
+            node_path: at.to_vec(),
+        });
+    }
+
+    /// Expands the references of one input (or `next` entry): `${carry.NAME}` splices the
+    /// carried list, other placeholders are interpolated, and names of stages in the same
+    /// group get the round's suffix. Returns each reference with where it is written.
+    fn expand_refs(
+        &mut self,
+        refs: &[String],
+        at: &[PathSeg],
+        round: Option<&Round<'_>>,
+        in_next: bool,
+    ) -> Vec<(String, Vec<PathSeg>)> {
+        let single = refs.len() == 1 && !matches!(self.root.locate(at).0.value, NodeValue::Seq(_));
+        let mut out = Vec::new();
+        for (i, text) in refs.iter().enumerate() {
+            let ref_at = if single {
+                at.to_vec()
+            } else {
+                [at, &[PathSeg::Index(i)]].concat()
+            };
+            let trimmed = text.trim();
+            if let Some(name) = trimmed
+                .strip_prefix("${carry.")
+                .and_then(|s| s.strip_suffix('}'))
+            {
+                match round.and_then(|r| r.carry.get(name.trim())) {
+                    Some(carried) => {
+                        out.extend(carried.iter().map(|c| (c.clone(), ref_at.clone())))
+                    }
+                    None => {
+                        let help = round
+                            .and_then(|r| did_you_mean(name, r.carry.keys().map(String::as_str)));
+                        let why = if round.is_some() {
+                            format!("no `carry.{name}` in this group")
+                        } else {
+                            "`${carry...}` is only defined inside a group".into()
+                        };
+                        self.error_at_value(&ref_at, why, help);
+                    }
+                }
+                continue;
+            }
+            let Some(resolved) = self
+                .interpolate_str(text, &ref_at, round, false)
+                .as_str()
+                .map(str::to_string)
+            else {
+                self.error_at_value(&ref_at, "a reference must be a string", None);
+                continue;
+            };
+            let resolved = match (resolved.rsplit_once('.'), round) {
+                (Some((stage, output)), Some(r)) if r.siblings.contains(stage) => {
+                    format!("{stage}@{}.{output}", r.suffix)
+                }
+                _ => resolved,
+            };
+            let _ = in_next;
+            out.push((resolved, ref_at));
+        }
+        out
+    }
+
+    fn interpolate(&mut self, value: &Value, at: &[PathSeg], round: Option<&Round<'_>>) -> Value {
+        match value {
+            Value::String(s) => self.interpolate_str(s, at, round, true),
+            Value::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| self.interpolate(v, &[at, &[PathSeg::Index(i)]].concat(), round))
+                    .collect(),
+            ),
+            Value::Object(map) => Value::Object(
+                map.iter()
+                    .map(|(k, v)| {
+                        (
+                            k.clone(),
+                            self.interpolate(v, &[at, &[PathSeg::Key(k.clone())]].concat(), round),
+                        )
+                    })
+                    .collect(),
+            ),
+            other => other.clone(),
+        }
+    }
+
+    /// Interpolates one string. A string that is exactly one placeholder takes the
+    /// value's type (`"${params.lr}"` stays a number); run-time names are kept.
+    fn interpolate_str(
+        &mut self,
+        text: &str,
+        at: &[PathSeg],
+        round: Option<&Round<'_>>,
+        keep_runtime: bool,
+    ) -> Value {
+        let pieces = match interp::scan(text) {
+            Ok(p) => p,
+            Err(offset) => {
+                self.error_at_value(at, format!("unclosed `${{` at character {offset}"), None);
+                return Value::String(text.to_string());
+            }
+        };
+        if let [Piece::Var(name, _)] = pieces.as_slice() {
+            if !(keep_runtime && interp::is_runtime_name(name)) {
+                return self.lookup(name, at, round).unwrap_or(Value::Null);
+            }
+        }
+        let mut kept = Vec::new();
+        let mut out = String::new();
+        for piece in &pieces {
+            match piece {
+                Piece::Var(name, _) if keep_runtime && interp::is_runtime_name(name) => {
+                    out.push_str(&interp::unscan(&[piece.clone()]));
+                    kept.push(piece.clone());
+                }
+                Piece::Var(name, _) => match self.lookup(name, at, round) {
+                    Some(Value::String(s)) => out.push_str(&s),
+                    Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
+                    Some(other) => self.error_at_value(
+                        at,
+                        format!(
+                            "`${{{name}}}` is {} and cannot be part of a longer string",
+                            json_type(&other)
+                        ),
+                        None,
+                    ),
+                    None => {}
+                },
+                Piece::Escape => out.push_str(if keep_runtime { "$${" } else { "${" }),
+                Piece::Text(t) => out.push_str(t),
+            }
+        }
+        Value::String(out)
+    }
+
+    fn lookup(&mut self, name: &str, at: &[PathSeg], round: Option<&Round<'_>>) -> Option<Value> {
+        if let Some(param) = name.strip_prefix("params.") {
+            if let Some(v) = self.params.get(param) {
+                return Some(v.clone());
+            }
+            let help = super::diag::suggest(param, self.params.keys().map(String::as_str))
+                .map(|s| format!("did you mean `${{params.{s}}}`?"));
+            self.error_at_value(
+                at,
+                format!("`${{{name}}}`: no param `{param}` in `params`"),
+                help,
+            );
+            return None;
+        }
+        match (name, round) {
+            ("round", Some(r)) => return Some(Value::from(r.index)),
+            ("prev", Some(r)) => return Some(Value::from(r.index - 1)),
+            ("item", Some(r)) => return Some(r.item.clone()),
+            ("round" | "prev" | "item", None) => {
+                self.error_at_value(
+                    at,
+                    format!(
+                        "`${{{name}}}` is only defined inside a group with `rounds` or `foreach`"
+                    ),
+                    None,
+                );
+                return None;
+            }
+            _ => {}
+        }
+        let known = [
+            "params.NAME",
+            "round",
+            "prev",
+            "item",
+            "carry.NAME",
+            "inputs.NAME",
+            "outputs.NAME",
+            "seed",
+            "threads",
+            "stage",
+        ];
+        let help = did_you_mean(name, known.iter().copied())
+            .or_else(|| Some("write `$${` for a literal `${`".into()));
+        self.error_at_value(at, format!("unknown placeholder `${{{name}}}`"), help);
+        None
+    }
+}
+
+fn with(at: &[PathSeg], key: &str) -> Vec<PathSeg> {
+    let mut p = at.to_vec();
+    p.push(PathSeg::Key(key.to_string()));
+    p
+}
+
+fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a mapping",
+    }
+}
+
+/// Applies `-S key=value` overrides to the parsed spec: `params.NAME=V`, `seed=N`, or
+/// `STAGE.KEY.PATH=V` (a stage at the top level or inside a group). Values are read as
+/// YAML scalars, so numbers stay numbers.
+fn apply_overrides(root: &mut Node, overrides: &[String], diags: &mut Vec<Diagnostic>) {
+    for text in overrides {
+        let Some((key, value)) = text.split_once('=') else {
+            diags.push(Diagnostic::new(
+                text.as_str(),
+                Span::command_line(),
+                format!("override `{text}` should be `key=value`"),
+            ));
+            continue;
+        };
+        let parts: Vec<&str> = key.trim().split('.').collect();
+        let value = Node::new(load::parse_scalar(value.trim()), Span::command_line());
+        let fail = |diags: &mut Vec<Diagnostic>, message: String, help: Option<String>| {
+            diags.push(Diagnostic::new(key, Span::command_line(), message).with_help(help));
+        };
+        match parts.as_slice() {
+            ["seed"] => set_path(root, &["seed"], value),
+            ["params", name, rest @ ..] => {
+                let params = root.get("params");
+                let names: Vec<String> = params
+                    .map(|p| p.entries().iter().map(|(k, _)| k.scalar_text()).collect())
+                    .unwrap_or_default();
+                if !names.iter().any(|n| n == name) {
+                    let help = did_you_mean(name, names.iter().map(String::as_str));
+                    fail(
+                        diags,
+                        format!("override `-S {key}`: no param `{name}` in `params`"),
+                        help,
+                    );
+                    continue;
+                }
+                let full: Vec<&str> = ["params", name]
+                    .into_iter()
+                    .chain(rest.iter().copied())
+                    .collect();
+                set_path(root, &full, value);
+            }
+            [stage, rest @ ..] if !rest.is_empty() => {
+                let mut found: Option<Vec<String>> = None;
+                let mut all_names = Vec::new();
+                if let Some(stages) = root.get("stages") {
+                    for (k, v) in stages.entries() {
+                        let id = k.scalar_text();
+                        if id == *stage {
+                            found = Some(vec!["stages".into(), id.clone()]);
+                        }
+                        all_names.push(id.clone());
+                        if let Some(inner) = v
+                            .get("stages")
+                            .filter(|_| v.get("rounds").is_some() || v.get("foreach").is_some())
+                        {
+                            for (ik, _) in inner.entries() {
+                                let name = ik.scalar_text();
+                                if name == *stage {
+                                    found = Some(vec![
+                                        "stages".into(),
+                                        id.clone(),
+                                        "stages".into(),
+                                        name.clone(),
+                                    ]);
+                                }
+                                all_names.push(name);
+                            }
+                        }
+                    }
+                }
+                match found {
+                    Some(prefix) => {
+                        let full: Vec<&str> = prefix
+                            .iter()
+                            .map(String::as_str)
+                            .chain(rest.iter().copied())
+                            .collect();
+                        set_path(root, &full, value);
+                    }
+                    None => {
+                        let help = did_you_mean(
+                            stage,
+                            all_names
+                                .iter()
+                                .map(String::as_str)
+                                .chain(["params", "seed"]),
+                        );
+                        fail(
+                            diags,
+                            format!("override `-S {key}`: no stage `{stage}`"),
+                            help,
+                        );
+                    }
+                }
+            }
+            _ => fail(
+                diags,
+                format!("override `-S {key}` should name `params.NAME`, `seed` or `STAGE.KEY`"),
+                None,
+            ),
+        }
+    }
+}
+
+/// Sets `keys` under `node` to `value`, creating mappings on the way.
+fn set_path(node: &mut Node, keys: &[&str], value: Node) {
+    let Some((first, rest)) = keys.split_first() else {
+        *node = value;
+        return;
+    };
+    if !node.is_map() {
+        node.value = NodeValue::Map(Vec::new());
+    }
+    if node.get(first).is_none() {
+        if let NodeValue::Map(entries) = &mut node.value {
+            entries.push((
+                Node::new(NodeValue::Str(first.to_string()), Span::command_line()),
+                Node::new(NodeValue::Map(Vec::new()), Span::command_line()),
+            ));
+        }
+    }
+    let child = node.get_mut(first).expect("just inserted");
+    set_path(child, rest, value);
+}

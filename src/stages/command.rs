@@ -1,0 +1,409 @@
+//! `command`: a user's own step. A shell command with declared input artifacts,
+//! workspace files it depends on, and output paths, cached like any other stage.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Component, Path};
+use std::process::Stdio;
+use std::time::Duration;
+
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::spec::interp::{self, Piece};
+use crate::spec::node::PathSeg;
+
+pub struct Command;
+
+/// Parameters of a `command` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CommandParams {
+    /// The command, run by `shell -c` in the workspace root. `${inputs.NAME}` expands to
+    /// the (shell-quoted) paths of an input's artifacts, `${outputs.NAME}` to the path the
+    /// command must create, `${seed}`, `${threads}` and `${stage}` to those values;
+    /// `$${` writes a literal `${`.
+    pub cmd: String,
+    /// Workspace files or directories the command reads (scripts, data), relative to the
+    /// workspace root; their content is part of the cache key.
+    #[serde(default)]
+    pub deps: Vec<String>,
+    /// Declared outputs: name -> artifact type (`files` unless the command writes, say,
+    /// a `causal-lm` directory that other stages should accept).
+    #[serde(default)]
+    pub outputs: BTreeMap<String, String>,
+    /// Extra environment variables; part of the cache key.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// The shell that runs `cmd`.
+    #[serde(default = "default_shell")]
+    pub shell: String,
+}
+
+fn default_shell() -> String {
+    "sh".to_string()
+}
+
+impl StageKind for Command {
+    fn name(&self) -> &'static str {
+        "command"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "run a shell command with declared inputs, file dependencies and outputs"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<CommandParams>(generator)
+    }
+
+    fn signature(
+        &self,
+        params: &Value,
+        input_names: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
+        let params: CommandParams = parse_params(params)?;
+        let mut errors = Vec::new();
+        let mut outputs = Vec::new();
+        for (name, ty) in &params.outputs {
+            let path = vec![PathSeg::Key("outputs".into()), PathSeg::Key(name.clone())];
+            if !crate::spec::is_identifier(name) {
+                errors.push(ParamError::new(
+                    path.clone(),
+                    format!("output name `{name}` must be letters, digits, `_` or `-`"),
+                ));
+            }
+            match ArtifactType::parse(ty) {
+                Some(ty) => outputs.push(Port::new(name, ty)),
+                None => errors.push(ParamError {
+                    path,
+                    message: format!("unknown artifact type `{ty}`"),
+                    help: crate::spec::diag::did_you_mean(ty, ArtifactType::NAMES.iter().copied())
+                        .or_else(|| Some(format!("types: {}", ArtifactType::NAMES.join(", ")))),
+                }),
+            }
+        }
+        for (i, dep) in params.deps.iter().enumerate() {
+            if let Err(why) = check_workspace_path(dep) {
+                errors.push(ParamError::new(
+                    vec![PathSeg::Key("deps".into()), PathSeg::Index(i)],
+                    why,
+                ));
+            }
+        }
+        for (name, _) in &params.env {
+            if name.is_empty() || name.contains('=') {
+                errors.push(ParamError::new(
+                    vec![PathSeg::Key("env".into()), PathSeg::Key(name.clone())],
+                    format!("`{name}` is not a valid environment variable name"),
+                ));
+            }
+        }
+        let cmd_path = vec![PathSeg::Key("cmd".into())];
+        match interp::scan(&params.cmd) {
+            Err(at) => errors.push(ParamError::new(
+                cmd_path,
+                format!("unclosed `${{` at character {at}"),
+            )),
+            Ok(pieces) => {
+                for piece in pieces {
+                    let Piece::Var(name, _) = piece else { continue };
+                    let known: Vec<String> = input_names
+                        .iter()
+                        .map(|n| format!("inputs.{n}"))
+                        .chain(params.outputs.keys().map(|n| format!("outputs.{n}")))
+                        .chain(["seed", "threads", "stage"].map(String::from))
+                        .collect();
+                    if !known.iter().any(|k| k == name) {
+                        let mut error = ParamError::new(
+                            cmd_path.clone(),
+                            format!(
+                                "`${{{name}}}` names no input, output or run-time value of this stage"
+                            ),
+                        );
+                        error.help =
+                            crate::spec::diag::did_you_mean(name, known.iter().map(String::as_str))
+                                .or_else(|| {
+                                    Some("write `$${` for a literal `${` (a shell variable)".into())
+                                });
+                        errors.push(error);
+                    }
+                }
+            }
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Signature {
+            inputs: Vec::new(),
+            open_inputs: true,
+            outputs,
+            deps: params.deps,
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let params: CommandParams = parse_params(ctx.params)
+            .map_err(|e| StageError::Failed(format!("invalid parameters: {}", e[0].message)))?;
+        let script = expand(&params.cmd, ctx)?;
+        let log = File::create(ctx.log_path).map_err(|source| StageError::Io {
+            context: format!("creating `{}`", ctx.log_path.display()),
+            source,
+        })?;
+        let log_err = log.try_clone().map_err(|source| StageError::Io {
+            context: "log file".into(),
+            source,
+        })?;
+        let mut command = std::process::Command::new(&params.shell);
+        command
+            .arg("-c")
+            .arg(&script)
+            .current_dir(ctx.workspace)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .env("HONE_STAGE", ctx.stage_id)
+            .env("HONE_SEED", ctx.seed.to_string())
+            .env("HONE_THREADS", ctx.threads.to_string())
+            .envs(&params.env);
+        for (name, paths) in ctx.inputs {
+            let joined: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+            command.env(format!("HONE_INPUT_{}", env_name(name)), joined.join(":"));
+        }
+        for (name, path) in ctx.outputs {
+            command.env(format!("HONE_OUTPUT_{}", env_name(name)), path);
+        }
+        isolate(&mut command);
+        let mut child = command.spawn().map_err(|source| StageError::Io {
+            context: format!("starting `{}`", params.shell),
+            source,
+        })?;
+        let mut pause = Duration::from_micros(200);
+        let status = loop {
+            match child.try_wait() {
+                Ok(Some(status)) => break status,
+                Ok(None) => {}
+                Err(source) => {
+                    return Err(StageError::Io {
+                        context: "waiting for the command".into(),
+                        source,
+                    });
+                }
+            }
+            if ctx.cancelled() {
+                terminate(&mut child);
+                return Err(StageError::Cancelled);
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(20));
+        };
+        if !status.success() {
+            let tail = log_tail(ctx.log_path, 20);
+            let how = match status.code() {
+                Some(code) => format!("exited with status {code}"),
+                None => "was killed by a signal".to_string(),
+            };
+            return Err(StageError::Failed(if tail.is_empty() {
+                format!("command {how}")
+            } else {
+                format!("command {how}; last lines of its output:\n{tail}")
+            }));
+        }
+        for (name, path) in ctx.outputs {
+            if std::fs::symlink_metadata(ctx.workspace.join(path)).is_err() {
+                return Err(StageError::Failed(format!(
+                    "command succeeded but did not write its declared output `{name}` (expected at `{}`, \
+                     the value of `${{outputs.{name}}}`)",
+                    path.display()
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Fills in run-time placeholders; paths are shell-quoted.
+fn expand(cmd: &str, ctx: &StageContext<'_>) -> Result<String, StageError> {
+    let pieces =
+        interp::scan(cmd).map_err(|at| StageError::Failed(format!("unclosed `${{` at {at}")))?;
+    let mut out = String::new();
+    for piece in pieces {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Escape => out.push_str("${"),
+            Piece::Var("seed", _) => out.push_str(&ctx.seed.to_string()),
+            Piece::Var("threads", _) => out.push_str(&ctx.threads.to_string()),
+            Piece::Var("stage", _) => out.push_str(&shell_quote(ctx.stage_id)),
+            Piece::Var(name, _) => {
+                let quoted: Option<Vec<String>> = if let Some(input) = name.strip_prefix("inputs.")
+                {
+                    ctx.inputs.get(input).map(|paths| {
+                        paths
+                            .iter()
+                            .map(|p| shell_quote(&p.to_string_lossy()))
+                            .collect()
+                    })
+                } else if let Some(output) = name.strip_prefix("outputs.") {
+                    ctx.outputs
+                        .get(output)
+                        .map(|p| vec![shell_quote(&p.to_string_lossy())])
+                } else {
+                    None
+                };
+                let quoted = quoted.ok_or_else(|| {
+                    StageError::Failed(format!("unknown placeholder `${{{name}}}`"))
+                })?;
+                out.push_str(&quoted.join(" "));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-@:+=,".contains(c))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
+fn env_name(port: &str) -> String {
+    port.to_ascii_uppercase().replace('-', "_")
+}
+
+/// A dependency must name a path inside the workspace, so the cache key means the same on
+/// every machine.
+fn check_workspace_path(path: &str) -> Result<(), String> {
+    let p = Path::new(path);
+    if path.is_empty() {
+        return Err("empty path".into());
+    }
+    if p.is_absolute() {
+        return Err(format!(
+            "`{path}` is absolute; dependencies are paths relative to the workspace root"
+        ));
+    }
+    if p.components().any(|c| matches!(c, Component::ParentDir)) {
+        return Err(format!(
+            "`{path}` leaves the workspace (`..`); dependencies must stay inside it"
+        ));
+    }
+    Ok(())
+}
+
+/// Runs the child in its own process group (so Ctrl-C and cancellation reach the whole
+/// tree) and, on Linux, has the kernel kill it if hone itself dies.
+fn isolate(command: &mut std::process::Command) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::CommandExt;
+        command.process_group(0);
+        #[cfg(target_os = "linux")]
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        unsafe {
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+}
+
+fn terminate(child: &mut std::process::Child) {
+    #[cfg(unix)]
+    {
+        let group = -(child.id() as i32);
+        // SAFETY: kill(2) on a process group we created.
+        unsafe { libc::kill(group, libc::SIGTERM) };
+        for _ in 0..100 {
+            if let Ok(Some(_)) = child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        unsafe { libc::kill(group, libc::SIGKILL) };
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn log_tail(path: &Path, n: usize) -> String {
+    let Ok(file) = File::open(path) else {
+        return String::new();
+    };
+    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
+    let start = lines.len().saturating_sub(n);
+    lines[start..]
+        .iter()
+        .map(|l| format!("  | {l}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn errors(params: Value, inputs: &[&str]) -> Vec<String> {
+        match Command.signature(&params, inputs) {
+            Ok(_) => Vec::new(),
+            Err(errs) => errs.into_iter().map(|e| e.message).collect(),
+        }
+    }
+
+    #[test]
+    fn placeholders_must_name_ports() {
+        assert!(errors(serde_json::json!({"cmd": "cp ${inputs.a} ${outputs.b}", "outputs": {"b": "files"}}), &["a"]).is_empty());
+        assert_eq!(
+            errors(
+                serde_json::json!({"cmd": "cp ${inputs.x} ${outputs.b} $HOME $${HOME}", "outputs": {"b": "files"}}),
+                &["a"]
+            ),
+            vec!["`${inputs.x}` names no input, output or run-time value of this stage"]
+        );
+    }
+
+    #[test]
+    fn deps_stay_inside_the_workspace() {
+        assert_eq!(
+            errors(
+                serde_json::json!({"cmd": "true", "deps": ["../x", "/etc/passwd", "ok/file"]}),
+                &[]
+            )
+            .len(),
+            2
+        );
+    }
+
+    #[test]
+    fn output_types_are_checked() {
+        assert_eq!(
+            errors(
+                serde_json::json!({"cmd": "true", "outputs": {"m": "causal_lm"}}),
+                &[]
+            ),
+            vec!["unknown artifact type `causal_lm`"]
+        );
+    }
+
+    #[test]
+    fn shell_quoting_keeps_plain_paths_plain() {
+        assert_eq!(shell_quote(".hone/objects/ab/cd"), ".hone/objects/ab/cd");
+        assert_eq!(shell_quote("it's here"), r"'it'\''s here'");
+    }
+}
