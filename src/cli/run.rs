@@ -185,16 +185,18 @@ fn summary(report: &RunReport) -> String {
         let time = if s.status == Status::Ran
             || matches!(s.status, Status::Failed(_)) && !s.duration.is_zero()
         {
-            format!(" {:>8.2} s", s.duration.as_secs_f64())
+            format!("{:>8.2} s", s.duration.as_secs_f64())
         } else {
             String::new()
         };
-        text.push_str(&format!(
-            "  {} {:<width$}  {}{time}\n",
+        let line = format!(
+            "  {} {:<width$}  {:<7}{time}",
             mark(&s.status),
             s.id,
             s.status.word()
-        ));
+        );
+        text.push_str(line.trim_end());
+        text.push('\n');
         match &s.status {
             Status::Failed(why) | Status::Skipped(why) => {
                 for line in why.lines() {

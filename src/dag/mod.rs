@@ -107,6 +107,10 @@ pub fn build(spec: Spec, diags: &mut Vec<Diagnostic>) -> Pipeline {
                     continue;
                 }
             };
+            // A port bound to an empty list still exists (it expands to nothing).
+            bindings[i]
+                .entry(port_name.clone())
+                .or_insert_with(Vec::new);
             if !many && refs.len() != 1 {
                 report(
                     diags,

@@ -12,6 +12,8 @@ pub struct FieldError {
     pub path: Vec<PathSeg>,
     pub message: String,
     pub help: Option<String>,
+    /// Where inside a string value the problem is: (character offset, length).
+    pub within: Option<(usize, usize)>,
 }
 
 impl FieldError {
@@ -20,6 +22,7 @@ impl FieldError {
             path,
             message: message.into(),
             help: None,
+            within: None,
         }
     }
 }
@@ -27,12 +30,20 @@ impl FieldError {
 /// Deserialises `with` parameters into `T` (which should `deny_unknown_fields`),
 /// reporting every unknown key, not just the first, and the first type error.
 pub fn from_value<T: DeserializeOwned>(params: &Value) -> Result<T, Vec<FieldError>> {
+    match from_value_lenient(params) {
+        (Some(parsed), errors) if errors.is_empty() => Ok(parsed),
+        (_, errors) => Err(errors),
+    }
+}
+
+/// As [`from_value`], but when the only problems are unknown keys, also returns the value
+/// read without them, so that checking can go on past a typo.
+pub fn from_value_lenient<T: DeserializeOwned>(params: &Value) -> (Option<T>, Vec<FieldError>) {
     let mut value = params.clone();
     let mut errors = Vec::new();
     loop {
         match serde_path_to_error::deserialize::<_, T>(&value) {
-            Ok(parsed) if errors.is_empty() => return Ok(parsed),
-            Ok(_) => return Err(errors),
+            Ok(parsed) => return (Some(parsed), errors),
             Err(err) => {
                 let mut path = to_path(err.path());
                 let message = err.inner().to_string();
@@ -54,10 +65,10 @@ pub fn from_value<T: DeserializeOwned>(params: &Value) -> Result<T, Vec<FieldErr
                     if removed && errors.len() < 50 {
                         continue;
                     }
-                    return Err(errors);
+                    return (None, errors);
                 }
                 errors.push(FieldError::new(path, describe_serde_error(&message)));
-                return Err(errors);
+                return (None, errors);
             }
         }
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use super::de::{FieldError, from_value};
+use super::de::{FieldError, from_value_lenient};
 use super::diag::{Diagnostic, SourceFile, did_you_mean};
 use super::interp::{self, Piece};
 use super::load;
@@ -49,6 +49,7 @@ pub fn resolve(
 
     let mut r = Resolver {
         root: &root,
+        text: &file.text,
         diags,
         stages: Vec::new(),
         invalid: BTreeSet::new(),
@@ -83,6 +84,7 @@ pub fn resolve(
 
 struct Resolver<'a> {
     root: &'a Node,
+    text: &'a str,
     diags: &'a mut Vec<Diagnostic>,
     stages: Vec<StageDecl>,
     invalid: BTreeSet<String>,
@@ -114,30 +116,62 @@ impl Resolver<'_> {
     }
 
     /// Reads a part of the spec into a raw type, reporting errors at `base` + their path.
+    /// Unknown keys are reported but do not stop the reading, so later checks still run.
     fn read<T: serde::de::DeserializeOwned>(
         &mut self,
         base: &[PathSeg],
         value: &Value,
     ) -> Option<T> {
-        match from_value::<T>(value) {
-            Ok(v) => Some(v),
-            Err(errors) => {
-                for FieldError {
-                    path,
-                    message,
-                    help,
-                } in errors
-                {
-                    let full: Vec<PathSeg> = base.iter().cloned().chain(path).collect();
-                    if message.starts_with("unknown key") {
-                        self.error(&full, message, help);
-                    } else {
-                        self.error_at_value(&full, message, help);
-                    }
-                }
-                None
+        let (parsed, errors) = from_value_lenient::<T>(value);
+        self.field_errors(base, errors);
+        parsed
+    }
+
+    fn field_errors(&mut self, base: &[PathSeg], errors: Vec<FieldError>) {
+        for FieldError {
+            path,
+            message,
+            help,
+            within,
+        } in errors
+        {
+            let full: Vec<PathSeg> = base.iter().cloned().chain(path).collect();
+            if message.starts_with("unknown key") || message.starts_with("missing required key") {
+                self.error(&full, message, help);
+            } else if let Some((offset, len)) = within {
+                self.error_in_string(&full, offset, len, message, help);
+            } else {
+                self.error_at_value(&full, message, help);
             }
         }
+    }
+
+    /// An error about part of a string value: the caret points at that part.
+    fn error_in_string(
+        &mut self,
+        at: &[PathSeg],
+        offset: usize,
+        len: usize,
+        message: impl Into<String>,
+        help: Option<String>,
+    ) {
+        let mut span = self.root.locate(at).0.span;
+        if !span.is_command_line() {
+            let quoted = self
+                .text
+                .chars()
+                .nth(span.start)
+                .is_some_and(|c| c == '"' || c == '\'');
+            let skip = usize::from(quoted) + offset;
+            span = Span::new(
+                span.start + skip,
+                span.line,
+                span.col + skip,
+                span.start + skip + len,
+            );
+        }
+        self.diags
+            .push(Diagnostic::new(DisplayPath(at).to_string(), span, message).with_help(help));
     }
 
     fn resolve_stages(&mut self, stages: &Node) {
@@ -402,20 +436,18 @@ impl Resolver<'_> {
         let input_names: Vec<&str> = raw.inputs.keys().map(String::as_str).collect();
         let signature = match kind.signature(&params, &input_names) {
             Ok(sig) => sig,
-            Err(errors) => {
-                for FieldError {
-                    path,
-                    message,
-                    help,
-                } in errors
-                {
-                    let full = [&with_at[..], &path[..]].concat();
-                    if message.starts_with("unknown key") {
-                        self.error(&full, message, help);
-                    } else {
-                        self.error_at_value(&full, message, help);
+            Err(mut errors) => {
+                // Offsets inside a string refer to the resolved text; they only point
+                // right when interpolation left the string as written.
+                for error in &mut errors {
+                    let (source, found) =
+                        self.root.locate(&[&with_at[..], &error.path[..]].concat());
+                    let resolved = value_at(&params, &error.path).and_then(Value::as_str);
+                    if !found || source.as_str() != resolved {
+                        error.within = None;
                     }
                 }
+                self.field_errors(&with_at, errors);
                 self.invalid.insert(id);
                 return;
             }
@@ -534,20 +566,18 @@ impl Resolver<'_> {
                 return Value::String(text.to_string());
             }
         };
-        if let [Piece::Var(name, _)] = pieces.as_slice() {
+        if let [Piece::Var(name, offset)] = pieces.as_slice() {
             if !(keep_runtime && interp::is_runtime_name(name)) {
-                return self.lookup(name, at, round).unwrap_or(Value::Null);
+                return self.lookup(name, at, *offset, round).unwrap_or(Value::Null);
             }
         }
-        let mut kept = Vec::new();
         let mut out = String::new();
         for piece in &pieces {
             match piece {
                 Piece::Var(name, _) if keep_runtime && interp::is_runtime_name(name) => {
                     out.push_str(&interp::unscan(&[piece.clone()]));
-                    kept.push(piece.clone());
                 }
-                Piece::Var(name, _) => match self.lookup(name, at, round) {
+                Piece::Var(name, offset) => match self.lookup(name, at, *offset, round) {
                     Some(Value::String(s)) => out.push_str(&s),
                     Some(v @ (Value::Number(_) | Value::Bool(_))) => out.push_str(&v.to_string()),
                     Some(other) => self.error_at_value(
@@ -567,18 +597,23 @@ impl Resolver<'_> {
         Value::String(out)
     }
 
-    fn lookup(&mut self, name: &str, at: &[PathSeg], round: Option<&Round<'_>>) -> Option<Value> {
+    /// The value of placeholder `name`, written at character `offset` of the string at `at`.
+    fn lookup(
+        &mut self,
+        name: &str,
+        at: &[PathSeg],
+        offset: usize,
+        round: Option<&Round<'_>>,
+    ) -> Option<Value> {
+        let len = name.chars().count() + 3;
         if let Some(param) = name.strip_prefix("params.") {
             if let Some(v) = self.params.get(param) {
                 return Some(v.clone());
             }
             let help = super::diag::suggest(param, self.params.keys().map(String::as_str))
                 .map(|s| format!("did you mean `${{params.{s}}}`?"));
-            self.error_at_value(
-                at,
-                format!("`${{{name}}}`: no param `{param}` in `params`"),
-                help,
-            );
+            let message = format!("`${{{name}}}`: no param `{param}` in `params`");
+            self.error_in_string(at, offset, len, message, help);
             return None;
         }
         match (name, round) {
@@ -586,13 +621,10 @@ impl Resolver<'_> {
             ("prev", Some(r)) => return Some(Value::from(r.index - 1)),
             ("item", Some(r)) => return Some(r.item.clone()),
             ("round" | "prev" | "item", None) => {
-                self.error_at_value(
-                    at,
-                    format!(
-                        "`${{{name}}}` is only defined inside a group with `rounds` or `foreach`"
-                    ),
-                    None,
+                let message = format!(
+                    "`${{{name}}}` is only defined inside a group with `rounds` or `foreach`"
                 );
+                self.error_in_string(at, offset, len, message, None);
                 return None;
             }
             _ => {}
@@ -611,7 +643,13 @@ impl Resolver<'_> {
         ];
         let help = did_you_mean(name, known.iter().copied())
             .or_else(|| Some("write `$${` for a literal `${`".into()));
-        self.error_at_value(at, format!("unknown placeholder `${{{name}}}`"), help);
+        self.error_in_string(
+            at,
+            offset,
+            len,
+            format!("unknown placeholder `${{{name}}}`"),
+            help,
+        );
         None
     }
 }
@@ -620,6 +658,13 @@ fn with(at: &[PathSeg], key: &str) -> Vec<PathSeg> {
     let mut p = at.to_vec();
     p.push(PathSeg::Key(key.to_string()));
     p
+}
+
+fn value_at<'v>(value: &'v Value, path: &[PathSeg]) -> Option<&'v Value> {
+    path.iter().try_fold(value, |v, seg| match seg {
+        PathSeg::Key(k) => v.get(k),
+        PathSeg::Index(i) => v.get(i),
+    })
 }
 
 fn json_type(value: &Value) -> &'static str {

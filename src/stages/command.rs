@@ -38,6 +38,11 @@ pub struct CommandParams {
     /// a `causal-lm` directory that other stages should accept).
     #[serde(default)]
     pub outputs: BTreeMap<String, String>,
+    /// Types of inputs the command expects, e.g. `model: causal-lm`: such an input is
+    /// required and only accepts artifacts of that type. Inputs not named here take any
+    /// artifact.
+    #[serde(default)]
+    pub input_types: BTreeMap<String, String>,
     /// Extra environment variables; part of the cache key.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
@@ -83,14 +88,20 @@ impl StageKind for Command {
                     format!("output name `{name}` must be letters, digits, `_` or `-`"),
                 ));
             }
-            match ArtifactType::parse(ty) {
-                Some(ty) => outputs.push(Port::new(name, ty)),
-                None => errors.push(ParamError {
-                    path,
-                    message: format!("unknown artifact type `{ty}`"),
-                    help: crate::spec::diag::did_you_mean(ty, ArtifactType::NAMES.iter().copied())
-                        .or_else(|| Some(format!("types: {}", ArtifactType::NAMES.join(", ")))),
-                }),
+            match parse_type(ty, path) {
+                Ok(ty) => outputs.push(Port::new(name, ty)),
+                Err(e) => errors.push(e),
+            }
+        }
+        let mut inputs = Vec::new();
+        for (name, ty) in &params.input_types {
+            let path = vec![
+                PathSeg::Key("input_types".into()),
+                PathSeg::Key(name.clone()),
+            ];
+            match parse_type(ty, path) {
+                Ok(ty) => inputs.push(Port::new(name, ty)),
+                Err(e) => errors.push(e),
             }
         }
         for (i, dep) in params.deps.iter().enumerate() {
@@ -117,7 +128,9 @@ impl StageKind for Command {
             )),
             Ok(pieces) => {
                 for piece in pieces {
-                    let Piece::Var(name, _) = piece else { continue };
+                    let Piece::Var(name, offset) = piece else {
+                        continue;
+                    };
                     let known: Vec<String> = input_names
                         .iter()
                         .map(|n| format!("inputs.{n}"))
@@ -136,6 +149,7 @@ impl StageKind for Command {
                                 .or_else(|| {
                                     Some("write `$${` for a literal `${` (a shell variable)".into())
                                 });
+                        error.within = Some((offset, name.chars().count() + 3));
                         errors.push(error);
                     }
                 }
@@ -145,7 +159,7 @@ impl StageKind for Command {
             return Err(errors);
         }
         Ok(Signature {
-            inputs: Vec::new(),
+            inputs,
             open_inputs: true,
             outputs,
             deps: params.deps,
@@ -230,6 +244,16 @@ impl StageKind for Command {
         }
         Ok(())
     }
+}
+
+fn parse_type(ty: &str, path: Vec<PathSeg>) -> Result<ArtifactType, ParamError> {
+    ArtifactType::parse(ty).ok_or_else(|| ParamError {
+        path,
+        message: format!("unknown artifact type `{ty}`"),
+        within: None,
+        help: crate::spec::diag::did_you_mean(ty, ArtifactType::NAMES.iter().copied())
+            .or_else(|| Some(format!("types: {}", ArtifactType::NAMES.join(", ")))),
+    })
 }
 
 /// Fills in run-time placeholders; paths are shell-quoted.

@@ -1,0 +1,207 @@
+//! `hone validate` on every invalid fixture (rendered errors snapshotted, exit code 2),
+//! on every shipped pipeline, and the freshness of the generated schema.
+
+use std::path::Path;
+
+use crate::support::Workspace;
+
+fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+#[test]
+fn every_invalid_fixture_is_rejected_with_its_snapshotted_message() {
+    let dir = repo().join("tests/fixtures/invalid");
+    let mut fixtures: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    fixtures.sort();
+    assert!(
+        fixtures.len() >= 12,
+        "fixtures missing from {}",
+        dir.display()
+    );
+    let ws = Workspace::new();
+    for fixture in fixtures {
+        let name = fixture.file_stem().unwrap().to_string_lossy().into_owned();
+        let rel = format!("tests/fixtures/invalid/{name}.yaml");
+        ws.write(&rel, &std::fs::read_to_string(&fixture).unwrap());
+        let out = ws.hone(&["validate", &rel]);
+        assert_eq!(out.code, 2, "{name}: expected exit 2\n{}", out.stderr);
+        assert!(
+            out.stdout.is_empty(),
+            "{name}: nothing on stdout, got {}",
+            out.stdout
+        );
+        insta::assert_snapshot!(name, out.stderr);
+    }
+}
+
+#[test]
+fn override_errors_name_the_override_and_suggest() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", "name: p\nparams: { learning_rate: 0.1 }\nstages:\n  train: { kind: command, with: { cmd: \"true\" } }\n");
+    let out = ws.hone(&[
+        "validate",
+        "p.yaml",
+        "-S",
+        "params.learning_rat=1",
+        "-S",
+        "trian.with.cmd=x",
+        "-S",
+        "oops",
+    ]);
+    assert_eq!(out.code, 2);
+    insta::assert_snapshot!("override_errors", out.stderr);
+}
+
+#[test]
+fn overrides_are_typed_and_reach_the_stage() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        "name: p\nparams: { n: 2 }\nstages:\n  a:\n    kind: command\n    with: { cmd: \"echo ${params.n} > ${outputs.o}\", outputs: { o: files }, env: { N: \"x\" } }\n",
+    );
+    // Values are read as YAML scalars: quotes make a string of what would be a number.
+    ws.ok(&[
+        "run",
+        "p.yaml",
+        "-S",
+        "params.n=5",
+        "-S",
+        "a.with.env.N=\"7\"",
+        "-q",
+    ]);
+    let lock = ws.read("p.lock");
+    assert!(lock.contains("cmd: \"echo 5 > ${outputs.o}\""), "{lock}");
+    assert!(lock.contains("N: \"7\""), "{lock}");
+    // A number where a string is required is a type error, reported at the override.
+    let out = ws.hone(&["validate", "p.yaml", "-S", "a.with.env.N=7"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr
+            .contains("command line override (`stages.a.with.env.N`)"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn every_shipped_pipeline_validates_and_declares_the_schema() {
+    let mut specs = Vec::new();
+    let mut stack = vec![repo().join("pipelines")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                specs.push(path);
+            }
+        }
+    }
+    assert!(!specs.is_empty());
+    for spec in specs {
+        let text = std::fs::read_to_string(&spec).unwrap();
+        assert!(
+            text.starts_with("# yaml-language-server: $schema="),
+            "{} should start with the yaml-language-server comment",
+            spec.display()
+        );
+        if let Err(err) = hone::dag::load(&spec, &[]) {
+            panic!("{} is invalid:\n{err}", spec.display());
+        }
+    }
+}
+
+#[test]
+fn committed_schema_is_fresh() {
+    let committed =
+        std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap_or_default();
+    assert!(
+        committed == hone::spec::schema::pipeline_schema_json(),
+        "schemas/pipeline.schema.json is stale: run `cargo run -- schema` and commit it"
+    );
+}
+
+#[test]
+fn plan_renders_text_dot_and_mermaid() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &crate::support::chain(3, &[]));
+    let text = ws.ok(&["plan", "p.yaml"]).stdout;
+    assert!(text.contains("3. s2 (command)  [prev <- s1.out]"), "{text}");
+    let dot = ws.ok(&["plan", "p.yaml", "--format", "dot"]).stdout;
+    assert!(
+        dot.contains("\"s0\" -> \"s1\";") && dot.contains("\"s1\" -> \"s2\";"),
+        "{dot}"
+    );
+    let mermaid = ws.ok(&["plan", "p.yaml", "--format", "mermaid"]).stdout;
+    assert!(
+        mermaid.starts_with("flowchart LR") && mermaid.contains("s1 --> s2"),
+        "{mermaid}"
+    );
+    // Targets select a stage and its ancestors only.
+    let only = ws.ok(&["plan", "p.yaml", "s1"]).stdout;
+    assert!(only.contains("s1") && !only.contains("s2"), "{only}");
+}
+
+#[test]
+fn usage_errors_exit_2() {
+    let ws = Workspace::new();
+    assert_eq!(ws.hone(&["run", "--no-such-flag"]).code, 2);
+    let out = ws.hone(&["run"]);
+    assert_eq!(out.code, 2, "no spec here: {}", out.stderr);
+    assert!(out.stderr.contains("no spec given"), "{}", out.stderr);
+    ws.write("p.yaml", &crate::support::chain(2, &[]));
+    let out = ws.hone(&["run", "p.yaml", "s9"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("no stage `s9`")
+            && out.stderr.contains("did you mean `s0`?")
+                | out.stderr.contains("did you mean `s1`?"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn rounds_unroll_with_carried_inputs() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        r#"name: online
+stages:
+  base:
+    kind: command
+    with: { cmd: "echo base > ${outputs.model}", outputs: { model: files } }
+  online:
+    rounds: 3
+    carry: { policy: base.model, history: [base.model] }
+    next: { policy: ppo.model, history: ["${carry.history}", ppo.model] }
+    stages:
+      gen:
+        kind: command
+        inputs: { policy: "${carry.policy}" }
+        with: { cmd: "cat ${inputs.policy} > ${outputs.samples}; echo gen ${round} >> ${outputs.samples}", outputs: { samples: files } }
+      ppo:
+        kind: command
+        inputs: { samples: gen.samples, history: "${carry.history}" }
+        with: { cmd: "cat ${inputs.samples} > ${outputs.model}; echo ppo ${round} after ${prev} >> ${outputs.model}", outputs: { model: files } }
+"#,
+    );
+    let plan = ws.ok(&["plan", "p.yaml"]).stdout;
+    assert!(
+        plan.contains("gen@2 (command)  [policy <- ppo@1.model]"),
+        "{plan}"
+    );
+    assert!(plan.contains("ppo@3 (command)  [history <- base.model, history <- ppo@1.model, history <- ppo@2.model, samples <- gen@3.samples]"), "{plan}");
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let out = ws.ok(&["show", "p.yaml", "ppo@3.model", "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let path = v["outputs"][0]["path"].as_str().unwrap();
+    assert_eq!(
+        ws.read(path),
+        "base\ngen 1\nppo 1 after 0\ngen 2\nppo 2 after 1\ngen 3\nppo 3 after 2\n"
+    );
+}
