@@ -216,6 +216,9 @@ fn material(
     })
 }
 
+/// Output name -> what was stored for it.
+type Outputs = BTreeMap<String, LockOutput>;
+
 struct State {
     outputs: BTreeMap<usize, BTreeMap<String, LockOutput>>,
     lock: LockFile,
@@ -223,7 +226,7 @@ struct State {
     files: FileCache,
     reports: BTreeMap<usize, StageReport>,
     /// Results handed from workers to the scheduler thread.
-    results: BTreeMap<usize, Result<(BTreeMap<String, LockOutput>, String), StageError>>,
+    results: BTreeMap<usize, Result<(Outputs, String), StageError>>,
     started: BTreeMap<usize, Instant>,
     frozen_violations: Vec<String>,
 }
@@ -339,25 +342,23 @@ pub fn run(
             }
         }
         let force = options.force_all || forced.contains(&i);
-        if !force {
-            if let Some(record) = store.cached_run(&fp) {
-                st.outputs.insert(i, record.outputs.clone());
-                record_lock(
-                    st,
-                    i,
-                    LockEntry::new(&material, fp.clone(), record.outputs.clone()),
-                );
-                let report = StageReport {
-                    id: stage.id.clone(),
-                    status: Status::Cached,
-                    duration: Duration::ZERO,
-                    fingerprint: Some(fp),
-                    outputs: record.outputs,
-                };
-                observer.finished(&report);
-                st.reports.insert(i, report);
-                return Step::Done(true);
-            }
+        if !force && let Some(record) = store.cached_run(&fp) {
+            st.outputs.insert(i, record.outputs.clone());
+            record_lock(
+                st,
+                i,
+                LockEntry::new(&material, fp.clone(), record.outputs.clone()),
+            );
+            let report = StageReport {
+                id: stage.id.clone(),
+                status: Status::Cached,
+                duration: Duration::ZERO,
+                fingerprint: Some(fp),
+                outputs: record.outputs,
+            };
+            observer.finished(&report);
+            st.reports.insert(i, report);
+            return Step::Done(true);
         }
         let inputs = pipeline.bindings[i]
             .iter()
@@ -663,12 +664,11 @@ pub fn status(
         } else if !stale_upstream.is_empty() {
             // Compare what can be compared: the stage's own params, seed, kind and files.
             let mut reasons = stale_upstream;
-            if let Some(old) = old {
-                if let Ok(m) =
+            if let Some(old) = old
+                && let Ok(m) =
                     material_with_inputs(pipeline, i, old.inputs.clone(), &mut files, workspace)
-                {
-                    reasons.extend(explain(old, &m, &|_| String::new()));
-                }
+            {
+                reasons.extend(explain(old, &m, &|_| String::new()));
             }
             StageState {
                 id: stage.id.clone(),

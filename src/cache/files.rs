@@ -69,10 +69,12 @@ impl FileCache {
             .unwrap_or(file)
             .to_string_lossy()
             .into_owned();
-        if let Some(e) = self.entries.get(&key) {
-            if e.size == meta.len() && e.mtime_ns == mtime_ns && e.inode == inode {
-                return Ok(e.digest.clone());
-            }
+        if let Some(e) = self.entries.get(&key)
+            && e.size == meta.len()
+            && e.mtime_ns == mtime_ns
+            && e.inode == inode
+        {
+            return Ok(e.digest.clone());
         }
         let digest = artifact::digest_file(file)?;
         // A file modified in the last moments could change again within the same mtime

@@ -126,11 +126,11 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
 
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> u8 {
-    if let Some(dir) = &cli.workspace {
-        if let Err(e) = std::env::set_current_dir(dir) {
-            eprintln!("error: cannot enter the workspace `{}`: {e}", dir.display());
-            return 2;
-        }
+    if let Some(dir) = &cli.workspace
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        eprintln!("error: cannot enter the workspace `{}`: {e}", dir.display());
+        return 2;
     }
     let result = match cli.command {
         Command::Run(args) => run::run(args, cli.quiet),
@@ -160,10 +160,10 @@ pub fn workspace() -> Result<PathBuf, CliError> {
 /// Splits positional arguments into the spec (the first, when it names a YAML file) and
 /// stage names; without a spec, the default one.
 pub fn spec_and_targets(positionals: &[String]) -> Result<(PathBuf, Vec<String>), CliError> {
-    if let Some(first) = positionals.first() {
-        if first.ends_with(".yaml") || first.ends_with(".yml") || Path::new(first).is_file() {
-            return Ok((PathBuf::from(first), positionals[1..].to_vec()));
-        }
+    if let Some(first) = positionals.first()
+        && (first.ends_with(".yaml") || first.ends_with(".yml") || Path::new(first).is_file())
+    {
+        return Ok((PathBuf::from(first), positionals[1..].to_vec()));
     }
     Ok((default_spec()?, positionals.to_vec()))
 }
@@ -190,10 +190,9 @@ pub fn out(text: &str) {
     if let Err(e) = stdout
         .write_all(text.as_bytes())
         .and_then(|_| stdout.flush())
+        && e.kind() == std::io::ErrorKind::BrokenPipe
     {
-        if e.kind() == std::io::ErrorKind::BrokenPipe {
-            std::process::exit(0);
-        }
+        std::process::exit(0);
     }
 }
 

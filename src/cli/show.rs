@@ -42,19 +42,19 @@ pub fn run(args: ShowArgs) -> Result<u8, CliError> {
     };
     let i = pipeline.index_of(stage_id).expect("checked");
     let stage = &pipeline.spec.stages[i];
-    if let Some(o) = output {
-        if !stage.signature.outputs.iter().any(|p| p.name == o) {
-            let names: Vec<&str> = stage
-                .signature
-                .outputs
-                .iter()
-                .map(|p| p.name.as_str())
-                .collect();
-            return Err(CliError::Input(format!(
-                "stage `{stage_id}` has no output `{o}` (outputs: {})",
-                names.join(", ")
-            )));
-        }
+    if let Some(o) = output
+        && !stage.signature.outputs.iter().any(|p| p.name == o)
+    {
+        let names: Vec<&str> = stage
+            .signature
+            .outputs
+            .iter()
+            .map(|p| p.name.as_str())
+            .collect();
+        return Err(CliError::Input(format!(
+            "stage `{stage_id}` has no output `{o}` (outputs: {})",
+            names.join(", ")
+        )));
     }
     let ws = workspace()?;
     let states = runner::status(&pipeline, &spec_path, &ws)?;

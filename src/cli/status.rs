@@ -50,7 +50,7 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
             .first()
             .map(|r| format!("  {r}"))
             .unwrap_or_default();
-        text.push_str(&format!("  {word} {:<width$}{first}", s.id).trim_end());
+        text.push_str(format!("  {word} {:<width$}{first}", s.id).trim_end());
         text.push('\n');
         for r in s.reasons.iter().skip(1) {
             text.push_str(&format!("        {:<width$}  {r}\n", ""));

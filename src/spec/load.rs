@@ -210,15 +210,15 @@ fn resolve_plain(text: &str) -> NodeValue {
         _ => {}
     }
     let digits = text.strip_prefix(['-', '+']).unwrap_or(text);
-    if let Some(hex) = digits.strip_prefix("0x") {
-        if let Ok(v) = i64::from_str_radix(hex, 16) {
-            return NodeValue::Int(if text.starts_with('-') { -v } else { v });
-        }
+    if let Some(hex) = digits.strip_prefix("0x")
+        && let Ok(v) = i64::from_str_radix(hex, 16)
+    {
+        return NodeValue::Int(if text.starts_with('-') { -v } else { v });
     }
-    if let Some(oct) = digits.strip_prefix("0o") {
-        if let Ok(v) = i64::from_str_radix(oct, 8) {
-            return NodeValue::Int(if text.starts_with('-') { -v } else { v });
-        }
+    if let Some(oct) = digits.strip_prefix("0o")
+        && let Ok(v) = i64::from_str_radix(oct, 8)
+    {
+        return NodeValue::Int(if text.starts_with('-') { -v } else { v });
     }
     let looks_numeric = digits.starts_with(|c: char| c.is_ascii_digit() || c == '.')
         && digits

@@ -162,10 +162,8 @@ impl Node {
     pub fn key_span(&self, path: &[PathSeg]) -> Span {
         if let Some((PathSeg::Key(last), parent)) = path.split_last() {
             let (parent_node, found) = self.locate(parent);
-            if found {
-                if let Some(key) = parent_node.key_node(last) {
-                    return key.span;
-                }
+            if found && let Some(key) = parent_node.key_node(last) {
+                return key.span;
             }
             return parent_node.span;
         }

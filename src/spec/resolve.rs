@@ -566,16 +566,16 @@ impl Resolver<'_> {
                 return Value::String(text.to_string());
             }
         };
-        if let [Piece::Var(name, offset)] = pieces.as_slice() {
-            if !(keep_runtime && interp::is_runtime_name(name)) {
-                return self.lookup(name, at, *offset, round).unwrap_or(Value::Null);
-            }
+        if let [Piece::Var(name, offset)] = pieces.as_slice()
+            && !(keep_runtime && interp::is_runtime_name(name))
+        {
+            return self.lookup(name, at, *offset, round).unwrap_or(Value::Null);
         }
         let mut out = String::new();
         for piece in &pieces {
             match piece {
                 Piece::Var(name, _) if keep_runtime && interp::is_runtime_name(name) => {
-                    out.push_str(&interp::unscan(&[piece.clone()]));
+                    out.push_str(&interp::unscan(std::slice::from_ref(piece)));
                 }
                 Piece::Var(name, offset) => match self.lookup(name, at, *offset, round) {
                     Some(Value::String(s)) => out.push_str(&s),
@@ -790,13 +790,13 @@ fn set_path(node: &mut Node, keys: &[&str], value: Node) {
     if !node.is_map() {
         node.value = NodeValue::Map(Vec::new());
     }
-    if node.get(first).is_none() {
-        if let NodeValue::Map(entries) = &mut node.value {
-            entries.push((
-                Node::new(NodeValue::Str(first.to_string()), Span::command_line()),
-                Node::new(NodeValue::Map(Vec::new()), Span::command_line()),
-            ));
-        }
+    if node.get(first).is_none()
+        && let NodeValue::Map(entries) = &mut node.value
+    {
+        entries.push((
+            Node::new(NodeValue::Str(first.to_string()), Span::command_line()),
+            Node::new(NodeValue::Map(Vec::new()), Span::command_line()),
+        ));
     }
     let child = node.get_mut(first).expect("just inserted");
     set_path(child, rest, value);

@@ -40,24 +40,23 @@ pub fn pipeline_schema() -> Value {
     all_defs.extend(defs);
     if let Some(Value::Object(stage_def)) = all_defs.get_mut("RawStage") {
         stage_def.insert("allOf".into(), Value::Array(branches));
-        if let Some(Value::Object(props)) = stage_def.get_mut("properties") {
-            if let Some(Value::Object(kind)) = props.get_mut("kind") {
-                kind.insert("enum".into(), Value::Array(kind_names));
-            }
+        if let Some(Value::Object(props)) = stage_def.get_mut("properties")
+            && let Some(Value::Object(kind)) = props.get_mut("kind")
+        {
+            kind.insert("enum".into(), Value::Array(kind_names));
         }
     }
     let entry = json!({"anyOf": [stage.clone().to_value(), group.to_value()]});
-    if let Some(Value::Object(group_def)) = all_defs.get_mut("RawGroup") {
-        if let Some(Value::Object(props)) = group_def.get_mut("properties") {
-            if let Some(Value::Object(inner)) = props.get_mut("stages") {
-                inner.insert("additionalProperties".into(), stage.to_value());
-            }
-        }
+    if let Some(Value::Object(group_def)) = all_defs.get_mut("RawGroup")
+        && let Some(Value::Object(props)) = group_def.get_mut("properties")
+        && let Some(Value::Object(inner)) = props.get_mut("stages")
+    {
+        inner.insert("additionalProperties".into(), stage.to_value());
     }
-    if let Some(Value::Object(props)) = root_obj.get_mut("properties") {
-        if let Some(Value::Object(stages_prop)) = props.get_mut("stages") {
-            stages_prop.insert("additionalProperties".into(), entry);
-        }
+    if let Some(Value::Object(props)) = root_obj.get_mut("properties")
+        && let Some(Value::Object(stages_prop)) = props.get_mut("stages")
+    {
+        stages_prop.insert("additionalProperties".into(), entry);
     }
     root_obj.insert(
         "$id".into(),

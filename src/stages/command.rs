@@ -112,7 +112,7 @@ impl StageKind for Command {
                 ));
             }
         }
-        for (name, _) in &params.env {
+        for name in params.env.keys() {
             if name.is_empty() || name.contains('=') {
                 errors.push(ParamError::new(
                     vec![PathSeg::Key("env".into()), PathSeg::Key(name.clone())],
