@@ -30,6 +30,21 @@ pub struct RunOptions {
     pub keep_going: bool,
     pub frozen: bool,
     pub wait: bool,
+    pub executor: Executor,
+}
+
+/// Where a stage that must run is executed.
+#[derive(Debug, Clone, Default)]
+pub enum Executor {
+    /// In a worker thread of this process.
+    #[default]
+    InProcess,
+    /// In a fresh `hone exec-stage` process (the binary at `program`) that shares no
+    /// memory with the scheduler: what a cluster executor does, on one machine.
+    Process {
+        program: PathBuf,
+        overrides: Vec<String>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -360,16 +375,7 @@ pub fn run(
             st.reports.insert(i, report);
             return Step::Done(true);
         }
-        let inputs = pipeline.bindings[i]
-            .iter()
-            .map(|(port, refs)| {
-                let paths = refs
-                    .iter()
-                    .map(|(from, out)| store.object_rel(&st.outputs[from][out].digest))
-                    .collect();
-                (port.clone(), paths)
-            })
-            .collect();
+        let inputs = input_paths(pipeline, i, &store, &st.outputs);
         st.started.insert(i, Instant::now());
         Step::Run(Job {
             material,
@@ -382,8 +388,13 @@ pub fn run(
         let stage_id = &pipeline.spec.stages[i].id;
         observer.started(stage_id);
         let started = Instant::now();
-        let result = execute_stage(&store, pipeline, i, &job, cancel, started)
-            .map(|outputs| (outputs, job.fingerprint.clone()));
+        let result = match &options.executor {
+            Executor::InProcess => execute_stage(&store, pipeline, i, &job, cancel, started),
+            Executor::Process { program, overrides } => execute_in_process(
+                program, overrides, spec_path, workspace, stage_id, &job, cancel,
+            ),
+        }
+        .map(|outputs| (outputs, job.fingerprint.clone()));
         let ok = result.is_ok();
         let mut st = state.lock().expect("state lock");
         if let Ok((outputs, _)) = &result {
@@ -589,6 +600,88 @@ fn execute_stage(
     Ok(committed)
 }
 
+/// Runs a stage through `hone exec-stage` in a child process and reads its JSON report.
+fn execute_in_process(
+    program: &Path,
+    overrides: &[String],
+    spec_path: &Path,
+    workspace: &Path,
+    stage_id: &str,
+    job: &Job,
+    cancel: &AtomicBool,
+) -> Result<Outputs, StageError> {
+    let mut command = std::process::Command::new(program);
+    command
+        .arg("exec-stage")
+        .arg(spec_path)
+        .arg(stage_id)
+        .arg("--force")
+        .arg("--json")
+        .current_dir(workspace);
+    for o in overrides {
+        command.arg("-S").arg(o);
+    }
+    let child = command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|source| StageError::Io {
+            context: format!("starting `{}`", program.display()),
+            source,
+        })?;
+    let pid = child.id();
+    let watcher_done = AtomicBool::new(false);
+    let output = std::thread::scope(|scope| {
+        // Forward an interrupt to the child, which stops its stage cleanly.
+        scope.spawn(|| {
+            while !watcher_done.load(std::sync::atomic::Ordering::Relaxed) {
+                if cancel.load(std::sync::atomic::Ordering::Relaxed) {
+                    #[cfg(unix)]
+                    // SAFETY: kill(2) on our own child.
+                    unsafe {
+                        libc::kill(pid as i32, libc::SIGINT);
+                    }
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        let output = child.wait_with_output();
+        watcher_done.store(true, std::sync::atomic::Ordering::Relaxed);
+        output
+    })
+    .map_err(|source| StageError::Io {
+        context: "waiting for `hone exec-stage`".into(),
+        source,
+    })?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).map_err(|_| {
+        StageError::Failed(format!(
+            "`hone exec-stage` exited with {} and no report:\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim_end()
+        ))
+    })?;
+    match report["status"].as_str() {
+        Some("ran" | "cached") => {
+            let fp = report["fingerprint"].as_str().unwrap_or_default();
+            if fp != job.fingerprint {
+                return Err(StageError::Failed(format!(
+                    "`hone exec-stage` computed fingerprint {fp}, the scheduler {}: the spec or its files changed during the run",
+                    job.fingerprint
+                )));
+            }
+            serde_json::from_value(report["outputs"].clone()).map_err(|e| {
+                StageError::Failed(format!("unreadable `hone exec-stage` report: {e}"))
+            })
+        }
+        Some("interrupted") => Err(StageError::Cancelled),
+        _ => Err(StageError::Failed(
+            report["reason"].as_str().unwrap_or("failed").to_string(),
+        )),
+    }
+}
+
 fn upstream_names(pipeline: &Pipeline, i: usize, port: &str) -> String {
     let names: Vec<String> = pipeline.bindings[i]
         .get(port)
@@ -630,13 +723,31 @@ pub fn status(
     spec_path: &Path,
     workspace: &Path,
 ) -> Result<Vec<StageState>, RunError> {
+    let survey = survey(pipeline, spec_path, workspace)?;
+    Ok(pipeline
+        .order
+        .iter()
+        .map(|i| survey.states[i].clone())
+        .collect())
+}
+
+/// The state of every stage, with the stored outputs and fingerprint material of those
+/// whose fingerprint could be computed.
+struct Survey {
+    states: BTreeMap<usize, StageState>,
+    outputs: BTreeMap<usize, Outputs>,
+    materials: BTreeMap<usize, Fingerprint>,
+}
+
+fn survey(pipeline: &Pipeline, spec_path: &Path, workspace: &Path) -> Result<Survey, RunError> {
     let store = Store::open_existing(workspace)?;
     let lock = LockFile::read(&lock_path(spec_path))?;
     let mut files = match &store {
         Some(s) => FileCache::load(s.root().join("files.json")),
         None => FileCache::default(),
     };
-    let mut outputs: BTreeMap<usize, BTreeMap<String, LockOutput>> = BTreeMap::new();
+    let mut outputs: BTreeMap<usize, Outputs> = BTreeMap::new();
+    let mut materials = BTreeMap::new();
     let mut states: BTreeMap<usize, StageState> = BTreeMap::new();
     for &i in &pipeline.order {
         let stage = &pipeline.spec.stages[i];
@@ -709,6 +820,7 @@ pub fn status(
                     if let Some(record) = &cached {
                         outputs.insert(i, record.outputs.clone());
                     }
+                    materials.insert(i, m);
                     StageState {
                         id: stage.id.clone(),
                         up_to_date: cached.is_some(),
@@ -720,11 +832,110 @@ pub fn status(
         };
         states.insert(i, state);
     }
-    Ok(pipeline
-        .order
+    Ok(Survey {
+        states,
+        outputs,
+        materials,
+    })
+}
+
+/// Runs one stage in this process, reading its inputs from the store and writing its
+/// outputs and run record there: `hone exec-stage`, what a cluster executor (Slurm,
+/// Kubernetes) would call. Every upstream stage must already be stored. The workspace
+/// lock and the lock file are left to the scheduler that called it.
+pub fn exec_one(
+    pipeline: &Pipeline,
+    spec_path: &Path,
+    workspace: &Path,
+    stage_id: &str,
+    force: bool,
+    cancel: &AtomicBool,
+) -> Result<StageReport, RunError> {
+    let i = stage_indices(pipeline, &[stage_id.to_string()])?[0];
+    let survey = survey(pipeline, spec_path, workspace)?;
+    let stale: Vec<String> = pipeline
+        .upstream(i)
+        .into_iter()
+        .filter(|u| !survey.states[u].up_to_date)
+        .map(|u| format!("`{}`", pipeline.spec.stages[u].id))
+        .collect();
+    if !stale.is_empty() {
+        return Err(RunError::Input(format!(
+            "stage `{stage_id}` needs {} stored first (run them, or use `hone run`)",
+            stale.join(", ")
+        )));
+    }
+    let state = &survey.states[&i];
+    let Some(material) = survey.materials.get(&i).cloned() else {
+        return Err(RunError::Input(format!(
+            "stage `{stage_id}`: {}",
+            state.reasons.join("; ")
+        )));
+    };
+    let fp = fingerprint(&material);
+    let store = Store::open(workspace)?;
+    let id = stage_id.to_string();
+    if !force && let Some(record) = store.cached_run(&fp) {
+        let report = StageReport {
+            id,
+            status: Status::Cached,
+            duration: Duration::ZERO,
+            fingerprint: Some(fp),
+            outputs: record.outputs,
+        };
+        return Ok(report);
+    }
+    let inputs = input_paths(pipeline, i, &store, &survey.outputs);
+    let job = Job {
+        material,
+        fingerprint: fp.clone(),
+        inputs,
+    };
+    let started = Instant::now();
+    let result = execute_stage(&store, pipeline, i, &job, cancel, started);
+    let duration = started.elapsed();
+    Ok(match result {
+        Ok(outputs) => StageReport {
+            id,
+            status: Status::Ran,
+            duration,
+            fingerprint: Some(fp),
+            outputs,
+        },
+        Err(StageError::Cancelled) => StageReport {
+            id,
+            status: Status::Interrupted,
+            duration,
+            fingerprint: Some(fp),
+            outputs: BTreeMap::new(),
+        },
+        Err(e) => StageReport {
+            id,
+            status: Status::Failed(e.to_string()),
+            duration,
+            fingerprint: Some(fp),
+            outputs: BTreeMap::new(),
+        },
+    })
+}
+
+/// The store paths (relative to the workspace) bound to each input port of stage `i`.
+fn input_paths(
+    pipeline: &Pipeline,
+    i: usize,
+    store: &Store,
+    outputs: &BTreeMap<usize, Outputs>,
+) -> BTreeMap<String, Vec<PathBuf>> {
+    pipeline.bindings[i]
         .iter()
-        .filter_map(|i| states.remove(i))
-        .collect())
+        .map(|(port, refs)| {
+            let paths = refs
+                .iter()
+                .map(|(from, out)| store.object_rel(&outputs[from][out].digest))
+                .collect();
+            (port.clone(), paths)
+        })
+        .collect()
 }
 
 /// Fingerprint material with the given input digests (used to compare a stage whose

@@ -1,6 +1,7 @@
 //! Command-line interface (clap derive), one file per subcommand. The only module that
 //! prints to stdout.
 
+mod exec_stage;
 mod gc;
 mod plan;
 mod run;
@@ -12,6 +13,7 @@ mod verify;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use clap::{Args, Parser, Subcommand};
 
@@ -60,6 +62,9 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Write the JSON Schema of specs (schemas/pipeline.schema.json).
     Schema(schema::SchemaArgs),
+    /// Run one stage from the store's inputs into the store, in this process (what a
+    /// cluster executor calls; `hone run` schedules it for you).
+    ExecStage(exec_stage::ExecStageArgs),
 }
 
 /// The spec file and `-S` overrides, shared by the commands that read a spec.
@@ -124,6 +129,24 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         .try_init();
 }
 
+/// Set by Ctrl-C (or SIGTERM): running stages are stopped, nothing new starts.
+pub static CANCEL: AtomicBool = AtomicBool::new(false);
+
+/// The first Ctrl-C stops running stages and keeps finished ones; a second quits at once.
+pub fn install_interrupt_handler() {
+    let presses = AtomicUsize::new(0);
+    let _ = ctrlc::set_handler(move || {
+        if presses.fetch_add(1, Ordering::SeqCst) > 0 {
+            eprintln!("interrupted again: stopping at once");
+            std::process::exit(130);
+        }
+        eprintln!(
+            "interrupt: stopping running stages; finished stages are kept (Ctrl-C again to quit at once)"
+        );
+        CANCEL.store(true, Ordering::SeqCst);
+    });
+}
+
 /// Runs a parsed command line and returns the exit code.
 pub fn run(cli: Cli) -> u8 {
     if let Some(dir) = &cli.workspace
@@ -141,6 +164,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Gc(args) => gc::run(args),
         Command::Verify(args) => verify::run(args),
         Command::Schema(args) => schema::run(args),
+        Command::ExecStage(args) => exec_stage::run(args),
     };
     match result {
         Ok(code) => code,

@@ -2,17 +2,23 @@
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use clap::Args;
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::{CliError, SpecArgs, load_pipeline, out, spec_and_targets, workspace};
-use crate::runner::{self, Observer, RunOptions, RunReport, StageReport, Status};
+use super::{
+    CANCEL, CliError, SpecArgs, install_interrupt_handler, load_pipeline, out, spec_and_targets,
+    workspace,
+};
+use crate::runner::{self, Executor, Observer, RunOptions, RunReport, StageReport, Status};
 
-/// Set by Ctrl-C (or SIGTERM): running stages are stopped, nothing new starts.
-static CANCEL: AtomicBool = AtomicBool::new(false);
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExecutorArg {
+    Thread,
+    Process,
+}
 
 #[derive(Debug, Args)]
 pub struct RunArgs {
@@ -43,6 +49,10 @@ pub struct RunArgs {
     /// Print a machine-readable summary on stdout.
     #[arg(long)]
     pub json: bool,
+    /// Run each stage in a worker thread, or in its own `hone exec-stage` process (as a
+    /// cluster executor would).
+    #[arg(long, value_enum, default_value = "thread")]
+    pub executor: ExecutorArg,
     #[command(flatten)]
     pub spec: SpecArgs,
 }
@@ -51,17 +61,7 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
     let (spec_path, targets) = spec_and_targets(&args.positionals)?;
     let pipeline = load_pipeline(&spec_path, &args.spec.set)?;
     let ws = workspace()?;
-    let presses = AtomicUsize::new(0);
-    let _ = ctrlc::set_handler(move || {
-        if presses.fetch_add(1, Ordering::SeqCst) > 0 {
-            eprintln!("interrupted again: stopping at once");
-            std::process::exit(130);
-        }
-        eprintln!(
-            "interrupt: stopping running stages; finished stages are kept (Ctrl-C again to quit at once)"
-        );
-        CANCEL.store(true, Ordering::SeqCst);
-    });
+    install_interrupt_handler();
     let options = RunOptions {
         targets,
         downstream: args.downstream,
@@ -75,6 +75,14 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
         keep_going: args.keep_going,
         frozen: args.frozen,
         wait: args.wait,
+        executor: match args.executor {
+            ExecutorArg::Thread => Executor::InProcess,
+            ExecutorArg::Process => Executor::Process {
+                program: std::env::current_exe()
+                    .map_err(|e| CliError::Failed(format!("cannot find the hone binary: {e}")))?,
+                overrides: args.spec.set.clone(),
+            },
+        },
     };
     let display = Display::new(!quiet && !args.json);
     let report = runner::run(&pipeline, &spec_path, &ws, &options, &CANCEL, &display)?;
@@ -213,23 +221,7 @@ fn summary(report: &RunReport) -> String {
 }
 
 fn json_report(report: &RunReport) -> serde_json::Value {
-    let stages: Vec<serde_json::Value> = report
-        .stages
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::json!({
-                "id": s.id,
-                "status": s.status.word(),
-                "duration_s": s.duration.as_secs_f64(),
-                "fingerprint": s.fingerprint,
-                "outputs": s.outputs,
-            });
-            if let Status::Failed(why) | Status::Skipped(why) = &s.status {
-                v["reason"] = serde_json::Value::String(why.clone());
-            }
-            v
-        })
-        .collect();
+    let stages: Vec<serde_json::Value> = report.stages.iter().map(stage_json).collect();
     serde_json::json!({
         "pipeline": report.pipeline,
         "ok": report.ok(),
@@ -237,4 +229,19 @@ fn json_report(report: &RunReport) -> serde_json::Value {
         "stages": stages,
         "frozen_violations": report.frozen_violations,
     })
+}
+
+/// One stage's outcome as JSON (shared by `hone run --json` and `hone exec-stage --json`).
+pub fn stage_json(s: &StageReport) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "id": s.id,
+        "status": s.status.word(),
+        "duration_s": s.duration.as_secs_f64(),
+        "fingerprint": s.fingerprint,
+        "outputs": s.outputs,
+    });
+    if let Status::Failed(why) | Status::Skipped(why) = &s.status {
+        v["reason"] = serde_json::Value::String(why.clone());
+    }
+    v
 }

@@ -438,3 +438,49 @@ fn directory_outputs_are_stored_whole() {
     assert!(text.contains("directory: config.json, sub"), "{text}");
     assert!(ws.ok(&["verify"]).stdout.contains("all intact"));
 }
+
+#[test]
+fn the_process_executor_matches_the_thread_executor() {
+    let threads = Workspace::new();
+    let processes = Workspace::new();
+    for ws in [&threads, &processes] {
+        ws.write("p.yaml", &diamond(false));
+    }
+    threads.ok(&["run", "p.yaml", "-q"]);
+    let out = processes.hone(&["run", "p.yaml", "--json", "--executor", "process"]);
+    assert_eq!(
+        out.with_status("ran").len(),
+        4,
+        "{}\n{}",
+        out.stdout,
+        out.stderr
+    );
+    assert_eq!(threads.read("p.lock"), processes.read("p.lock"));
+    // `exec-stage` alone: refuses a stage whose inputs are not stored, runs one that has them.
+    let fresh = Workspace::new();
+    fresh.write("p.yaml", &diamond(false));
+    let refused = fresh.hone(&["exec-stage", "p.yaml", "left"]);
+    assert_eq!(refused.code, 2);
+    assert!(
+        refused.stderr.contains("needs `root` stored first"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(
+        fresh.ok(&["exec-stage", "p.yaml", "root"]).stdout,
+        "root ran\n"
+    );
+    assert_eq!(
+        fresh.ok(&["exec-stage", "p.yaml", "left"]).stdout,
+        "left ran\n"
+    );
+    // A failure inside the child process reaches the scheduler's report.
+    processes.write("p.yaml", &diamond(true));
+    let failed = processes.hone(&["run", "p.yaml", "--executor", "process"]);
+    assert_eq!(failed.code, 1);
+    assert!(
+        failed.stdout.contains("exited with status 3"),
+        "{}",
+        failed.stdout
+    );
+}
