@@ -53,7 +53,12 @@ export DVC_NO_ANALYTICS=1
 
 # --- hone --------------------------------------------------------------------------------
 if [[ -n "${HONE_BIN:-}" ]]; then
-    HONE="$HONE_BIN"
+    # Absolute, since the timed runs start in the workspace directory.
+    if [[ "$HONE_BIN" != */* ]]; then
+        HONE="$(command -v "$HONE_BIN")" || die "HONE_BIN not found on PATH: $HONE_BIN"
+    else
+        HONE="$(realpath "$HONE_BIN")" || die "HONE_BIN not found: $HONE_BIN"
+    fi
 else
     echo "building hone (cargo build --release -q)..." >&2
     (cd "$REPO_ROOT" && cargo build --release -q)
@@ -204,6 +209,11 @@ echo
 echo "no-op run time, hone vs dvc (linear chains of trivial shell stages)"
 echo "  dvc:   $("$DVC" --version)  ($DVC)"
 echo "  hone:  $("$HONE" --version)  ($HONE)"
+if [[ -z "${HONE_BIN:-}" ]] && rev="$(git -C "$REPO_ROOT" rev-parse --short HEAD 2>/dev/null)"; then
+    [[ -n "$(git -C "$REPO_ROOT" status --porcelain -- src Cargo.toml Cargo.lock 2>/dev/null)" ]] \
+        && rev="$rev (+ uncommitted changes)"
+    echo "  tree:  $rev"
+fi
 echo "  nproc: $(nproc)"
 echo "  cpu:   ${cpu_model:-unknown}"
 echo "  runs:  $RUNS per tool and size (after one populating run)"
