@@ -9,3 +9,4 @@ pub mod dag;
 pub mod runner;
 pub mod spec;
 pub mod stages;
+pub mod world;
