@@ -6,6 +6,7 @@ pub mod artifact;
 pub mod cache;
 pub mod cli;
 pub mod dag;
+pub mod feedback;
 pub mod runner;
 pub mod spec;
 pub mod stages;

@@ -540,6 +540,7 @@ fn execute_stage(
     let log_path = tmp.join("log");
     let ctx = StageContext {
         stage_id: &stage.id,
+        fingerprint: &job.fingerprint,
         params: &stage.params,
         seed: stage.seed,
         threads: stage.threads,

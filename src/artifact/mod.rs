@@ -1,6 +1,9 @@
 //! Typed artifacts and the byte-level rules every artifact obeys: how a file or a
 //! directory is digested, and how a file is written so that it is visible only once whole.
 
+pub mod feedback;
+pub mod table;
+
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
@@ -25,6 +28,9 @@ pub enum ArtifactType {
     Metrics,
     /// A self-contained HTML report.
     Report,
+    /// Normalised human feedback: a directory of comparisons, rankings, scores and flags
+    /// tables (see `artifact::feedback`).
+    Feedback,
 }
 
 impl ArtifactType {
@@ -47,6 +53,7 @@ impl ArtifactType {
             "reward-model" => ArtifactType::RewardModel,
             "metrics" => ArtifactType::Metrics,
             "report" => ArtifactType::Report,
+            "feedback" => ArtifactType::Feedback,
             other => {
                 let kind = other.strip_prefix("table:")?;
                 let valid = !kind.is_empty()
@@ -81,6 +88,7 @@ impl fmt::Display for ArtifactType {
             ArtifactType::RewardModel => f.write_str("reward-model"),
             ArtifactType::Metrics => f.write_str("metrics"),
             ArtifactType::Report => f.write_str("report"),
+            ArtifactType::Feedback => f.write_str("feedback"),
         }
     }
 }

@@ -5,7 +5,7 @@ mod exec_stage;
 mod gc;
 mod plan;
 mod run;
-mod schema;
+pub mod schema;
 mod show;
 mod status;
 mod validate;

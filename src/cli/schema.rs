@@ -1,43 +1,59 @@
-//! `hone schema`: write (or check) the JSON Schema of specs.
+//! `hone schema`: write (or check) the generated schemas: the JSON Schema of specs and the
+//! column schema of every table kind.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use clap::Args;
 
 use super::{CliError, out};
+use crate::artifact::feedback::table_kinds;
 use crate::spec::schema::pipeline_schema_json;
 
-pub const SCHEMA_PATH: &str = "schemas/pipeline.schema.json";
+pub const SCHEMA_DIR: &str = "schemas";
 
 #[derive(Debug, Args)]
 pub struct SchemaArgs {
-    /// Where to write it; `-` for stdout.
-    #[arg(long, default_value = SCHEMA_PATH)]
+    /// The directory to write into; `-` prints the pipeline schema on stdout.
+    #[arg(long, default_value = SCHEMA_DIR)]
     pub out: PathBuf,
-    /// Do not write: exit 1 if the file differs from what this hone generates.
+    /// Do not write: exit 1 if any file differs from what this hone generates.
     #[arg(long)]
     pub check: bool,
 }
 
+/// Every generated schema file: (path relative to the schema directory, content).
+pub fn generated() -> Vec<(String, String)> {
+    let mut files = vec![("pipeline.schema.json".to_string(), pipeline_schema_json())];
+    for kind in table_kinds() {
+        files.push((format!("tables/{}.json", kind.name), kind.schema_json()));
+    }
+    files
+}
+
 pub fn run(args: SchemaArgs) -> Result<u8, CliError> {
-    let text = pipeline_schema_json();
     if args.out.as_os_str() == "-" {
-        out(&text);
+        out(&pipeline_schema_json());
         return Ok(0);
     }
-    if args.check {
-        let current = std::fs::read_to_string(&args.out).unwrap_or_default();
-        if current != text {
-            eprintln!(
-                "`{}` is stale: run `hone schema` and commit the result",
-                args.out.display()
-            );
-            return Ok(1);
+    let mut stale = Vec::new();
+    for (rel, text) in generated() {
+        let path = Path::new(&args.out).join(&rel);
+        if args.check {
+            if std::fs::read_to_string(&path).unwrap_or_default() != text {
+                stale.push(path.display().to_string());
+            }
+            continue;
         }
-        return Ok(0);
+        crate::artifact::write_atomic(&path, text.as_bytes())
+            .map_err(|e| CliError::Failed(format!("writing `{}`: {e}", path.display())))?;
+        eprintln!("wrote `{}`", path.display());
     }
-    crate::artifact::write_atomic(&args.out, text.as_bytes())
-        .map_err(|e| CliError::Failed(format!("writing `{}`: {e}", args.out.display())))?;
-    eprintln!("wrote `{}`", args.out.display());
+    if !stale.is_empty() {
+        eprintln!(
+            "stale: {}; run `hone schema` and commit the result",
+            stale.join(", ")
+        );
+        return Ok(1);
+    }
     Ok(0)
 }

@@ -5,6 +5,7 @@
 //! [`registry`], and the schema regenerated with `hone schema` (see CONTRIBUTING.md).
 
 mod command;
+mod feedback_ingest;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ use serde_json::Value;
 use crate::artifact::ArtifactType;
 
 pub use command::Command;
+pub use feedback_ingest::FeedbackIngest;
 
 /// A named, typed input or output of a stage.
 #[derive(Debug, Clone)]
@@ -56,6 +58,8 @@ pub use crate::spec::de::{FieldError as ParamError, from_value as parse_params, 
 /// inputs, and where to write each declared output.
 pub struct StageContext<'a> {
     pub stage_id: &'a str,
+    /// The stage's fingerprint, recorded as provenance in the files it writes.
+    pub fingerprint: &'a str,
     pub params: &'a Value,
     pub seed: u64,
     pub threads: usize,
@@ -113,7 +117,7 @@ pub trait StageKind: Send + Sync {
 
 /// Every stage kind hone knows, in the order `hone schema` lists them.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    &[&Command]
+    &[&Command, &FeedbackIngest]
 }
 
 pub fn find(name: &str) -> Option<&'static dyn StageKind> {

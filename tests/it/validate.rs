@@ -116,13 +116,15 @@ fn every_shipped_pipeline_validates_and_declares_the_schema() {
 }
 
 #[test]
-fn committed_schema_is_fresh() {
-    let committed =
-        std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap_or_default();
-    assert!(
-        committed == hone::spec::schema::pipeline_schema_json(),
-        "schemas/pipeline.schema.json is stale: run `cargo run -- schema` and commit it"
-    );
+fn committed_schemas_are_fresh() {
+    for (rel, text) in hone::cli::schema::generated() {
+        let committed =
+            std::fs::read_to_string(repo().join("schemas").join(&rel)).unwrap_or_default();
+        assert!(
+            committed == text,
+            "schemas/{rel} is stale: run `cargo run -- schema` and commit it"
+        );
+    }
 }
 
 #[test]
