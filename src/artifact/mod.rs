@@ -1,6 +1,7 @@
 //! Typed artifacts and the byte-level rules every artifact obeys: how a file or a
 //! directory is digested, and how a file is written so that it is visible only once whole.
 
+pub mod candidates;
 pub mod feedback;
 pub mod table;
 

@@ -30,6 +30,9 @@ pub enum ColumnType {
     /// A list of strings.
     #[serde(rename = "list<utf8>")]
     ListUtf8,
+    /// A list of integers.
+    #[serde(rename = "list<int64>")]
+    ListInt64,
 }
 
 impl ColumnType {
@@ -42,6 +45,9 @@ impl ColumnType {
             ColumnType::Boolean => DataType::Boolean,
             ColumnType::ListUtf8 => {
                 DataType::List(Arc::new(Field::new("item", DataType::Utf8, true)))
+            }
+            ColumnType::ListInt64 => {
+                DataType::List(Arc::new(Field::new("item", DataType::Int64, true)))
             }
         }
     }
@@ -220,6 +226,20 @@ pub mod col {
 
     pub fn bool(values: impl Iterator<Item = bool>) -> ArrayRef {
         Arc::new(values.map(Some).collect::<BooleanArray>())
+    }
+
+    pub fn list_i64_opt<'a>(values: impl Iterator<Item = Option<&'a [i64]>>) -> ArrayRef {
+        let mut builder = ListBuilder::new(arrow::array::Int64Builder::new());
+        for list in values {
+            match list {
+                Some(list) => {
+                    builder.values().append_slice(list);
+                    builder.append(true);
+                }
+                None => builder.append(false),
+            }
+        }
+        Arc::new(builder.finish())
     }
 
     pub fn list_utf8<'a>(values: impl Iterator<Item = &'a [String]>) -> ArrayRef {

@@ -139,26 +139,26 @@ fn summary(path: &Path) -> String {
     };
     if meta.is_dir() {
         let mut entries: Vec<String> = std::fs::read_dir(path)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
+            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
             .unwrap_or_default();
         entries.sort();
-        let more = if entries.len() > 12 {
-            format!(" (+{} more)", entries.len() - 12)
-        } else {
-            String::new()
-        };
+        let mut lines = Vec::new();
+        for name in entries.iter().filter(|n| n.ends_with(".parquet")) {
+            lines.push(format!("{name}: {}", parquet_summary(&path.join(name)).lines().next().unwrap_or_default()));
+        }
+        if let Ok(summary) = std::fs::read_to_string(path.join("summary.json")) {
+            lines.push(format!("summary.json: {}", summary.split_whitespace().collect::<Vec<_>>().join(" ")));
+        }
+        let more = if entries.len() > 12 { format!(" (+{} more)", entries.len() - 12) } else { String::new() };
         entries.truncate(12);
-        return format!("directory: {}{more}", entries.join(", "));
+        lines.insert(0, format!("directory: {}{more}", entries.join(", ")));
+        return lines.join("\n");
     }
     let Ok(bytes) = std::fs::read(path) else {
         return "unreadable".into();
     };
     if bytes.starts_with(b"PAR1") {
-        return "Parquet file".into();
+        return parquet_summary(path);
     }
     match std::str::from_utf8(&bytes) {
         Ok(text) => {
@@ -171,5 +171,29 @@ fn summary(path: &Path) -> String {
             )
         }
         Err(_) => "binary file".into(),
+    }
+}
+
+/// Rows, columns and hone's table kind of a Parquet file.
+fn parquet_summary(path: &Path) -> String {
+    let reader = std::fs::File::open(path)
+        .map_err(|e| e.to_string())
+        .and_then(|f| parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| e.to_string()));
+    match reader {
+        Err(e) => format!("unreadable Parquet file: {e}"),
+        Ok(builder) => {
+            let rows = builder.metadata().file_metadata().num_rows();
+            let kind = builder
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .and_then(|kv| kv.iter().find(|k| k.key == "hone.table").and_then(|k| k.value.clone()));
+            let columns: Vec<String> = builder.schema().fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+            format!(
+                "Parquet table{}, {rows} rows\ncolumns: {}",
+                kind.map(|k| format!(" `{k}`")).unwrap_or_default(),
+                columns.join(", ")
+            )
+        }
     }
 }
