@@ -17,9 +17,24 @@ pub static CANDIDATES: TableKind = TableKind {
         Column::new("prompt_id", Utf8, false, "prompt identifier"),
         Column::new("prompt", Utf8, false, "the prompt text"),
         Column::new("response", Utf8, false, "the sampled response text"),
-        Column::new("sample", UInt64, false, "index of this sample among the prompt's samples (0-based)"),
-        Column::new("token_ids", ListInt64, true, "the response's token ids (null when the response was not sampled by hone)"),
-        Column::new("logprob_sum", Float64, true, "sum of the sampled tokens' log-probabilities under the sampling policy"),
+        Column::new(
+            "sample",
+            UInt64,
+            false,
+            "index of this sample among the prompt's samples (0-based)",
+        ),
+        Column::new(
+            "token_ids",
+            ListInt64,
+            true,
+            "the response's token ids (null when the response was not sampled by hone)",
+        ),
+        Column::new(
+            "logprob_sum",
+            Float64,
+            true,
+            "sum of the sampled tokens' log-probabilities under the sampling policy",
+        ),
         Column::new("seed", UInt64, false, "the seed the sample was drawn with"),
     ],
 };
@@ -69,7 +84,10 @@ pub fn read_candidates(path: &Path) -> Result<Vec<Candidate>, String> {
             for r in 0..batch.num_rows() {
                 let mut map = serde_json::Map::new();
                 for (c, field) in schema.fields().iter().enumerate() {
-                    map.insert(field.name().clone(), table::json_value(batch.column(c).as_ref(), r).unwrap_or_default());
+                    map.insert(
+                        field.name().clone(),
+                        table::json_value(batch.column(c).as_ref(), r).unwrap_or_default(),
+                    );
                 }
                 let candidate = serde_json::from_value(serde_json::Value::Object(map))
                     .map_err(|e| format!("`{}` row {}: {e}", path.display(), out.len() + 1))?;
@@ -77,9 +95,15 @@ pub fn read_candidates(path: &Path) -> Result<Vec<Candidate>, String> {
             }
         }
     } else {
-        let text = std::fs::read_to_string(path).map_err(|e| format!("`{}`: {e}", path.display()))?;
-        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
-            let candidate = serde_json::from_str(line).map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| format!("`{}`: {e}", path.display()))?;
+        for (i, line) in text
+            .lines()
+            .enumerate()
+            .filter(|(_, l)| !l.trim().is_empty())
+        {
+            let candidate = serde_json::from_str(line)
+                .map_err(|e| format!("`{}` line {}: {e}", path.display(), i + 1))?;
             out.push(candidate);
         }
     }

@@ -128,7 +128,14 @@ pub static REJECTS: TableKind = TableKind {
 
 /// Every table kind hone writes, for `hone schema`.
 pub fn table_kinds() -> [&'static TableKind; 6] {
-    [&COMPARISONS, &RANKINGS, &SCORES, &FLAGS, &REJECTS, &super::candidates::CANDIDATES]
+    [
+        &COMPARISONS,
+        &RANKINGS,
+        &SCORES,
+        &FLAGS,
+        &REJECTS,
+        &super::candidates::CANDIDATES,
+    ]
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -153,6 +153,8 @@ impl<T: TableRow> TableWriter<T> {
         let props = WriterProperties::builder()
             .set_compression(Compression::ZSTD(ZstdLevel::default()))
             .set_key_value_metadata(Some(metadata))
+            // Bounded row groups keep the writer's memory flat however many rows stream in.
+            .set_max_row_group_row_count(Some(65_536))
             .set_created_by(format!("hone {}", env!("CARGO_PKG_VERSION")))
             .build();
         let writer = ArrowWriter::try_new(file, kind.arrow_schema(), Some(props))?;

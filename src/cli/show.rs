@@ -139,17 +139,34 @@ fn summary(path: &Path) -> String {
     };
     if meta.is_dir() {
         let mut entries: Vec<String> = std::fs::read_dir(path)
-            .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.file_name().to_string_lossy().into_owned()).collect())
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
             .unwrap_or_default();
         entries.sort();
         let mut lines = Vec::new();
         for name in entries.iter().filter(|n| n.ends_with(".parquet")) {
-            lines.push(format!("{name}: {}", parquet_summary(&path.join(name)).lines().next().unwrap_or_default()));
+            lines.push(format!(
+                "{name}: {}",
+                parquet_summary(&path.join(name))
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            ));
         }
         if let Ok(summary) = std::fs::read_to_string(path.join("summary.json")) {
-            lines.push(format!("summary.json: {}", summary.split_whitespace().collect::<Vec<_>>().join(" ")));
+            lines.push(format!(
+                "summary.json: {}",
+                summary.split_whitespace().collect::<Vec<_>>().join(" ")
+            ));
         }
-        let more = if entries.len() > 12 { format!(" (+{} more)", entries.len() - 12) } else { String::new() };
+        let more = if entries.len() > 12 {
+            format!(" (+{} more)", entries.len() - 12)
+        } else {
+            String::new()
+        };
         entries.truncate(12);
         lines.insert(0, format!("directory: {}{more}", entries.join(", ")));
         return lines.join("\n");
@@ -178,7 +195,10 @@ fn summary(path: &Path) -> String {
 fn parquet_summary(path: &Path) -> String {
     let reader = std::fs::File::open(path)
         .map_err(|e| e.to_string())
-        .and_then(|f| parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f).map_err(|e| e.to_string()));
+        .and_then(|f| {
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(f)
+                .map_err(|e| e.to_string())
+        });
     match reader {
         Err(e) => format!("unreadable Parquet file: {e}"),
         Ok(builder) => {
@@ -187,8 +207,17 @@ fn parquet_summary(path: &Path) -> String {
                 .metadata()
                 .file_metadata()
                 .key_value_metadata()
-                .and_then(|kv| kv.iter().find(|k| k.key == "hone.table").and_then(|k| k.value.clone()));
-            let columns: Vec<String> = builder.schema().fields().iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+                .and_then(|kv| {
+                    kv.iter()
+                        .find(|k| k.key == "hone.table")
+                        .and_then(|k| k.value.clone())
+                });
+            let columns: Vec<String> = builder
+                .schema()
+                .fields()
+                .iter()
+                .map(|f| format!("{}: {}", f.name(), f.data_type()))
+                .collect();
             format!(
                 "Parquet table{}, {rows} rows\ncolumns: {}",
                 kind.map(|k| format!(" `{k}`")).unwrap_or_default(),
