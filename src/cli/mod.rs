@@ -10,6 +10,7 @@ mod show;
 mod status;
 mod validate;
 mod verify;
+mod world;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -65,6 +66,8 @@ pub enum Command {
     /// Run one stage from the store's inputs into the store, in this process (what a
     /// cluster executor calls; `hone run` schedules it for you).
     ExecStage(exec_stage::ExecStageArgs),
+    /// The HHH world: `hone world generate` writes data/hhh.
+    World(world::WorldArgs),
 }
 
 /// The spec file and `-S` overrides, shared by the commands that read a spec.
@@ -165,6 +168,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Verify(args) => verify::run(args),
         Command::Schema(args) => schema::run(args),
         Command::ExecStage(args) => exec_stage::run(args),
+        Command::World(args) => world::run(args),
     };
     match result {
         Ok(code) => code,

@@ -142,7 +142,9 @@ impl Row<'_> {
                     format!("`kind` should be text, found {}", kind(other)),
                 ));
             }
-            None if self.row.contains_key("chosen") => "comparison",
+            None if self.row.contains_key("chosen") || self.row.contains_key("response_a") => {
+                "comparison"
+            }
             None if self.row.contains_key("responses") => "ranking",
             None if self.row.contains_key("score") => "score",
             None if self.row.contains_key("flag") => "flag",
@@ -155,6 +157,42 @@ impl Row<'_> {
         };
         let prompt = self.text("prompt")?;
         match kind {
+            "comparison"
+                if !self.row.contains_key("chosen") && self.row.contains_key("response_a") =>
+            {
+                // A labelling tool's layout (what `annotate` exports): two responses and
+                // which one was preferred.
+                let a = self.text("response_a")?;
+                let b = self.text("response_b")?;
+                let choice = match self.row.get("choice") {
+                    None | Some(Value::Null) => {
+                        return Err(err(
+                            "missing_field",
+                            "`choice` is empty: the pair was not labelled",
+                        ));
+                    }
+                    Some(Value::String(c)) => c.trim().to_ascii_lowercase(),
+                    Some(other) => {
+                        return Err(err(
+                            "wrong_type",
+                            format!("`choice` should be `a` or `b`, found {}", self::kind(other)),
+                        ));
+                    }
+                };
+                let margin = self.optional_number("margin")?;
+                match choice.as_str() {
+                    "a" => Ok(vec![self.comparison(prompt, a, b, margin)?]),
+                    "b" => Ok(vec![self.comparison(prompt, b, a, margin)?]),
+                    "" => Err(err(
+                        "missing_field",
+                        "`choice` is empty: the pair was not labelled",
+                    )),
+                    other => Err(err(
+                        "out_of_range",
+                        format!("`choice` should be `a` or `b`, found `{other}`"),
+                    )),
+                }
+            }
             "comparison" => {
                 let chosen = self.text("chosen")?;
                 let rejected = self.text("rejected")?;
@@ -211,8 +249,16 @@ impl Row<'_> {
                         format!("unknown flag `{flag}` (flags: {})", FLAG_NAMES.join(", ")),
                     ));
                 }
+                // An absent `value` means the flag is raised; an empty one (an exported
+                // batch nobody filled in) is not a label at all.
                 let value = match self.row.get("value") {
-                    None | Some(Value::Null) => true,
+                    None => true,
+                    Some(Value::Null) => {
+                        return Err(err(
+                            "missing_field",
+                            "`value` is empty: the flag was not labelled",
+                        ));
+                    }
                     Some(v) => to_bool("value", v)?,
                 };
                 Ok(vec![Record::Flag(Flag {

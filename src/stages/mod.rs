@@ -4,6 +4,7 @@
 //! Adding a kind: a file here with a type implementing [`StageKind`], one line in
 //! [`registry`], and the schema regenerated with `hone schema` (see CONTRIBUTING.md).
 
+mod annotate;
 mod command;
 mod feedback_ingest;
 
@@ -16,6 +17,7 @@ use serde_json::Value;
 
 use crate::artifact::ArtifactType;
 
+pub use annotate::{Annotate, ORACLE};
 pub use command::Command;
 pub use feedback_ingest::FeedbackIngest;
 
@@ -117,7 +119,7 @@ pub trait StageKind: Send + Sync {
 
 /// Every stage kind hone knows, in the order `hone schema` lists them.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    &[&Command, &FeedbackIngest]
+    &[&Command, &FeedbackIngest, &Annotate]
 }
 
 pub fn find(name: &str) -> Option<&'static dyn StageKind> {

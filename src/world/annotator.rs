@@ -10,7 +10,7 @@
 use rand::Rng;
 use rand_distr::{Distribution, Gumbel, StandardNormal};
 
-/// Cut points for `ordered_probit` on the oracle's reward scale [-2, 2]: midway between the
+/// Cut points for `ordered_probit` on the oracle's reward scale [-2.5, 2]: midway between the
 /// typical rewards -2, -1, 0, 1 and 2, so that without noise each maps to its own score.
 pub const DEFAULT_PROBIT_THRESHOLDS: [f64; 4] = [-1.5, -0.5, 0.5, 1.5];
 

@@ -1,5 +1,6 @@
 //! Integration tests: the real `hone` binary on real files in temporary workspaces.
 
+mod annotate;
 mod crash;
 mod feedback;
 mod run;

@@ -1,0 +1,705 @@
+//! `annotate`: the simulated annotator. Labels candidate responses from the HHH world's
+//! oracle with configurable noise (pairs by Bradley-Terry, rankings by Plackett-Luce,
+//! 1-5 scores by ordered probit, flags with miss and false-alarm rates), by several
+//! annotators with their own noise; or exports a batch for people to label, which
+//! `feedback-ingest` (format `hone`) reads back once filled in.
+
+use std::collections::BTreeMap;
+
+use arrow::array::ArrayRef;
+use rand::seq::{IndexedRandom, SliceRandom};
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::candidates::{Candidate, read_candidates};
+use crate::artifact::feedback::{Comparison, FeedbackWriter, Flag, Ranking, Record, Score};
+use crate::artifact::table::{
+    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
+};
+use crate::spec::node::PathSeg;
+use crate::world::annotator::{self, DEFAULT_PROBIT_THRESHOLDS};
+use crate::world::{OracleScore, World, oracle};
+
+pub struct Annotate;
+
+/// What to label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum LabelKind {
+    Pairs,
+    Rankings,
+    Scores,
+    Flags,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// Label with the simulated annotators.
+    #[default]
+    Simulate,
+    /// Write a batch for people to label (JSONL or CSV, by `export_format`).
+    Export,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    #[default]
+    Jsonl,
+    Csv,
+}
+
+/// One simulated annotator.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotatorParams {
+    /// Recorded in the `annotator` column.
+    pub id: String,
+    /// Bradley-Terry / Plackett-Luce temperature on the oracle reward: P(a over b) =
+    /// sigmoid((r_a - r_b) / temperature). 0 is a perfect annotator.
+    #[serde(default = "default_temperature")]
+    pub temperature: f64,
+    /// Standard deviation of the ordered-probit noise on 1-5 scores.
+    #[serde(default = "default_score_noise")]
+    pub score_noise: f64,
+    /// Probability of missing a behaviour that is there.
+    #[serde(default = "default_miss_rate")]
+    pub miss_rate: f64,
+    /// Probability of flagging a behaviour that is not there.
+    #[serde(default = "default_false_alarm_rate")]
+    pub false_alarm_rate: f64,
+}
+
+fn default_temperature() -> f64 {
+    0.5
+}
+fn default_score_noise() -> f64 {
+    0.5
+}
+fn default_miss_rate() -> f64 {
+    0.1
+}
+fn default_false_alarm_rate() -> f64 {
+    0.02
+}
+fn default_world() -> String {
+    "data/hhh/facts.jsonl".into()
+}
+fn default_labels() -> Vec<LabelKind> {
+    vec![LabelKind::Pairs]
+}
+fn default_one() -> usize {
+    1
+}
+fn default_annotators() -> Vec<AnnotatorParams> {
+    vec![AnnotatorParams {
+        id: "sim-0".into(),
+        temperature: default_temperature(),
+        score_noise: default_score_noise(),
+        miss_rate: default_miss_rate(),
+        false_alarm_rate: default_false_alarm_rate(),
+    }]
+}
+
+/// Parameters of an `annotate` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AnnotateParams {
+    /// The HHH world's fact table, the oracle's truth (a workspace file).
+    #[serde(default = "default_world")]
+    pub world: String,
+    /// A candidates file (JSONL or Parquet, fields `prompt_id`, `prompt`, `response`),
+    /// when no `candidates` input is bound.
+    #[serde(default)]
+    pub candidates_path: Option<String>,
+    /// What to label (default `[pairs]`).
+    #[serde(default = "default_labels")]
+    pub labels: Vec<LabelKind>,
+    /// Pairs labelled per prompt (distinct pairs of different responses).
+    #[serde(default = "default_one")]
+    pub pairs_per_prompt: usize,
+    /// Responses in each ranking (default: all of a prompt's).
+    #[serde(default)]
+    pub ranking_size: Option<usize>,
+    /// Label only this many prompts, chosen at random (default: all).
+    #[serde(default)]
+    pub max_prompts: Option<usize>,
+    /// The annotators (default: one, `sim-0`, with the default noise).
+    #[serde(default = "default_annotators")]
+    pub annotators: Vec<AnnotatorParams>,
+    /// How many different annotators label each item.
+    #[serde(default = "default_one")]
+    pub annotators_per_item: usize,
+    /// Ordered-probit cut points between scores 1|2, 2|3, 3|4, 4|5 on the reward scale.
+    #[serde(default)]
+    pub thresholds: Option<[f64; 4]>,
+    /// `simulate` (default) or `export` a batch for people.
+    #[serde(default)]
+    pub mode: Mode,
+    /// The file type of an exported batch.
+    #[serde(default)]
+    pub export_format: ExportFormat,
+}
+
+/// The oracle's verdict on every candidate: the ground truth that evaluations compare with.
+pub static ORACLE: TableKind = TableKind {
+    name: "oracle",
+    version: 1,
+    doc: "the HHH oracle's scores of candidate responses (ground truth, never shown to a learner)",
+    columns: &[
+        Column::new("prompt_id", Utf8, false, "prompt identifier"),
+        Column::new("prompt", Utf8, false, "the prompt text"),
+        Column::new("response", Utf8, false, "the response"),
+        Column::new("helpfulness", Float64, false, "in [0, 1]"),
+        Column::new("honesty", Float64, false, "in [0, 1]"),
+        Column::new("harmlessness", Float64, false, "in [0, 1]"),
+        Column::new("reward", Float64, false, "the true reward, in [-2.5, 2]"),
+        Column::new(
+            "hallucination",
+            Boolean,
+            false,
+            "a claim contradicts the fact table",
+        ),
+        Column::new(
+            "bias",
+            Boolean,
+            false,
+            "a prejudiced statement about a people",
+        ),
+        Column::new("unsafe", Boolean, false, "unsafe advice"),
+    ],
+};
+
+struct OracleRow<'a> {
+    candidate: &'a Candidate,
+    score: OracleScore,
+}
+
+impl TableRow for OracleRow<'_> {
+    const KIND: &'static TableKind = &ORACLE;
+    fn columns(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![
+            col::utf8(rows.iter().map(|r| r.candidate.prompt_id.as_str())),
+            col::utf8(rows.iter().map(|r| r.candidate.prompt.as_str())),
+            col::utf8(rows.iter().map(|r| r.candidate.response.as_str())),
+            col::f64(rows.iter().map(|r| r.score.helpfulness)),
+            col::f64(rows.iter().map(|r| r.score.honesty)),
+            col::f64(rows.iter().map(|r| r.score.harmlessness)),
+            col::f64(rows.iter().map(|r| r.score.reward)),
+            col::bool(rows.iter().map(|r| r.score.flags.hallucination)),
+            col::bool(rows.iter().map(|r| r.score.flags.bias)),
+            col::bool(rows.iter().map(|r| r.score.flags.unsafe_advice)),
+        ]
+    }
+}
+
+impl StageKind for Annotate {
+    fn name(&self) -> &'static str {
+        "annotate"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "label candidates with simulated annotators from the HHH oracle, or export a batch for people"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<AnnotateParams>(generator)
+    }
+
+    fn signature(
+        &self,
+        params: &Value,
+        input_names: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
+        let p: AnnotateParams = parse_params(params)?;
+        let mut errors = Vec::new();
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let has_input = input_names.contains(&"candidates");
+        match (&p.candidates_path, has_input) {
+            (Some(_), true) => errors.push(ParamError::new(
+                key("candidates_path"),
+                "give `candidates_path` or a `candidates` input, not both",
+            )),
+            (None, false) => errors.push(ParamError::new(
+                Vec::new(),
+                "missing required key `candidates_path` (or bind a `candidates` input)",
+            )),
+            _ => {}
+        }
+        if p.annotators.is_empty() {
+            errors.push(ParamError::new(key("annotators"), "at least one annotator"));
+        }
+        for (i, a) in p.annotators.iter().enumerate() {
+            let at = |k: &str| {
+                vec![
+                    PathSeg::Key("annotators".into()),
+                    PathSeg::Index(i),
+                    PathSeg::Key(k.into()),
+                ]
+            };
+            if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
+                errors.push(ParamError::new(
+                    at("temperature"),
+                    "`temperature` must be a finite number >= 0",
+                ));
+            }
+            if !(a.score_noise >= 0.0 && a.score_noise.is_finite()) {
+                errors.push(ParamError::new(
+                    at("score_noise"),
+                    "`score_noise` must be a finite number >= 0",
+                ));
+            }
+            for (name, v) in [
+                ("miss_rate", a.miss_rate),
+                ("false_alarm_rate", a.false_alarm_rate),
+            ] {
+                if !(0.0..=1.0).contains(&v) {
+                    errors.push(ParamError::new(
+                        at(name),
+                        format!("`{name}` must be between 0 and 1"),
+                    ));
+                }
+            }
+            if p.annotators[..i].iter().any(|b| b.id == a.id) {
+                errors.push(ParamError::new(
+                    at("id"),
+                    format!("annotator id `{}` appears twice", a.id),
+                ));
+            }
+        }
+        if p.annotators_per_item == 0 || p.annotators_per_item > p.annotators.len().max(1) {
+            errors.push(ParamError::new(
+                key("annotators_per_item"),
+                format!(
+                    "`annotators_per_item` must be between 1 and the number of annotators ({})",
+                    p.annotators.len()
+                ),
+            ));
+        }
+        if p.pairs_per_prompt == 0 {
+            errors.push(ParamError::new(
+                key("pairs_per_prompt"),
+                "`pairs_per_prompt` must be at least 1",
+            ));
+        }
+        if p.ranking_size.is_some_and(|k| k < 2) {
+            errors.push(ParamError::new(
+                key("ranking_size"),
+                "`ranking_size` must be at least 2",
+            ));
+        }
+        if p.labels.is_empty() {
+            errors.push(ParamError::new(
+                key("labels"),
+                "name at least one of `pairs`, `rankings`, `scores`, `flags`",
+            ));
+        }
+        if let Err(why) = annotator::check_probit_parameters(
+            &p.thresholds.unwrap_or(DEFAULT_PROBIT_THRESHOLDS),
+            1.0,
+        ) {
+            errors.push(ParamError::new(key("thresholds"), why));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut candidates =
+            Port::new("candidates", ArtifactType::Table(Some("candidates".into())));
+        candidates.required = false;
+        let outputs = match p.mode {
+            Mode::Simulate => vec![
+                Port::new("feedback", ArtifactType::Feedback),
+                Port::new("oracle", ArtifactType::Table(Some("oracle".into()))),
+            ],
+            Mode::Export => vec![Port::new("batch", ArtifactType::Files)],
+        };
+        let mut deps = vec![p.world];
+        deps.extend(p.candidates_path);
+        Ok(Signature {
+            inputs: vec![candidates],
+            open_inputs: false,
+            outputs,
+            deps,
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: AnnotateParams =
+            parse_params(ctx.params).map_err(|e| StageError::Failed(e[0].message.clone()))?;
+        let failed = StageError::Failed;
+        let world_text = std::fs::read_to_string(ctx.workspace.join(&p.world))
+            .map_err(|e| failed(format!("reading `{}`: {e}", p.world)))?;
+        let world = World::from_facts_jsonl(&world_text)
+            .map_err(|e| failed(format!("`{}`: {e}", p.world)))?;
+        let source = match (
+            &p.candidates_path,
+            ctx.inputs.get("candidates").and_then(|c| c.first()),
+        ) {
+            (Some(path), _) => ctx.workspace.join(path),
+            (None, Some(input)) => ctx.workspace.join(input),
+            (None, None) => return Err(failed("no candidates".into())),
+        };
+        let candidates = read_candidates(&source).map_err(failed)?;
+        let mut groups: BTreeMap<&str, Vec<&Candidate>> = BTreeMap::new();
+        for c in &candidates {
+            groups.entry(c.prompt_id.as_str()).or_default().push(c);
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+        let mut prompt_ids: Vec<&str> = groups.keys().copied().collect();
+        if let Some(n) = p.max_prompts {
+            prompt_ids.shuffle(&mut rng);
+            prompt_ids.truncate(n);
+            prompt_ids.sort_unstable();
+        }
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        if p.mode == Mode::Export {
+            let path = ctx.workspace.join(&ctx.outputs["batch"]);
+            return export(&p, &groups, &prompt_ids, &path, &mut rng).map_err(|e| StageError::Io {
+                context: "writing the batch".into(),
+                source: e,
+            });
+        }
+
+        // The oracle's verdicts, once per candidate.
+        let mut verdicts: BTreeMap<(&str, &str), OracleScore> = BTreeMap::new();
+        let mut unrecognised = 0usize;
+        for c in &candidates {
+            let mut verdict = oracle::score(&world, &c.prompt, &c.response);
+            if !verdict.recognised_prompt {
+                unrecognised += 1;
+                verdict.reward = f64::NAN;
+            }
+            verdicts.insert((c.prompt_id.as_str(), c.response.as_str()), verdict);
+        }
+        if unrecognised == candidates.len() {
+            return Err(failed(format!(
+                "none of the {} candidates' prompts is an HHH world prompt: the oracle cannot judge them",
+                candidates.len()
+            )));
+        }
+        if unrecognised > 0 {
+            tracing::warn!(
+                unrecognised,
+                "candidates whose prompt is not an HHH world prompt are left unlabelled"
+            );
+        }
+        let mut oracle_rows: TableWriter<OracleRow<'_>> =
+            TableWriter::create(&ctx.workspace.join(&ctx.outputs["oracle"]), &provenance)
+                .map_err(|e| failed(e.to_string()))?;
+        for c in &candidates {
+            let score = verdicts[&(c.prompt_id.as_str(), c.response.as_str())];
+            if score.recognised_prompt {
+                oracle_rows
+                    .push(OracleRow {
+                        candidate: c,
+                        score,
+                    })
+                    .map_err(|e| failed(e.to_string()))?;
+            }
+        }
+        oracle_rows.finish().map_err(|e| failed(e.to_string()))?;
+
+        let mut writer =
+            FeedbackWriter::create(&ctx.workspace.join(&ctx.outputs["feedback"]), &provenance)
+                .map_err(|e| failed(e.to_string()))?;
+        let thresholds = p.thresholds.unwrap_or(DEFAULT_PROBIT_THRESHOLDS);
+        let mut item = 0u64;
+        for (n, prompt_id) in prompt_ids.iter().enumerate() {
+            if n % 64 == 0 && ctx.cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            // Distinct responses only, and only those the oracle can judge.
+            let mut responses: Vec<(&Candidate, f64)> = Vec::new();
+            for c in &groups[prompt_id] {
+                let reward = verdicts[&(c.prompt_id.as_str(), c.response.as_str())].reward;
+                if reward.is_finite() && !responses.iter().any(|(o, _)| o.response == c.response) {
+                    responses.push((c, reward));
+                }
+            }
+            if responses.is_empty() {
+                continue;
+            }
+            let prompt = &responses[0].0.prompt;
+            for kind in &p.labels {
+                match kind {
+                    LabelKind::Pairs => {
+                        let mut pairs: Vec<(usize, usize)> = (0..responses.len())
+                            .flat_map(|i| (i + 1..responses.len()).map(move |j| (i, j)))
+                            .collect();
+                        pairs.shuffle(&mut rng);
+                        pairs.truncate(p.pairs_per_prompt);
+                        for (i, j) in pairs {
+                            // Present the pair in a random order, as a labelling tool would.
+                            let (i, j) = if rng.random_bool(0.5) { (i, j) } else { (j, i) };
+                            for a in pick_annotators(&p, &mut rng) {
+                                item += 1;
+                                let first = annotator::prefer_first(
+                                    &mut rng,
+                                    responses[i].1,
+                                    responses[j].1,
+                                    a.temperature,
+                                );
+                                let (chosen, rejected) = if first { (i, j) } else { (j, i) };
+                                push(
+                                    &mut writer,
+                                    Record::Comparison(Comparison {
+                                        prompt_id: prompt_id.to_string(),
+                                        prompt: prompt.clone(),
+                                        chosen: responses[chosen].0.response.clone(),
+                                        rejected: responses[rejected].0.response.clone(),
+                                        margin: None,
+                                        annotator: Some(a.id.clone()),
+                                        source_row: item,
+                                    }),
+                                )?;
+                            }
+                        }
+                    }
+                    LabelKind::Rankings => {
+                        if responses.len() < 2 {
+                            continue;
+                        }
+                        let mut subset: Vec<usize> = (0..responses.len()).collect();
+                        subset.shuffle(&mut rng);
+                        subset.truncate(p.ranking_size.unwrap_or(responses.len()));
+                        let rewards: Vec<f64> = subset.iter().map(|&k| responses[k].1).collect();
+                        for a in pick_annotators(&p, &mut rng) {
+                            item += 1;
+                            let order = annotator::plackett_luce(&mut rng, &rewards, a.temperature);
+                            push(
+                                &mut writer,
+                                Record::Ranking(Ranking {
+                                    prompt_id: prompt_id.to_string(),
+                                    prompt: prompt.clone(),
+                                    responses: order
+                                        .iter()
+                                        .map(|&o| responses[subset[o]].0.response.clone())
+                                        .collect(),
+                                    annotator: Some(a.id.clone()),
+                                    source_row: item,
+                                }),
+                            )?;
+                        }
+                    }
+                    LabelKind::Scores => {
+                        for (c, reward) in &responses {
+                            for a in pick_annotators(&p, &mut rng) {
+                                item += 1;
+                                let score = annotator::ordered_probit(
+                                    &mut rng,
+                                    *reward,
+                                    &thresholds,
+                                    a.score_noise,
+                                );
+                                push(
+                                    &mut writer,
+                                    Record::Score(Score {
+                                        prompt_id: prompt_id.to_string(),
+                                        prompt: prompt.clone(),
+                                        response: c.response.clone(),
+                                        aspect: "overall".into(),
+                                        score: f64::from(score),
+                                        scale_min: 1.0,
+                                        scale_max: 5.0,
+                                        annotator: Some(a.id.clone()),
+                                        source_row: item,
+                                    }),
+                                )?;
+                            }
+                        }
+                    }
+                    LabelKind::Flags => {
+                        for (c, _) in &responses {
+                            let truth =
+                                &verdicts[&(c.prompt_id.as_str(), c.response.as_str())].flags;
+                            for a in pick_annotators(&p, &mut rng) {
+                                for (flag, present) in [
+                                    ("hallucination", truth.hallucination),
+                                    ("bias", truth.bias),
+                                    ("unsafe", truth.unsafe_advice),
+                                ] {
+                                    item += 1;
+                                    let value = annotator::flag(
+                                        &mut rng,
+                                        present,
+                                        a.miss_rate,
+                                        a.false_alarm_rate,
+                                    );
+                                    push(
+                                        &mut writer,
+                                        Record::Flag(Flag {
+                                            prompt_id: prompt_id.to_string(),
+                                            prompt: prompt.clone(),
+                                            response: c.response.clone(),
+                                            flag: flag.into(),
+                                            value,
+                                            annotator: Some(a.id.clone()),
+                                            source_row: item,
+                                        }),
+                                    )?;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        writer.summary.rows_read = item;
+        let summary = writer.finish().map_err(|e| failed(e.to_string()))?;
+        tracing::info!(
+            comparisons = summary.comparisons,
+            rankings = summary.rankings,
+            scores = summary.scores,
+            flags = summary.flags,
+            "annotated"
+        );
+        Ok(())
+    }
+}
+
+fn push(writer: &mut FeedbackWriter, record: Record) -> Result<(), StageError> {
+    writer
+        .push(record)
+        .map_err(|e| StageError::Failed(e.to_string()))
+}
+
+/// `annotators_per_item` distinct annotators, at random.
+fn pick_annotators<'a>(p: &'a AnnotateParams, rng: &mut impl Rng) -> Vec<&'a AnnotatorParams> {
+    p.annotators
+        .choose_multiple(rng, p.annotators_per_item)
+        .collect()
+}
+
+/// Writes the items to label as hone-format rows with the label left empty: pairs as
+/// `response_a`/`response_b` with `choice` ("a" or "b") to fill in, scores with `score`,
+/// flags with `value`, rankings as `responses` to reorder best first.
+fn export(
+    p: &AnnotateParams,
+    groups: &BTreeMap<&str, Vec<&Candidate>>,
+    prompt_ids: &[&str],
+    path: &std::path::Path,
+    rng: &mut impl Rng,
+) -> std::io::Result<()> {
+    let mut rows: Vec<serde_json::Map<String, Value>> = Vec::new();
+    for prompt_id in prompt_ids {
+        let mut responses: Vec<&Candidate> = Vec::new();
+        for c in &groups[prompt_id] {
+            if !responses.iter().any(|o| o.response == c.response) {
+                responses.push(c);
+            }
+        }
+        let prompt = responses[0].prompt.clone();
+        let base = |kind: &str| {
+            let mut row = serde_json::Map::new();
+            row.insert("kind".into(), Value::from(kind));
+            row.insert("prompt_id".into(), Value::from(*prompt_id));
+            row.insert("prompt".into(), Value::from(prompt.clone()));
+            row
+        };
+        for kind in &p.labels {
+            match kind {
+                LabelKind::Pairs => {
+                    let mut pairs: Vec<(usize, usize)> = (0..responses.len())
+                        .flat_map(|i| (i + 1..responses.len()).map(move |j| (i, j)))
+                        .collect();
+                    pairs.shuffle(rng);
+                    for (i, j) in pairs.into_iter().take(p.pairs_per_prompt) {
+                        let mut row = base("comparison");
+                        row.insert(
+                            "response_a".into(),
+                            Value::from(responses[i].response.clone()),
+                        );
+                        row.insert(
+                            "response_b".into(),
+                            Value::from(responses[j].response.clone()),
+                        );
+                        row.insert("choice".into(), Value::Null);
+                        rows.push(row);
+                    }
+                }
+                LabelKind::Rankings if responses.len() >= 2 => {
+                    let mut shuffled: Vec<String> =
+                        responses.iter().map(|c| c.response.clone()).collect();
+                    shuffled.shuffle(rng);
+                    let mut row = base("ranking");
+                    row.insert("responses".into(), Value::from(shuffled));
+                    rows.push(row);
+                }
+                LabelKind::Rankings => {}
+                LabelKind::Scores => {
+                    for c in &responses {
+                        let mut row = base("score");
+                        row.insert("response".into(), Value::from(c.response.clone()));
+                        row.insert("score".into(), Value::Null);
+                        rows.push(row);
+                    }
+                }
+                LabelKind::Flags => {
+                    for c in &responses {
+                        for flag in crate::feedback::formats::FLAG_NAMES {
+                            let mut row = base("flag");
+                            row.insert("response".into(), Value::from(c.response.clone()));
+                            row.insert("flag".into(), Value::from(flag));
+                            row.insert("value".into(), Value::Null);
+                            rows.push(row);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    match p.export_format {
+        ExportFormat::Jsonl => {
+            for row in rows {
+                use std::io::Write;
+                writeln!(out, "{}", Value::Object(row))?;
+            }
+        }
+        ExportFormat::Csv => {
+            let columns = [
+                "kind",
+                "prompt_id",
+                "prompt",
+                "response_a",
+                "response_b",
+                "choice",
+                "response",
+                "responses",
+                "score",
+                "flag",
+                "value",
+            ];
+            let mut writer = csv::Writer::from_writer(out);
+            writer.write_record(columns)?;
+            for row in rows {
+                let cells: Vec<String> = columns
+                    .iter()
+                    .map(|c| match row.get(*c) {
+                        None | Some(Value::Null) => String::new(),
+                        Some(Value::String(s)) => s.clone(),
+                        Some(other) => other.to_string(),
+                    })
+                    .collect();
+                writer.write_record(cells)?;
+            }
+            writer.flush()?;
+        }
+    }
+    Ok(())
+}
