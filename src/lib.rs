@@ -7,6 +7,7 @@ pub mod cache;
 pub mod cli;
 pub mod dag;
 pub mod feedback;
+pub mod model;
 pub mod runner;
 pub mod spec;
 pub mod stages;

@@ -3,6 +3,7 @@
 mod annotate;
 mod crash;
 mod feedback;
+mod models;
 mod run;
 mod support;
 mod validate;

@@ -1,0 +1,198 @@
+//! Llama, trainable, with Hugging Face tensor names (`model.layers.0.self_attn.q_proj.weight`,
+//! ...): RMSNorm, rotary position embeddings applied as transformers does (`rotate_half`),
+//! SwiGLU MLP, grouped-query attention.
+
+use candle_core::{Result, Tensor};
+use candle_nn::{Init, VarBuilder};
+use serde::{Deserialize, Serialize};
+
+use super::KvCache;
+use super::ops::{apply_rope, attention, repeat_kv, rms_norm, rope_tables};
+
+/// The fields of a Hugging Face `LlamaConfig` that hone uses.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+}
+
+fn default_eps() -> f64 {
+    1e-6
+}
+
+fn default_theta() -> f64 {
+    10000.0
+}
+
+impl LlamaConfig {
+    pub fn n_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.hidden_size / self.num_attention_heads
+    }
+}
+
+const INIT: Init = Init::Randn {
+    mean: 0.0,
+    stdev: 0.02,
+};
+
+/// A bias-free linear layer with HF's [out, in] weight layout.
+struct Linear {
+    weight: Tensor,
+}
+
+impl Linear {
+    fn new(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Self> {
+        Ok(Linear {
+            weight: vb.get_with_hints((n_out, n_in), "weight", INIT)?,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        x.broadcast_matmul(&self.weight.t()?)
+    }
+}
+
+struct Layer {
+    input_norm: Tensor,
+    q: Linear,
+    k: Linear,
+    v: Linear,
+    o: Linear,
+    post_norm: Tensor,
+    gate: Linear,
+    up: Linear,
+    down: Linear,
+}
+
+pub struct Llama {
+    embed: Tensor,
+    layers: Vec<Layer>,
+    norm: Tensor,
+    lm_head: Tensor,
+    pub config: LlamaConfig,
+}
+
+impl Llama {
+    pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+        let m = vb.pp("model");
+        let (h, kv) = (cfg.hidden_size, cfg.n_kv_heads() * cfg.head_dim());
+        let ones = Init::Const(1.0);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| {
+                let l = m.pp("layers").pp(i);
+                Ok(Layer {
+                    input_norm: l.pp("input_layernorm").get_with_hints(h, "weight", ones)?,
+                    q: Linear::new(h, h, l.pp("self_attn").pp("q_proj"))?,
+                    k: Linear::new(h, kv, l.pp("self_attn").pp("k_proj"))?,
+                    v: Linear::new(h, kv, l.pp("self_attn").pp("v_proj"))?,
+                    o: Linear::new(h, h, l.pp("self_attn").pp("o_proj"))?,
+                    post_norm: l
+                        .pp("post_attention_layernorm")
+                        .get_with_hints(h, "weight", ones)?,
+                    gate: Linear::new(h, cfg.intermediate_size, l.pp("mlp").pp("gate_proj"))?,
+                    up: Linear::new(h, cfg.intermediate_size, l.pp("mlp").pp("up_proj"))?,
+                    down: Linear::new(cfg.intermediate_size, h, l.pp("mlp").pp("down_proj"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let embed = m.get_with_hints((cfg.vocab_size, h), "embed_tokens.weight", INIT)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed.clone()
+        } else {
+            vb.get_with_hints((cfg.vocab_size, h), "lm_head.weight", INIT)?
+        };
+        Ok(Llama {
+            embed,
+            layers,
+            norm: m.pp("norm").get_with_hints(h, "weight", ones)?,
+            lm_head,
+            config: cfg.clone(),
+        })
+    }
+
+    /// Final hidden states [b, t, hidden] for `ids` [b, t] at positions `start..`.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        mut cache: Option<&mut KvCache>,
+        start: usize,
+    ) -> Result<Tensor> {
+        let cfg = &self.config;
+        let (b, t) = ids.dims2()?;
+        if start + t > cfg.max_position_embeddings {
+            candle_core::bail!(
+                "sequence of {} tokens exceeds the model's context of {}",
+                start + t,
+                cfg.max_position_embeddings
+            );
+        }
+        let (n_heads, n_kv, head_dim) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
+        let (cos, sin) = rope_tables(start, t, head_dim, cfg.rope_theta, ids.device())?;
+        let mut x =
+            self.embed
+                .index_select(&ids.flatten_all()?, 0)?
+                .reshape((b, t, cfg.hidden_size))?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
+            let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+                proj.forward(&h)?
+                    .reshape((b, t, n, head_dim))?
+                    .transpose(1, 2)?
+                    .contiguous()
+            };
+            let q = apply_rope(&heads(&layer.q, n_heads)?, &cos, &sin)?;
+            let mut k = apply_rope(&heads(&layer.k, n_kv)?, &cos, &sin)?;
+            let mut v = heads(&layer.v, n_kv)?;
+            if let Some(cache) = cache.as_deref_mut() {
+                let slot = &mut cache.layers[i];
+                if let Some((k_past, v_past)) = slot.as_ref() {
+                    k = Tensor::cat(&[k_past, &k], 2)?;
+                    v = Tensor::cat(&[v_past, &v], 2)?;
+                }
+                *slot = Some((k.clone(), v.clone()));
+            }
+            let (k, v) = (
+                repeat_kv(&k, n_heads / n_kv)?,
+                repeat_kv(&v, n_heads / n_kv)?,
+            );
+            let y = attention(&q, &k, &v)?
+                .transpose(1, 2)?
+                .reshape((b, t, cfg.hidden_size))?;
+            x = (x + layer.o.forward(&y)?)?;
+            let h = rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
+            let mlp = layer
+                .down
+                .forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?;
+            x = (x + mlp)?;
+        }
+        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        hidden.broadcast_matmul(&self.lm_head.t()?)
+    }
+
+    pub fn n_layers(&self) -> usize {
+        self.layers.len()
+    }
+}

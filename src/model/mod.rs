@@ -1,0 +1,355 @@
+//! Causal language models on candle: trainable GPT-2 and Llama with Hugging Face tensor
+//! names, checkpoint directories a transformers user recognises, and KV-cache sampling.
+//! No YAML, CLI or spec here: stages hand this module tensors, paths and numbers.
+
+pub mod gpt2;
+pub mod llama;
+pub mod ops;
+pub mod sample;
+pub mod tokenizer;
+pub mod train;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Result, Tensor};
+use candle_nn::{VarBuilder, VarMap};
+use serde_json::Value;
+
+pub use gpt2::{Gpt2, Gpt2Config};
+pub use llama::{Llama, LlamaConfig};
+
+/// A model's architecture and sizes, read from and written to `config.json`.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ModelConfig {
+    Gpt2(Gpt2Config),
+    Llama(LlamaConfig),
+}
+
+impl ModelConfig {
+    /// Parses a Hugging Face `config.json` (`model_type` `gpt2` or `llama`); fields hone
+    /// does not use are ignored.
+    pub fn from_hf_json(text: &str) -> std::result::Result<ModelConfig, String> {
+        let value: Value = serde_json::from_str(text).map_err(|e| format!("invalid JSON: {e}"))?;
+        match value.get("model_type").and_then(Value::as_str) {
+            Some("gpt2") => serde_json::from_value(value)
+                .map(ModelConfig::Gpt2)
+                .map_err(|e| format!("GPT-2 config: {e}")),
+            Some("llama") => {
+                // transformers 5 writes `rope_parameters.rope_theta`; older versions a
+                // top-level `rope_theta`.
+                let mut value = value;
+                if value.get("rope_theta").is_none()
+                    && let Some(theta) = value.pointer("/rope_parameters/rope_theta").cloned()
+                {
+                    value["rope_theta"] = theta;
+                }
+                serde_json::from_value(value)
+                    .map(ModelConfig::Llama)
+                    .map_err(|e| format!("Llama config: {e}"))
+            }
+            Some(other) => Err(format!(
+                "unsupported `model_type` `{other}` (hone trains `gpt2` and `llama`)"
+            )),
+            None => Err("no `model_type` field".into()),
+        }
+    }
+
+    /// The `config.json` transformers reads.
+    pub fn to_hf_json(&self) -> String {
+        let (mut value, model_type, architecture) = match self {
+            ModelConfig::Gpt2(c) => (serde_json::to_value(c), "gpt2", "GPT2LMHeadModel"),
+            ModelConfig::Llama(c) => (serde_json::to_value(c), "llama", "LlamaForCausalLM"),
+        };
+        let map = value
+            .as_mut()
+            .ok()
+            .and_then(Value::as_object_mut)
+            .expect("configs serialise to objects");
+        map.insert("model_type".into(), Value::from(model_type));
+        map.insert("architectures".into(), Value::from(vec![architecture]));
+        map.insert("torch_dtype".into(), Value::from("float32"));
+        if let ModelConfig::Gpt2(_) = self {
+            map.insert("tie_word_embeddings".into(), Value::from(true));
+            for zero in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] {
+                map.insert(zero.into(), Value::from(0.0));
+            }
+        }
+        let mut text =
+            serde_json::to_string_pretty(&value.expect("serialises")).expect("serialises");
+        text.push('\n');
+        text
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ModelConfig::Gpt2(c) => c.vocab_size,
+            ModelConfig::Llama(c) => c.vocab_size,
+        }
+    }
+
+    pub fn context_len(&self) -> usize {
+        match self {
+            ModelConfig::Gpt2(c) => c.n_positions,
+            ModelConfig::Llama(c) => c.max_position_embeddings,
+        }
+    }
+
+    pub fn hidden_size(&self) -> usize {
+        match self {
+            ModelConfig::Gpt2(c) => c.n_embd,
+            ModelConfig::Llama(c) => c.hidden_size,
+        }
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        match self {
+            ModelConfig::Gpt2(c) => c.eos_token_id,
+            ModelConfig::Llama(c) => c.eos_token_id,
+        }
+    }
+}
+
+/// Keys and values of past positions, one slot per layer.
+pub struct KvCache {
+    pub layers: Vec<Option<(Tensor, Tensor)>>,
+}
+
+impl KvCache {
+    /// Positions already in the cache.
+    pub fn len(&self) -> usize {
+        self.layers
+            .first()
+            .and_then(|l| l.as_ref())
+            .map(|(k, _)| k.dim(2).unwrap_or(0))
+            .unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A causal LM of either architecture.
+pub enum CausalLm {
+    Gpt2(Gpt2),
+    Llama(Llama),
+}
+
+impl CausalLm {
+    /// Builds the model from `vb`: new variables (randomly initialised) from a `VarMap`,
+    /// or given tensors.
+    pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        Ok(match config {
+            ModelConfig::Gpt2(c) => CausalLm::Gpt2(Gpt2::new(c, vb)?),
+            ModelConfig::Llama(c) => CausalLm::Llama(Llama::new(c, vb)?),
+        })
+    }
+
+    /// A copy whose weights are detached from `varmap`'s variables: inference through it
+    /// records no graph (candle has no `no_grad`).
+    pub fn frozen(config: &ModelConfig, varmap: &VarMap, device: &Device) -> Result<Self> {
+        let tensors: HashMap<String, Tensor> = varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        CausalLm::new(
+            config,
+            VarBuilder::from_tensors(tensors, DType::F32, device),
+        )
+    }
+
+    pub fn new_cache(&self) -> KvCache {
+        let n = match self {
+            CausalLm::Gpt2(m) => m.n_layers(),
+            CausalLm::Llama(m) => m.n_layers(),
+        };
+        KvCache {
+            layers: vec![None; n],
+        }
+    }
+
+    /// Final hidden states [b, t, hidden] of `ids` [b, t] at positions `start..`.
+    pub fn hidden(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        start: usize,
+    ) -> Result<Tensor> {
+        match self {
+            CausalLm::Gpt2(m) => m.hidden(ids, cache, start),
+            CausalLm::Llama(m) => m.hidden(ids, cache, start),
+        }
+    }
+
+    pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        match self {
+            CausalLm::Gpt2(m) => m.logits(hidden),
+            CausalLm::Llama(m) => m.logits(hidden),
+        }
+    }
+
+    /// Logits [b, t, vocab].
+    pub fn forward(
+        &self,
+        ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        start: usize,
+    ) -> Result<Tensor> {
+        self.logits(&self.hidden(ids, cache, start)?)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("`{path}`: {reason}")]
+    Invalid { path: String, reason: String },
+    #[error("`{path}`: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Candle(#[from] candle_core::Error),
+}
+
+/// A model whose weights are training variables.
+pub struct Trainable {
+    pub config: ModelConfig,
+    pub varmap: VarMap,
+    pub model: CausalLm,
+}
+
+impl Trainable {
+    /// A freshly initialised model.
+    pub fn init(config: &ModelConfig, device: &Device) -> Result<Self> {
+        let varmap = VarMap::new();
+        let model = CausalLm::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
+        Ok(Trainable {
+            config: config.clone(),
+            varmap,
+            model,
+        })
+    }
+
+    /// Loads `config.json` and `model.safetensors` from a Hugging Face checkpoint directory.
+    /// Weights stored in another float type (bf16, f16) are converted to f32.
+    pub fn load(dir: &Path, device: &Device) -> std::result::Result<Self, CheckpointError> {
+        let config_path = dir.join("config.json");
+        let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
+            path: config_path.display().to_string(),
+            source,
+        })?;
+        let config =
+            ModelConfig::from_hf_json(&text).map_err(|reason| CheckpointError::Invalid {
+                path: config_path.display().to_string(),
+                reason,
+            })?;
+        let trainable = Trainable::init(&config, device)?;
+        let weights_path = dir.join("model.safetensors");
+        if !weights_path.is_file() {
+            return Err(CheckpointError::Invalid {
+                path: weights_path.display().to_string(),
+                reason: "missing (hone reads safetensors checkpoints)".into(),
+            });
+        }
+        let stored = candle_core::safetensors::load(&weights_path, device).map_err(|e| {
+            CheckpointError::Invalid {
+                path: weights_path.display().to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let mut missing = Vec::new();
+        for (name, var) in trainable.varmap.data().lock().expect("varmap lock").iter() {
+            // GPT-2 checkpoints of a bare `GPT2Model` name their tensors without the
+            // `transformer.` prefix.
+            let found = stored.get(name).or_else(|| {
+                name.strip_prefix("transformer.")
+                    .and_then(|n| stored.get(n))
+            });
+            match found {
+                None => missing.push(name.clone()),
+                Some(tensor) => {
+                    if tensor.dims() != var.dims() {
+                        return Err(CheckpointError::Invalid {
+                            path: weights_path.display().to_string(),
+                            reason: format!(
+                                "`{name}` has shape {:?}, the config implies {:?}",
+                                tensor.dims(),
+                                var.dims()
+                            ),
+                        });
+                    }
+                    var.set(&tensor.to_dtype(DType::F32)?)?;
+                }
+            }
+        }
+        if !missing.is_empty() {
+            missing.sort();
+            return Err(CheckpointError::Invalid {
+                path: weights_path.display().to_string(),
+                reason: format!("{} tensors missing, e.g. `{}`", missing.len(), missing[0]),
+            });
+        }
+        Ok(trainable)
+    }
+
+    /// Writes `config.json` and `model.safetensors` (f32, Hugging Face names) into `dir`.
+    pub fn save(&self, dir: &Path) -> std::result::Result<(), CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, self.config.to_hf_json()).map_err(|source| {
+            CheckpointError::Io {
+                path: config_path.display().to_string(),
+                source,
+            }
+        })?;
+        // Sorted by name so that the file's bytes do not depend on hash-map order.
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut tensors: Vec<(String, Tensor)> = data
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+            .collect();
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
+        let map: HashMap<String, Tensor> = tensors.into_iter().collect();
+        candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+        Ok(())
+    }
+
+    /// A detached copy for inference.
+    pub fn frozen(&self) -> Result<CausalLm> {
+        let device = self
+            .varmap
+            .all_vars()
+            .first()
+            .map(|v| v.device().clone())
+            .unwrap_or(Device::Cpu);
+        CausalLm::frozen(&self.config, &self.varmap, &device)
+    }
+}
+
+/// `auto`, `cpu` or `cuda:N`; `auto` is CUDA device 0 when hone is built with the `cuda`
+/// feature and one is present, else the CPU.
+pub fn device(spec: &str) -> std::result::Result<Device, String> {
+    match spec {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available(0).unwrap_or(Device::Cpu)),
+        other => {
+            let index = other
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse::<usize>().ok())
+                .ok_or_else(|| format!("unknown device `{other}` (auto, cpu or cuda:N)"))?;
+            Device::new_cuda(index)
+                .map_err(|e| format!("`{other}`: {e} (is hone built with `--features cuda`?)"))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,205 @@
+//! Building blocks with a backward pass. candle-nn's fused `layer_norm`, `rms_norm` and
+//! `softmax_last_dim` record no backward op (gradients would silently stop there), so these
+//! are composed from elementary tensor ops, each of which candle can differentiate.
+
+use candle_core::{D, DType, Device, Result, Tensor};
+
+/// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
+pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean = x.mean_keepdim(D::Minus1)?;
+    let centred = x.broadcast_sub(&mean)?;
+    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+    normed.broadcast_mul(weight)?.broadcast_add(bias)
+}
+
+/// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
+pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+    let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+    x.broadcast_div(&(mean_square + eps)?.sqrt()?)?
+        .broadcast_mul(weight)
+}
+
+/// Softmax over the last dimension. The max is subtracted for stability and detached:
+/// the result does not depend on it, so no gradient needs to flow through it.
+pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let exp = x.broadcast_sub(&max)?.exp()?;
+    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+}
+
+/// Log-softmax over the last dimension.
+pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+    let max = x.max_keepdim(D::Minus1)?.detach();
+    let shifted = x.broadcast_sub(&max)?;
+    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+    shifted.broadcast_sub(&log_sum)
+}
+
+/// Additive causal mask [t_q, t_k] for queries at positions `t_k - t_q .. t_k`: 0 where a
+/// query may attend, -inf where the key lies in its future.
+pub fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
+    let offset = t_k - t_q;
+    let values: Vec<f32> = (0..t_q)
+        .flat_map(|q| {
+            (0..t_k).map(move |k| {
+                if k <= q + offset {
+                    0.0
+                } else {
+                    f32::NEG_INFINITY
+                }
+            })
+        })
+        .collect();
+    Tensor::from_vec(values, (t_q, t_k), device)
+}
+
+/// Scaled dot-product attention: q [b, h, t_q, d], k and v [b, h, t_k, d].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    let (_, _, t_q, d) = q.dims4()?;
+    let t_k = k.dim(2)?;
+    let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
+    let scores = if t_q > 1 {
+        scores.broadcast_add(&causal_mask(t_q, t_k, q.device())?)?
+    } else {
+        scores
+    };
+    softmax_last(&scores)?.matmul(v)
+}
+
+/// Rotary position embedding as Hugging Face's Llama applies it (`rotate_half`): x is
+/// [b, h, t, d]; cos and sin are [t, d].
+pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let d = x.dim(D::Minus1)?;
+    let first = x.narrow(D::Minus1, 0, d / 2)?;
+    let second = x.narrow(D::Minus1, d / 2, d / 2)?;
+    let rotated = Tensor::cat(&[&second.neg()?, &first], D::Minus1)?;
+    x.broadcast_mul(cos)?
+        .broadcast_add(&rotated.broadcast_mul(sin)?)
+}
+
+/// cos and sin tables [t, d] for positions `start .. start + t` (constants, not variables).
+pub fn rope_tables(
+    start: usize,
+    t: usize,
+    head_dim: usize,
+    theta: f64,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
+    let half = head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
+        .collect();
+    let mut angles = Vec::with_capacity(t * head_dim);
+    for pos in start..start + t {
+        for repeat in 0..2 {
+            let _ = repeat;
+            angles.extend(inv_freq.iter().map(|f| pos as f32 * f));
+        }
+    }
+    let angles = Tensor::from_vec(angles, (t, head_dim), device)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// Repeats key/value heads for grouped-query attention: [b, kv, t, d] -> [b, kv * n, t, d].
+pub fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
+    if n == 1 {
+        return Ok(x.clone());
+    }
+    let (b, kv, t, d) = x.dims4()?;
+    x.unsqueeze(2)?
+        .broadcast_as((b, kv, n, t, d))?
+        .contiguous()?
+        .reshape((b, kv * n, t, d))
+}
+
+/// Mean cross-entropy of `logits` [n, vocab] against `targets` [n] (u32), ignoring
+/// positions whose `weights` [n] are 0; weights are 0 or 1.
+pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
+    let log_probs = log_softmax_last(logits)?;
+    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let weights = weights.to_dtype(DType::F32)?;
+    let total = weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
+    (picked * weights)?.sum_all()?.neg()? / f64::from(total)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn close(a: &[f32], b: &[f32]) {
+        assert_eq!(a.len(), b.len());
+        for (x, y) in a.iter().zip(b) {
+            assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    #[test]
+    fn layer_norm_matches_hand_computation() {
+        // x = [1, 2, 3]: mean 2, var 2/3, (x - 2)/sqrt(2/3 + 1e-5) = [-1.2247357, 0, 1.2247357]
+        let x = Tensor::new(&[[1f32, 2., 3.]], &Device::Cpu).unwrap();
+        let w = Tensor::new(&[1f32, 2., 1.], &Device::Cpu).unwrap();
+        let b = Tensor::new(&[0f32, 0., 1.], &Device::Cpu).unwrap();
+        let y = layer_norm(&x, &w, &b, 1e-5)
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap();
+        close(&y, &[-1.2247357, 0.0, 2.2247357]);
+    }
+
+    #[test]
+    fn softmax_and_log_softmax_agree() {
+        let x = Tensor::new(&[[0f32, 1., 2.], [5., 5., 5.]], &Device::Cpu).unwrap();
+        let p = softmax_last(&x).unwrap().to_vec2::<f32>().unwrap();
+        // exp([0,1,2]) / sum = [0.09003057, 0.24472847, 0.66524096]
+        close(&p[0], &[0.09003057, 0.24472847, 0.66524096]);
+        close(&p[1], &[1.0 / 3.0; 3]);
+        let lp = log_softmax_last(&x)
+            .unwrap()
+            .exp()
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        close(&lp[0], &p[0]);
+    }
+
+    #[test]
+    fn causal_mask_lets_each_query_see_its_past() {
+        let m = causal_mask(2, 3, &Device::Cpu)
+            .unwrap()
+            .to_vec2::<f32>()
+            .unwrap();
+        assert_eq!(m[0], vec![0.0, 0.0, f32::NEG_INFINITY]);
+        assert_eq!(m[1], vec![0.0, 0.0, 0.0]);
+    }
+
+    #[test]
+    fn gradients_flow_through_every_composed_op() {
+        use candle_core::Var;
+        let w = Var::new(&[1f32, 1., 1.], &Device::Cpu).unwrap();
+        let b = Var::new(&[0f32, 0., 0.], &Device::Cpu).unwrap();
+        let x = Tensor::new(&[[1f32, 2., 4.]], &Device::Cpu).unwrap();
+        let y = layer_norm(&x, w.as_tensor(), b.as_tensor(), 1e-5).unwrap();
+        let y = rms_norm(&y, w.as_tensor(), 1e-5).unwrap();
+        let loss = softmax_last(&y)
+            .unwrap()
+            .narrow(1, 2, 1)
+            .unwrap()
+            .sum_all()
+            .unwrap();
+        let grads = loss.backward().unwrap();
+        for var in [&w, &b] {
+            let g = grads.get(var.as_tensor()).expect("a gradient");
+            let norm = g
+                .sqr()
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .to_scalar::<f32>()
+                .unwrap();
+            assert!(norm > 0.0 && norm.is_finite());
+        }
+    }
+}

@@ -1,0 +1,179 @@
+//! hone's GPT-2 and Llama against Hugging Face transformers: tiny random-weight
+//! checkpoints, logits, loss and greedy decoding written by
+//! `scripts/make_model_fixtures.py` (see its header for the setup).
+
+use std::path::{Path, PathBuf};
+
+use candle_core::{Device, Tensor};
+use hone::model::sample::{SampleParams, sample};
+use hone::model::train::{Batch, lm_loss};
+use hone::model::{ModelConfig, Trainable};
+use rand::SeedableRng;
+use serde_json::Value;
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/models")
+        .join(name)
+}
+
+fn expected(model: &str) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(fixture(model).join("expected.json")).unwrap())
+        .unwrap()
+}
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+const TOLERANCE: f32 = 1e-4;
+
+#[test]
+fn logits_loss_and_greedy_decoding_match_transformers() {
+    for model_name in ["gpt2-tiny", "llama-tiny"] {
+        let want = expected(model_name);
+        let trainable = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
+        let model = trainable.frozen().unwrap();
+        for (n, seq) in want["sequences"].as_array().unwrap().iter().enumerate() {
+            let input = ids(&seq["input_ids"]);
+            let logits = model
+                .forward(
+                    &Tensor::new(input.as_slice(), &Device::Cpu)
+                        .unwrap()
+                        .unsqueeze(0)
+                        .unwrap(),
+                    None,
+                    0,
+                )
+                .unwrap();
+            let got = logits.squeeze(0).unwrap().to_vec2::<f32>().unwrap();
+            let mut worst = 0f32;
+            for (row_got, row_want) in got.iter().zip(seq["logits"].as_array().unwrap()) {
+                for (g, w) in row_got.iter().zip(row_want.as_array().unwrap()) {
+                    worst = worst.max((g - w.as_f64().unwrap() as f32).abs());
+                }
+            }
+            assert!(
+                worst < TOLERANCE,
+                "{model_name} sequence {n}: max logit difference {worst}"
+            );
+        }
+        // The loss on the second sequence.
+        let loss_seq = ids(
+            &want["sequences"][want["loss"]["sequence_index"].as_u64().unwrap() as usize]["input_ids"]
+        );
+        let batch = Batch::new(&[(loss_seq, 0)], 0, &Device::Cpu).unwrap();
+        let loss = lm_loss(&model, &batch).unwrap().to_scalar::<f32>().unwrap();
+        let want_loss = want["loss"]["value"].as_f64().unwrap() as f32;
+        assert!(
+            (loss - want_loss).abs() < TOLERANCE,
+            "{model_name}: loss {loss} vs {want_loss}"
+        );
+        // Greedy decoding: 8 argmax steps, and the same stopping at end-of-text.
+        let greedy = &want["greedy"];
+        let prompt = ids(&greedy["prompt_ids"]);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
+        let params = SampleParams {
+            temperature: 0.0,
+            top_k: None,
+            top_p: None,
+            max_new_tokens: 8,
+            eos_token_id: None,
+        };
+        let free = sample(&model, &prompt, &params, &mut rng, &Device::Cpu).unwrap();
+        assert_eq!(
+            free.tokens,
+            ids(&greedy["argmax_ids"])[prompt.len()..],
+            "{model_name}: argmax decoding"
+        );
+        let stopping = SampleParams {
+            eos_token_id: Some(0),
+            ..params
+        };
+        let stopped = sample(&model, &prompt, &stopping, &mut rng, &Device::Cpu).unwrap();
+        assert_eq!(
+            stopped.tokens,
+            ids(&greedy["output_ids"])[prompt.len()..],
+            "{model_name}: generate() with EOS"
+        );
+        assert_eq!(stopped.stopped_at_eos, greedy["eos_hit"].as_bool().unwrap());
+        // The log-probabilities that sampling reports are the model's.
+        let first = ids(&want["sequences"][0]["input_ids"]);
+        let last_logprobs: Vec<f32> = want["last_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap() as f32)
+            .collect();
+        let one = SampleParams {
+            max_new_tokens: 1,
+            ..params
+        };
+        let next = sample(&model, &first, &one, &mut rng, &Device::Cpu).unwrap();
+        let token = next.tokens[0] as usize;
+        assert!(
+            (next.logprobs[0] - last_logprobs[token]).abs() < TOLERANCE,
+            "{model_name}: log-prob of the greedy token"
+        );
+    }
+}
+
+#[test]
+fn checkpoint_configs_from_transformers_parse() {
+    for model_name in ["gpt2-tiny", "llama-tiny"] {
+        let text = std::fs::read_to_string(fixture(model_name).join("config.json")).unwrap();
+        let config = ModelConfig::from_hf_json(&text).unwrap();
+        assert_eq!(config.vocab_size(), 96);
+        // Round trip through hone's own config.json.
+        assert_eq!(
+            ModelConfig::from_hf_json(&config.to_hf_json()).unwrap(),
+            config
+        );
+    }
+}
+
+#[test]
+fn the_tokenizer_agrees_with_the_python_one() {
+    let tokenizer = hone::model::tokenizer::load(&fixture("tokenizer.json")).unwrap();
+    let want: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tokenizer_expected.json")).unwrap())
+            .unwrap();
+    for sample in want["samples"].as_array().unwrap() {
+        let text = sample["text"].as_str().unwrap();
+        let got = hone::model::tokenizer::encode(&tokenizer, text).unwrap();
+        assert_eq!(got, ids(&sample["ids"]), "{text:?}");
+    }
+}
+
+/// A checkpoint hone saves loads in transformers with the same logits. Needs a Python with
+/// torch and transformers: set HONE_TRANSFORMERS_PYTHON (e.g. /tmp/hone-ref-venv/bin/python,
+/// set up as scripts/make_model_fixtures.py explains).
+#[test]
+fn a_checkpoint_saved_by_hone_loads_in_transformers() {
+    let Some(python) = std::env::var_os("HONE_TRANSFORMERS_PYTHON") else {
+        eprintln!("skipped: set HONE_TRANSFORMERS_PYTHON to a python with torch and transformers");
+        return;
+    };
+    for model_name in ["gpt2-tiny", "llama-tiny"] {
+        let dir = tempfile::tempdir().unwrap();
+        let trainable = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
+        trainable.save(dir.path()).unwrap();
+        std::fs::copy(fixture("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
+        let out = std::process::Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_hf_checkpoint.py"))
+            .arg(dir.path())
+            .arg(fixture(model_name).join("expected.json"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{model_name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
