@@ -127,7 +127,7 @@ pub static REJECTS: TableKind = TableKind {
 };
 
 /// Every table kind hone writes, for `hone schema`.
-pub fn table_kinds() -> [&'static TableKind; 6] {
+pub fn table_kinds() -> [&'static TableKind; 8] {
     [
         &COMPARISONS,
         &RANKINGS,
@@ -135,6 +135,8 @@ pub fn table_kinds() -> [&'static TableKind; 6] {
         &FLAGS,
         &REJECTS,
         &super::candidates::CANDIDATES,
+        &crate::stages::ORACLE,
+        &crate::stages::HISTORY,
     ]
 }
 

@@ -7,6 +7,10 @@
 mod annotate;
 mod command;
 mod feedback_ingest;
+mod generate;
+mod lm;
+mod pretrain_load;
+mod sft;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,6 +24,10 @@ use crate::artifact::ArtifactType;
 pub use annotate::{Annotate, ORACLE};
 pub use command::Command;
 pub use feedback_ingest::FeedbackIngest;
+pub use generate::Generate;
+pub use lm::HISTORY;
+pub use pretrain_load::PretrainLoad;
+pub use sft::Sft;
 
 /// A named, typed input or output of a stage.
 #[derive(Debug, Clone)]
@@ -119,7 +127,14 @@ pub trait StageKind: Send + Sync {
 
 /// Every stage kind hone knows, in the order `hone schema` lists them.
 pub fn registry() -> &'static [&'static dyn StageKind] {
-    &[&Command, &FeedbackIngest, &Annotate]
+    &[
+        &Command,
+        &PretrainLoad,
+        &Sft,
+        &Generate,
+        &FeedbackIngest,
+        &Annotate,
+    ]
 }
 
 pub fn find(name: &str) -> Option<&'static dyn StageKind> {

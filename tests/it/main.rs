@@ -3,6 +3,7 @@
 mod annotate;
 mod crash;
 mod feedback;
+mod lm_stages;
 mod models;
 mod run;
 mod support;

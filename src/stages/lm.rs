@@ -1,0 +1,224 @@
+//! What the model stages share: reading a `causal-lm` input, writing a `causal-lm`
+//! directory (config.json, model.safetensors, tokenizer.json, hone.json), the training
+//! history table, and resumable training state.
+
+use std::path::Path;
+
+use arrow::array::ArrayRef;
+use candle_core::Device;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokenizers::Tokenizer;
+
+use super::{StageContext, StageError};
+use crate::artifact::table::{
+    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
+};
+use crate::model::{self, Trainable, tokenizer};
+
+pub fn failed(e: impl std::fmt::Display) -> StageError {
+    StageError::Failed(e.to_string())
+}
+
+/// The device named by a stage's `device` parameter.
+pub fn device(spec: &str) -> Result<Device, StageError> {
+    model::device(spec).map_err(failed)
+}
+
+/// Loads the causal LM bound to input `port` (a checkpoint directory in the store).
+pub fn load_input(
+    ctx: &StageContext<'_>,
+    port: &str,
+    device: &Device,
+) -> Result<(Trainable, Tokenizer), StageError> {
+    let dir = ctx.workspace.join(
+        ctx.inputs
+            .get(port)
+            .and_then(|p| p.first())
+            .ok_or_else(|| failed(format!("no `{port}` input")))?,
+    );
+    load_dir(&dir, device)
+}
+
+pub fn load_dir(dir: &Path, device: &Device) -> Result<(Trainable, Tokenizer), StageError> {
+    let trainable = Trainable::load(dir, device).map_err(failed)?;
+    let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
+    if tok.get_vocab_size(true) > trainable.config.vocab_size() {
+        return Err(failed(format!(
+            "`{}`: the tokenizer has {} tokens but the model only {}",
+            dir.display(),
+            tok.get_vocab_size(true),
+            trainable.config.vocab_size()
+        )));
+    }
+    Ok((trainable, tok))
+}
+
+/// Writes a model directory a Hugging Face user recognises, plus `hone.json` (how it was
+/// made).
+pub fn write_model(
+    dir: &Path,
+    trainable: &Trainable,
+    tok: &Tokenizer,
+    meta: Value,
+) -> Result<(), StageError> {
+    trainable.save(dir).map_err(failed)?;
+    tok.save(dir.join("tokenizer.json"), true).map_err(failed)?;
+    let mut text = serde_json::to_string_pretty(&meta).map_err(failed)?;
+    text.push('\n');
+    std::fs::write(dir.join("hone.json"), text).map_err(|source| StageError::Io {
+        context: "writing hone.json".into(),
+        source,
+    })
+}
+
+/// One optimiser step of a training stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryRow {
+    pub step: u64,
+    pub loss: f64,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens: u64,
+}
+
+pub static HISTORY: TableKind = TableKind {
+    name: "history",
+    version: 1,
+    doc: "per-step training history of a stage",
+    columns: &[
+        Column::new("step", UInt64, false, "1-based optimiser step"),
+        Column::new(
+            "loss",
+            Float64,
+            false,
+            "the training loss of the step's batch",
+        ),
+        Column::new("lr", Float64, false, "the learning rate used"),
+        Column::new(
+            "grad_norm",
+            Float64,
+            false,
+            "global gradient norm before clipping",
+        ),
+        Column::new("tokens", UInt64, false, "target tokens in the batch"),
+    ],
+};
+
+impl TableRow for HistoryRow {
+    const KIND: &'static TableKind = &HISTORY;
+    fn columns(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![
+            col::u64(rows.iter().map(|r| r.step)),
+            col::f64(rows.iter().map(|r| r.loss)),
+            col::f64(rows.iter().map(|r| r.lr)),
+            col::f64(rows.iter().map(|r| r.grad_norm)),
+            col::u64(rows.iter().map(|r| r.tokens)),
+        ]
+    }
+}
+
+/// Writes a `metrics` directory: `summary.json` and `history.parquet`.
+pub fn write_metrics(
+    dir: &Path,
+    summary: &Value,
+    history: &[HistoryRow],
+    provenance: &Provenance,
+) -> Result<(), StageError> {
+    std::fs::create_dir_all(dir).map_err(|source| StageError::Io {
+        context: "creating the metrics directory".into(),
+        source,
+    })?;
+    let mut text = serde_json::to_string_pretty(summary).map_err(failed)?;
+    text.push('\n');
+    std::fs::write(dir.join("summary.json"), text).map_err(|source| StageError::Io {
+        context: "writing summary.json".into(),
+        source,
+    })?;
+    let mut writer: TableWriter<HistoryRow> =
+        TableWriter::create(&dir.join("history.parquet"), provenance).map_err(failed)?;
+    for row in history {
+        writer.push(row.clone()).map_err(failed)?;
+    }
+    writer.finish().map_err(failed)?;
+    Ok(())
+}
+
+/// Where a training stage keeps its resumable state inside `ctx.resume_dir`.
+pub struct ResumeState<'a> {
+    dir: &'a Path,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ResumeRecord {
+    step: usize,
+    history: Vec<HistoryRow>,
+}
+
+impl<'a> ResumeState<'a> {
+    pub fn new(ctx: &'a StageContext<'_>) -> Self {
+        ResumeState {
+            dir: ctx.resume_dir,
+        }
+    }
+
+    /// Saves model, optimiser moments, step and history; written to a fresh directory and
+    /// renamed, so a kill during the save leaves the previous checkpoint intact.
+    pub fn save(
+        &self,
+        trainable: &Trainable,
+        trainer: &model::train::Trainer,
+        history: &[HistoryRow],
+    ) -> Result<(), StageError> {
+        let tmp = self.dir.join("saving");
+        let _ = std::fs::remove_dir_all(&tmp);
+        trainable.save(&tmp.join("model")).map_err(failed)?;
+        trainer
+            .save_state(&tmp.join("optimizer.safetensors"))
+            .map_err(failed)?;
+        let record = ResumeRecord {
+            step: trainer.step,
+            history: history.to_vec(),
+        };
+        std::fs::write(
+            tmp.join("state.json"),
+            serde_json::to_vec(&record).map_err(failed)?,
+        )
+        .map_err(failed)?;
+        crate::artifact::sync_tree(&tmp).map_err(failed)?;
+        let done = self.dir.join("checkpoint");
+        let _ = std::fs::remove_dir_all(&done);
+        std::fs::rename(&tmp, &done).map_err(failed)?;
+        tracing::info!(step = trainer.step, "checkpoint saved");
+        Ok(())
+    }
+
+    /// Restores the latest checkpoint into `trainable` and `trainer`, returning the history
+    /// so far; `None` when there is none.
+    pub fn restore(
+        &self,
+        trainable: &Trainable,
+        trainer: &mut model::train::Trainer,
+    ) -> Result<Option<Vec<HistoryRow>>, StageError> {
+        let done = self.dir.join("checkpoint");
+        let Ok(bytes) = std::fs::read(done.join("state.json")) else {
+            return Ok(None);
+        };
+        let record: ResumeRecord = serde_json::from_slice(&bytes).map_err(failed)?;
+        let device = Device::Cpu;
+        let saved = Trainable::load(&done.join("model"), &device).map_err(failed)?;
+        let saved_vars = saved.varmap.data().lock().expect("varmap lock");
+        for (name, var) in trainable.varmap.data().lock().expect("varmap lock").iter() {
+            let source = saved_vars
+                .get(name)
+                .ok_or_else(|| failed(format!("checkpoint lacks `{name}`")))?;
+            var.set(&source.as_tensor().to_device(var.device()).map_err(failed)?)
+                .map_err(failed)?;
+        }
+        trainer
+            .load_state(&done.join("optimizer.safetensors"), record.step)
+            .map_err(failed)?;
+        tracing::info!(step = record.step, "resumed from checkpoint");
+        Ok(Some(record.history))
+    }
+}

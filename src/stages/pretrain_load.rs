@@ -1,0 +1,438 @@
+//! `pretrain-load`: the starting causal LM. `source: hf` loads a local Hugging Face
+//! checkpoint directory (config.json, model.safetensors, tokenizer.json; GPT-2 or Llama);
+//! `source: builtin` trains a byte-level BPE tokenizer and pretrains a small model on a
+//! shipped corpus, so the embedded default needs no download.
+
+use std::time::Instant;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::lm::{self, HistoryRow, ResumeState, failed};
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::table::Provenance;
+use crate::model::train::{Batch, Schedule, Trainer, lm_loss};
+use crate::model::{Gpt2Config, LlamaConfig, ModelConfig, Trainable, tokenizer};
+use crate::spec::node::PathSeg;
+
+pub struct PretrainLoad;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Source {
+    /// A local Hugging Face checkpoint directory (`path`).
+    Hf,
+    /// Train a tokenizer and pretrain a small model on `corpus`.
+    Builtin,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Architecture {
+    #[default]
+    Gpt2,
+    Llama,
+}
+
+fn default_corpus() -> String {
+    "data/hhh/corpus.jsonl".into()
+}
+fn default_vocab() -> usize {
+    512
+}
+fn default_d_model() -> usize {
+    128
+}
+fn default_layers() -> usize {
+    2
+}
+fn default_heads() -> usize {
+    4
+}
+fn default_context() -> usize {
+    128
+}
+fn default_steps() -> usize {
+    300
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_lr() -> f64 {
+    3e-3
+}
+fn default_warmup() -> usize {
+    30
+}
+fn default_wd() -> f64 {
+    0.01
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_checkpoint_every() -> usize {
+    100
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// Parameters of a `pretrain-load` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainParams {
+    pub source: Source,
+    /// `hf`: the checkpoint directory, relative to the workspace.
+    #[serde(default)]
+    pub path: Option<String>,
+    /// `builtin`: a JSONL file of `{"text": ...}` lines.
+    #[serde(default = "default_corpus")]
+    pub corpus: String,
+    /// `builtin`: `gpt2` or `llama`.
+    #[serde(default)]
+    pub architecture: Architecture,
+    /// `builtin`: tokenizer vocabulary size (the BPE may stop short of it on a small corpus).
+    #[serde(default = "default_vocab")]
+    pub vocab_size: usize,
+    #[serde(default = "default_d_model")]
+    pub d_model: usize,
+    #[serde(default = "default_layers")]
+    pub n_layers: usize,
+    #[serde(default = "default_heads")]
+    pub n_heads: usize,
+    /// Llama only: key/value heads for grouped-query attention (default: `n_heads`).
+    #[serde(default)]
+    pub n_kv_heads: Option<usize>,
+    /// Context length in tokens.
+    #[serde(default = "default_context")]
+    pub context: usize,
+    #[serde(default = "default_steps")]
+    pub steps: usize,
+    /// Sequences of `context` tokens per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    /// Peak learning rate (AdamW, linear warm-up, cosine decay to 10%).
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// Save a resumable checkpoint every this many steps.
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    /// `auto`, `cpu` or `cuda:N`.
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+impl StageKind for PretrainLoad {
+    fn name(&self) -> &'static str {
+        "pretrain-load"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "load a Hugging Face checkpoint, or pretrain a small model with its own tokenizer on a shipped corpus"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<PretrainParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: PretrainParams = parse_params(params)?;
+        let mut errors = Vec::new();
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let deps = match p.source {
+            Source::Hf => {
+                match &p.path {
+                    Some(path) => vec![path.clone()],
+                    None => {
+                        errors.push(ParamError::new(Vec::new(), "missing required key `path` (the checkpoint directory for `source: hf`)"));
+                        Vec::new()
+                    }
+                }
+            }
+            Source::Builtin => vec![p.corpus.clone()],
+        };
+        if p.source == Source::Builtin {
+            if p.n_heads == 0 || !p.d_model.is_multiple_of(p.n_heads) {
+                errors.push(ParamError::new(
+                    key("n_heads"),
+                    format!(
+                        "`d_model` ({}) must be a multiple of `n_heads` ({})",
+                        p.d_model, p.n_heads
+                    ),
+                ));
+            }
+            if let Some(kv) = p.n_kv_heads
+                && (kv == 0 || !p.n_heads.is_multiple_of(kv))
+            {
+                errors.push(ParamError::new(
+                    key("n_kv_heads"),
+                    format!(
+                        "`n_heads` ({}) must be a multiple of `n_kv_heads` ({kv})",
+                        p.n_heads
+                    ),
+                ));
+            }
+            for (name, value) in [
+                ("steps", p.steps),
+                ("batch_size", p.batch_size),
+                ("context", p.context),
+                ("n_layers", p.n_layers),
+                ("checkpoint_every", p.checkpoint_every),
+            ] {
+                if value == 0 {
+                    errors.push(ParamError::new(
+                        key(name),
+                        format!("`{name}` must be at least 1"),
+                    ));
+                }
+            }
+            if p.vocab_size < 300 {
+                errors.push(ParamError::new(key("vocab_size"), "`vocab_size` must be at least 300 (256 bytes, the end-of-text token and some merges)"));
+            }
+        }
+        if let Err(e) = crate::model::device(&p.device) {
+            errors.push(ParamError::new(key("device"), e));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Signature {
+            inputs: Vec::new(),
+            open_inputs: false,
+            outputs: vec![
+                Port::new("model", ArtifactType::CausalLm),
+                Port::new("metrics", ArtifactType::Metrics),
+            ],
+            deps,
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: PretrainParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let device = lm::device(&p.device)?;
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        let model_dir = ctx.workspace.join(&ctx.outputs["model"]);
+        let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
+        match p.source {
+            Source::Hf => {
+                let source = ctx
+                    .workspace
+                    .join(p.path.as_deref().expect("checked by signature"));
+                let (trainable, tok) = lm::load_dir(&source, &device)?;
+                let meta =
+                    json!({"hone": {"stage": "pretrain-load", "source": "hf", "path": p.path}});
+                lm::write_model(&model_dir, &trainable, &tok, meta)?;
+                lm::write_metrics(&metrics_dir, &json!({"source": "hf"}), &[], &provenance)
+            }
+            Source::Builtin => pretrain(ctx, &p, &device, &model_dir, &metrics_dir, &provenance),
+        }
+    }
+}
+
+/// The corpus as text lines (`{"text": ...}` per JSONL line).
+fn read_corpus(path: &std::path::Path) -> Result<Vec<String>, StageError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
+    let mut lines = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let value: Value = serde_json::from_str(line)
+            .map_err(|e| failed(format!("`{}` line {}: {e}", path.display(), i + 1)))?;
+        let text = value.get("text").and_then(Value::as_str).ok_or_else(|| {
+            failed(format!(
+                "`{}` line {}: no `text` field",
+                path.display(),
+                i + 1
+            ))
+        })?;
+        lines.push(text.to_string());
+    }
+    if lines.is_empty() {
+        return Err(failed(format!("`{}` holds no text", path.display())));
+    }
+    Ok(lines)
+}
+
+fn pretrain(
+    ctx: &StageContext<'_>,
+    p: &PretrainParams,
+    device: &candle_core::Device,
+    model_dir: &std::path::Path,
+    metrics_dir: &std::path::Path,
+    provenance: &Provenance,
+) -> Result<(), StageError> {
+    let texts = read_corpus(&ctx.workspace.join(&p.corpus))?;
+    let tok = tokenizer::train_bpe(&texts, p.vocab_size).map_err(failed)?;
+    let eot = tokenizer::token_id(&tok, tokenizer::END_OF_TEXT)
+        .ok_or_else(|| failed("the tokenizer has no end-of-text token"))?;
+    // One token stream: every line followed by end-of-text.
+    let mut stream: Vec<u32> = Vec::new();
+    for text in &texts {
+        stream.extend(tokenizer::encode(&tok, text).map_err(failed)?);
+        stream.push(eot);
+    }
+    if stream.len() <= p.context + 1 {
+        return Err(failed(format!(
+            "the corpus has {} tokens, fewer than one context of {}",
+            stream.len(),
+            p.context + 1
+        )));
+    }
+    let vocab = tok.get_vocab_size(true);
+    let config = match p.architecture {
+        Architecture::Gpt2 => ModelConfig::Gpt2(Gpt2Config {
+            vocab_size: vocab,
+            n_positions: p.context,
+            n_embd: p.d_model,
+            n_layer: p.n_layers,
+            n_head: p.n_heads,
+            n_inner: None,
+            activation_function: "gelu_new".into(),
+            layer_norm_epsilon: 1e-5,
+            bos_token_id: Some(eot),
+            eos_token_id: Some(eot),
+        }),
+        Architecture::Llama => ModelConfig::Llama(LlamaConfig {
+            vocab_size: vocab,
+            hidden_size: p.d_model,
+            intermediate_size: 4 * p.d_model,
+            num_hidden_layers: p.n_layers,
+            num_attention_heads: p.n_heads,
+            num_key_value_heads: p.n_kv_heads,
+            max_position_embeddings: p.context,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10000.0,
+            tie_word_embeddings: false,
+            bos_token_id: Some(eot),
+            eos_token_id: Some(eot),
+        }),
+    };
+    // candle's random initialisation is not seedable, so the initial weights are drawn here
+    // from the stage seed: the same spec and seed give the same model.
+    let trainable = Trainable::init(&config, device).map_err(failed)?;
+    seed_weights(&trainable, ctx.seed, device)?;
+    let schedule = Schedule {
+        peak_lr: p.lr,
+        warmup_steps: p.warmup_steps.min(p.steps),
+        total_steps: p.steps,
+        final_fraction: 0.1,
+    };
+    let mut trainer = Trainer::new(
+        Trainer::named_vars(&trainable.varmap),
+        schedule,
+        p.weight_decay,
+        Some(p.max_grad_norm),
+    )
+    .map_err(failed)?;
+    let resume = ResumeState::new(ctx);
+    let mut history = resume
+        .restore(&trainable, &mut trainer)?
+        .unwrap_or_default();
+    let started = Instant::now();
+    let first_step = trainer.step;
+    while trainer.step < p.steps {
+        if ctx.cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        // The batch of step s depends only on (seed, s): a resumed run sees the same data.
+        let mut rng = ChaCha8Rng::seed_from_u64(
+            ctx.seed ^ (trainer.step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+        );
+        let windows: Vec<(Vec<u32>, usize)> = (0..p.batch_size)
+            .map(|_| {
+                let start = rng.random_range(0..stream.len() - p.context - 1);
+                (stream[start..start + p.context + 1].to_vec(), 0)
+            })
+            .collect();
+        let batch = Batch::new(&windows, eot, device).map_err(failed)?;
+        let loss = lm_loss(&trainable.model, &batch).map_err(failed)?;
+        let lr = trainer.lr();
+        let grad_norm = trainer.step(&loss).map_err(failed)?;
+        let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
+        history.push(HistoryRow {
+            step: trainer.step as u64,
+            loss: loss_value,
+            lr,
+            grad_norm,
+            tokens: (p.batch_size * p.context) as u64,
+        });
+        if trainer.step % 10 == 0 || trainer.step == p.steps {
+            let rate = ((trainer.step - first_step) * p.batch_size * p.context) as f64
+                / started.elapsed().as_secs_f64();
+            tracing::info!(
+                step = trainer.step,
+                steps = p.steps,
+                loss = loss_value,
+                tokens_per_s = rate as u64,
+                "pretraining"
+            );
+        }
+        if trainer.step % p.checkpoint_every == 0 && trainer.step < p.steps {
+            resume.save(&trainable, &trainer, &history)?;
+        }
+    }
+    let final_loss = history.iter().rev().take(10).map(|h| h.loss).sum::<f64>()
+        / history.len().clamp(1, 10) as f64;
+    let meta = json!({"hone": {"stage": "pretrain-load", "source": "builtin", "corpus": p.corpus, "steps": p.steps, "final_loss": final_loss}});
+    lm::write_model(model_dir, &trainable, &tok, meta)?;
+    let summary = json!({
+        "source": "builtin",
+        "steps": p.steps,
+        "corpus_tokens": stream.len(),
+        "vocab_size": vocab,
+        "parameters": trainable.varmap.all_vars().iter().map(|v| v.elem_count()).sum::<usize>(),
+        "final_loss": final_loss,
+    });
+    lm::write_metrics(metrics_dir, &summary, &history, provenance)
+}
+
+/// Redraws every weight from the stage seed: normal(0, 0.02) for matrices, ones for norm
+/// weights (1-D `*.weight` of norms), zeros for biases.
+pub fn seed_weights(
+    trainable: &Trainable,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<(), StageError> {
+    use rand_distr::{Distribution, Normal};
+    let data = trainable.varmap.data().lock().expect("varmap lock");
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+    for name in names {
+        let var = &data[name];
+        let n = var.elem_count();
+        let values: Vec<f32> = if var.rank() >= 2 {
+            (0..n).map(|_| normal.sample(&mut rng)).collect()
+        } else if name.ends_with(".bias") {
+            vec![0.0; n]
+        } else {
+            vec![1.0; n]
+        };
+        let tensor = candle_core::Tensor::from_vec(values, var.shape(), device).map_err(failed)?;
+        var.set(&tensor).map_err(failed)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,342 @@
+//! `sft`: supervised fine-tuning on (prompt, completion) demonstrations, the loss on the
+//! completion's tokens only; AdamW with warm-up and cosine decay, gradient clipping,
+//! length-bucketed batches, a loss history, and checkpoints from which a killed stage
+//! resumes.
+
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::lm::{self, HistoryRow, ResumeState, failed};
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::table::Provenance;
+use crate::model::tokenizer;
+use crate::model::train::{Batch, Schedule, Trainer, lm_loss};
+use crate::spec::node::PathSeg;
+
+pub struct Sft;
+
+fn default_demos() -> String {
+    "data/hhh/demos.jsonl".into()
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_lr() -> f64 {
+    1e-3
+}
+fn default_warmup() -> usize {
+    10
+}
+fn default_wd() -> f64 {
+    0.0
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_template() -> String {
+    "User: {prompt}\nAssistant:".into()
+}
+fn default_checkpoint_every() -> usize {
+    50
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// Parameters of an `sft` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SftParams {
+    /// Demonstrations: a JSONL file of `{"prompt": ..., "completion": ...}`.
+    #[serde(default = "default_demos")]
+    pub demos: String,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many steps (default: all epochs).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default = "default_wd")]
+    pub weight_decay: f64,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// How a prompt is put to the model; `{prompt}` is replaced by its text. The completion
+    /// follows after a space, then end-of-text.
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+impl StageKind for Sft {
+    fn name(&self) -> &'static str {
+        "sft"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "supervised fine-tuning on demonstrations, loss on completion tokens only"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<SftParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: SftParams = parse_params(params)?;
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let mut errors = Vec::new();
+        for (name, value) in [
+            ("epochs", p.epochs),
+            ("batch_size", p.batch_size),
+            ("checkpoint_every", p.checkpoint_every),
+        ] {
+            if value == 0 {
+                errors.push(ParamError::new(
+                    key(name),
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
+        }
+        if !p.template.contains("{prompt}") {
+            errors.push(ParamError::new(
+                key("template"),
+                "`template` must contain `{prompt}`",
+            ));
+        }
+        if let Err(e) = crate::model::device(&p.device) {
+            errors.push(ParamError::new(key("device"), e));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        Ok(Signature {
+            inputs: vec![Port::new("model", ArtifactType::CausalLm)],
+            open_inputs: false,
+            outputs: vec![
+                Port::new("model", ArtifactType::CausalLm),
+                Port::new("metrics", ArtifactType::Metrics),
+            ],
+            deps: vec![p.demos],
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: SftParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let device = lm::device(&p.device)?;
+        let (trainable, tok) = lm::load_input(ctx, "model", &device)?;
+        let eot = trainable
+            .config
+            .eos_token_id()
+            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
+            .unwrap_or(0);
+        let context = trainable.config.context_len();
+        // (tokens, index of the first completion token), cut to the context.
+        let mut examples: Vec<(Vec<u32>, usize)> = Vec::new();
+        let mut skipped = 0usize;
+        for (prompt, completion) in read_demos(&ctx.workspace.join(&p.demos))? {
+            let mut tokens = tokenizer::encode(&tok, &p.template.replace("{prompt}", &prompt))
+                .map_err(failed)?;
+            let start = tokens.len();
+            tokens.extend(tokenizer::encode(&tok, &format!(" {completion}")).map_err(failed)?);
+            tokens.push(eot);
+            if start + 1 >= context {
+                skipped += 1;
+                continue;
+            }
+            tokens.truncate(context + 1);
+            examples.push((tokens, start));
+        }
+        if examples.is_empty() {
+            return Err(failed("no demonstration fits the model's context"));
+        }
+        if skipped > 0 {
+            tracing::warn!(
+                skipped,
+                "demonstrations whose prompt fills the context were skipped"
+            );
+        }
+        let batches_per_epoch = examples.len().div_ceil(p.batch_size);
+        let total = (batches_per_epoch * p.epochs).min(p.max_steps.unwrap_or(usize::MAX));
+        let schedule = Schedule {
+            peak_lr: p.lr,
+            warmup_steps: p.warmup_steps.min(total),
+            total_steps: total,
+            final_fraction: 0.1,
+        };
+        let mut trainer = Trainer::new(
+            Trainer::named_vars(&trainable.varmap),
+            schedule,
+            p.weight_decay,
+            Some(p.max_grad_norm),
+        )
+        .map_err(failed)?;
+        let resume = ResumeState::new(ctx);
+        let mut history = resume
+            .restore(&trainable, &mut trainer)?
+            .unwrap_or_default();
+        let started = std::time::Instant::now();
+        let first_step = trainer.step;
+        while trainer.step < total {
+            if ctx.cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let epoch = trainer.step / batches_per_epoch;
+            let batch_index = trainer.step % batches_per_epoch;
+            let order = epoch_batches(&examples, p.batch_size, ctx.seed, epoch);
+            let chosen: Vec<(Vec<u32>, usize)> = order[batch_index]
+                .iter()
+                .map(|&i| examples[i].clone())
+                .collect();
+            let batch = Batch::new(&chosen, eot, &device).map_err(failed)?;
+            let loss = lm_loss(&trainable.model, &batch).map_err(failed)?;
+            let lr = trainer.lr();
+            let grad_norm = trainer.step(&loss).map_err(failed)?;
+            let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
+            let targets = f64::from(
+                batch
+                    .weights
+                    .sum_all()
+                    .and_then(|t| t.to_scalar::<f32>())
+                    .map_err(failed)?,
+            );
+            history.push(HistoryRow {
+                step: trainer.step as u64,
+                loss: loss_value,
+                lr,
+                grad_norm,
+                tokens: targets as u64,
+            });
+            if trainer.step % 10 == 0 || trainer.step == total {
+                let rate = history[first_step..].iter().map(|h| h.tokens).sum::<u64>() as f64
+                    / started.elapsed().as_secs_f64();
+                tracing::info!(
+                    step = trainer.step,
+                    steps = total,
+                    loss = loss_value,
+                    target_tokens_per_s = rate as u64,
+                    "fine-tuning"
+                );
+            }
+            if trainer.step % p.checkpoint_every == 0 && trainer.step < total {
+                resume.save(&trainable, &trainer, &history)?;
+            }
+        }
+        let final_loss = history.iter().rev().take(10).map(|h| h.loss).sum::<f64>()
+            / history.len().clamp(1, 10) as f64;
+        lm::write_model(
+            &ctx.workspace.join(&ctx.outputs["model"]),
+            &trainable,
+            &tok,
+            json!({"hone": {"stage": "sft", "demos": p.demos, "steps": total, "final_loss": final_loss}}),
+        )?;
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        let summary = json!({"steps": total, "examples": examples.len(), "skipped": skipped, "final_loss": final_loss});
+        lm::write_metrics(
+            &ctx.workspace.join(&ctx.outputs["metrics"]),
+            &summary,
+            &history,
+            &provenance,
+        )
+    }
+}
+
+/// The batches of one epoch: examples shuffled (seeded by epoch), cut into chunks of 8
+/// batches' worth, sorted by length within each chunk (length bucketing: little padding,
+/// still random across chunks), then split into batches whose order is shuffled too.
+pub fn epoch_batches(
+    examples: &[(Vec<u32>, usize)],
+    batch_size: usize,
+    seed: u64,
+    epoch: usize,
+) -> Vec<Vec<usize>> {
+    let mut rng =
+        ChaCha8Rng::seed_from_u64(seed ^ (epoch as u64 + 1).wrapping_mul(0xD1B5_4A32_D192_ED03));
+    let mut order: Vec<usize> = (0..examples.len()).collect();
+    order.shuffle(&mut rng);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for chunk in order.chunks(batch_size * 8) {
+        let mut chunk = chunk.to_vec();
+        chunk.sort_by_key(|&i| (examples[i].0.len(), i));
+        batches.extend(chunk.chunks(batch_size).map(<[usize]>::to_vec));
+    }
+    batches.shuffle(&mut rng);
+    batches
+}
+
+fn read_demos(path: &std::path::Path) -> Result<Vec<(String, String)>, StageError> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
+    let mut demos = Vec::new();
+    for (i, line) in text
+        .lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+    {
+        let v: Value = serde_json::from_str(line)
+            .map_err(|e| failed(format!("`{}` line {}: {e}", path.display(), i + 1)))?;
+        let field = |name: &str| {
+            v.get(name)
+                .and_then(Value::as_str)
+                .map(str::to_string)
+                .ok_or_else(|| {
+                    failed(format!(
+                        "`{}` line {}: no `{name}` text",
+                        path.display(),
+                        i + 1
+                    ))
+                })
+        };
+        demos.push((field("prompt")?, field("completion")?));
+    }
+    Ok(demos)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_batches_cover_every_example_once_with_similar_lengths() {
+        let examples: Vec<(Vec<u32>, usize)> =
+            (0..50).map(|i| (vec![0; 1 + (i * 7) % 23], 0)).collect();
+        let batches = epoch_batches(&examples, 4, 9, 0);
+        let mut seen: Vec<usize> = batches.iter().flatten().copied().collect();
+        seen.sort_unstable();
+        assert_eq!(seen, (0..50).collect::<Vec<_>>());
+        assert_eq!(batches, epoch_batches(&examples, 4, 9, 0), "deterministic");
+        assert_ne!(
+            batches,
+            epoch_batches(&examples, 4, 9, 1),
+            "reshuffled per epoch"
+        );
+        // Within a batch, lengths are sorted neighbours of one chunk.
+        for b in &batches {
+            let lens: Vec<usize> = b.iter().map(|&i| examples[i].0.len()).collect();
+            assert!(lens.windows(2).all(|w| w[0] <= w[1]), "{lens:?}");
+        }
+    }
+}

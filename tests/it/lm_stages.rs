@@ -1,0 +1,176 @@
+//! The model stages end to end on tiny settings: builtin pretraining -> sft -> generate ->
+//! annotate, loading a Hugging Face checkpoint, determinism, and resuming a killed stage.
+
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::feedback::rows;
+use crate::support::Workspace;
+
+const TINY: &str = "source: builtin, vocab_size: 300, d_model: 32, n_layers: 1, n_heads: 2, context: 48, batch_size: 4, device: cpu";
+
+fn world(ws: &Workspace) {
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/hhh");
+    for name in [
+        "facts.jsonl",
+        "corpus.jsonl",
+        "demos.jsonl",
+        "prompts.jsonl",
+    ] {
+        ws.write(
+            &format!("data/hhh/{name}"),
+            &std::fs::read_to_string(data.join(name)).unwrap(),
+        );
+    }
+}
+
+fn output(ws: &Workspace, stage: &str, name: &str) -> std::path::PathBuf {
+    let show: Value =
+        serde_json::from_str(&ws.ok(&["show", "p.yaml", stage, "--json"]).stdout).unwrap();
+    let o = show["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["output"] == name)
+        .unwrap();
+    ws.path(o["path"].as_str().unwrap())
+}
+
+#[test]
+fn pretrain_sft_generate_annotate() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: lm
+seed: 4
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 40, lr: 1.0e-2, warmup_steps: 4 }} }}
+  sft: {{ kind: sft, inputs: {{ model: base.model }}, with: {{ max_steps: 8, batch_size: 4, device: cpu }} }}
+  gen: {{ kind: generate, inputs: {{ model: sft.model }}, with: {{ max_prompts: 3, n_samples: 2, max_new_tokens: 12, device: cpu }} }}
+  label: {{ kind: annotate, inputs: {{ candidates: gen.candidates }}, with: {{ labels: [pairs, scores] }} }}
+"#
+        ),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    // Pretraining learns: the last steps' loss is well below the first's.
+    let history = rows(&output(&ws, "base", "metrics").join("history.parquet"));
+    assert_eq!(history.len(), 40);
+    let first = history[0]["loss"].as_f64().unwrap();
+    let last = history[39]["loss"].as_f64().unwrap();
+    assert!(last < first - 1.0, "pretraining loss {first} -> {last}");
+    // The model directory is a Hugging Face checkpoint with hone's metadata.
+    let model = output(&ws, "sft", "model");
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "hone.json",
+    ] {
+        assert!(model.join(file).is_file(), "{file}");
+    }
+    let loaded = hone::model::Trainable::load(&model, &candle_core::Device::Cpu).unwrap();
+    assert_eq!(loaded.config.context_len(), 48);
+    assert_eq!(
+        rows(&output(&ws, "sft", "metrics").join("history.parquet")).len(),
+        8
+    );
+    // Candidates: K per prompt, with their token ids and log-probs.
+    let candidates = rows(&output(&ws, "gen", "candidates"));
+    assert_eq!(candidates.len(), 6);
+    for c in &candidates {
+        assert!(c["token_ids"].as_array().unwrap().len() <= 12);
+        assert!(c["logprob_sum"].as_f64().unwrap() < 0.0);
+    }
+    let comparisons = rows(&output(&ws, "label", "feedback").join("comparisons.parquet"));
+    assert!(comparisons.len() <= 3);
+    // Same spec and seed: the same bytes.
+    let lock = ws.read("p.lock");
+    ws.ok(&["run", "p.yaml", "-q", "--force-all"]);
+    assert_eq!(ws.read("p.lock"), lock);
+}
+
+#[test]
+fn a_hugging_face_checkpoint_loads_as_the_base_model() {
+    let ws = Workspace::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama-tiny");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        std::fs::create_dir_all(ws.path("models/llama")).unwrap();
+        std::fs::copy(fixture.join(file), ws.path(&format!("models/llama/{file}"))).unwrap();
+    }
+    ws.write("p.yaml", "name: hf\nstages:\n  base: { kind: pretrain-load, with: { source: hf, path: models/llama, device: cpu } }\n");
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let model = output(&ws, "base", "model");
+    let a = hone::model::Trainable::load(&fixture, &candle_core::Device::Cpu).unwrap();
+    let b = hone::model::Trainable::load(&model, &candle_core::Device::Cpu).unwrap();
+    let x = candle_core::Tensor::new(&[[3u32, 1, 4, 1, 5]], &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        a.model
+            .forward(&x, None, 0)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap(),
+        b.model
+            .forward(&x, None, 0)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()
+    );
+    // A checkpoint that is not one is bad input with a clear message.
+    ws.write("models/broken/config.json", "{\"model_type\": \"bert\"}");
+    ws.write("p.yaml", "name: hf\nstages:\n  base: { kind: pretrain-load, with: { source: hf, path: models/broken, device: cpu } }\n");
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stdout.contains("unsupported `model_type` `bert`"),
+        "{}",
+        out.stdout
+    );
+}
+
+#[test]
+#[cfg(unix)]
+fn a_killed_pretraining_resumes_to_the_same_model() {
+    let spec = format!(
+        "name: resume\nseed: 2\nstages:\n  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 60, checkpoint_every: 10 }} }}\n"
+    );
+    let straight = Workspace::new();
+    world(&straight);
+    straight.write("p.yaml", &spec);
+    straight.ok(&["run", "p.yaml", "-q"]);
+
+    let killed = Workspace::new();
+    world(&killed);
+    killed.write("p.yaml", &spec);
+    let mut child = killed.spawn(&["run", "p.yaml", "-q"]);
+    // Wait for a checkpoint, then kill hone in the middle of training.
+    let resume_dir = killed.path(".hone/resume");
+    let mut found = false;
+    for _ in 0..3000 {
+        if let Ok(entries) = std::fs::read_dir(&resume_dir)
+            && entries
+                .flatten()
+                .any(|e| e.path().join("checkpoint/state.json").is_file())
+        {
+            found = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    assert!(found, "no checkpoint was written");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let out = killed.ok(&["run", "p.yaml", "-v"]);
+    assert!(
+        out.stderr.contains("resumed from checkpoint"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        killed.read("p.lock"),
+        straight.read("p.lock"),
+        "a resumed run writes the same bytes"
+    );
+}
