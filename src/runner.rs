@@ -103,6 +103,8 @@ impl RunReport {
 /// Hooks for a live display; called from worker threads.
 pub trait Observer: Sync {
     fn started(&self, _id: &str) {}
+    /// A running stage's progress: `done` of `total` units.
+    fn progress(&self, _id: &str, _done: u64, _total: u64) {}
     fn finished(&self, _report: &StageReport) {}
 }
 
@@ -389,7 +391,10 @@ pub fn run(
         observer.started(stage_id);
         let started = Instant::now();
         let result = match &options.executor {
-            Executor::InProcess => execute_stage(&store, pipeline, i, &job, cancel, started),
+            Executor::InProcess => {
+                let progress = |done: u64, total: u64| observer.progress(stage_id, done, total);
+                execute_stage(&store, pipeline, i, &job, cancel, started, &progress)
+            }
             Executor::Process { program, overrides } => execute_in_process(
                 program, overrides, spec_path, workspace, stage_id, &job, cancel,
             ),
@@ -516,6 +521,7 @@ fn execute_stage(
     job: &Job,
     cancel: &AtomicBool,
     started: Instant,
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<BTreeMap<String, LockOutput>, StageError> {
     let stage = &pipeline.spec.stages[i];
     let io = |context: String| move |source| StageError::Io { context, source };
@@ -550,6 +556,7 @@ fn execute_stage(
         resume_dir: &resume_dir,
         log_path: &log_path,
         cancel,
+        progress,
     };
     let span = tracing::info_span!("stage", id = %stage.id, kind = stage.kind.name());
     let _enter = span.enter();
@@ -893,7 +900,7 @@ pub fn exec_one(
         inputs,
     };
     let started = Instant::now();
-    let result = execute_stage(&store, pipeline, i, &job, cancel, started);
+    let result = execute_stage(&store, pipeline, i, &job, cancel, started, &|_, _| {});
     let duration = started.elapsed();
     Ok(match result {
         Ok(outputs) => StageReport {

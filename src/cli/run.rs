@@ -138,6 +138,22 @@ impl Observer for Display {
         self.bars.lock().expect("bars").insert(id.to_string(), bar);
     }
 
+    fn progress(&self, id: &str, done: u64, total: u64) {
+        if let Some(bar) = self.bars.lock().expect("bars").get(id) {
+            if bar.length() != Some(total) {
+                bar.set_style(
+                    ProgressStyle::with_template(
+                        "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})",
+                    )
+                    .expect("template")
+                    .progress_chars("=> "),
+                );
+                bar.set_length(total);
+            }
+            bar.set_position(done);
+        }
+    }
+
     fn finished(&self, report: &StageReport) {
         let Some(multi) = &self.multi else { return };
         if let Some(bar) = self.bars.lock().expect("bars").remove(&report.id) {

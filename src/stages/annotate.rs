@@ -420,6 +420,7 @@ impl StageKind for Annotate {
         let thresholds = p.thresholds.unwrap_or(DEFAULT_PROBIT_THRESHOLDS);
         let mut item = 0u64;
         for (n, prompt_id) in prompt_ids.iter().enumerate() {
+            ctx.report(n as u64 + 1, prompt_ids.len() as u64);
             if n % 64 == 0 && ctx.cancelled() {
                 return Err(StageError::Cancelled);
             }

@@ -207,6 +207,7 @@ impl StageKind for Generate {
                     })
                     .map_err(failed)?;
             }
+            ctx.report((n + 1) as u64, prompts.len() as u64);
             if (n + 1) % 16 == 0 || n + 1 == prompts.len() {
                 let rate = new_tokens as f64 / started.elapsed().as_secs_f64();
                 tracing::info!(

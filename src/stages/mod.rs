@@ -85,11 +85,18 @@ pub struct StageContext<'a> {
     /// Where the stage's own log goes (a command's stdout and stderr).
     pub log_path: &'a Path,
     pub cancel: &'a AtomicBool,
+    /// Reports progress on long work: (units done, units in all).
+    pub progress: &'a (dyn Fn(u64, u64) + Sync),
 }
 
 impl StageContext<'_> {
     pub fn cancelled(&self) -> bool {
         self.cancel.load(Ordering::Relaxed)
+    }
+
+    /// Tells the live display how far the stage is (steps, prompts, rows).
+    pub fn report(&self, done: u64, total: u64) {
+        (self.progress)(done, total);
     }
 }
 

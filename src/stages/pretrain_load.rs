@@ -371,6 +371,7 @@ fn pretrain(
         let lr = trainer.lr();
         let grad_norm = trainer.step(&loss).map_err(failed)?;
         let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
+        ctx.report(trainer.step as u64, p.steps as u64);
         history.push(HistoryRow {
             step: trainer.step as u64,
             loss: loss_value,

@@ -220,6 +220,7 @@ impl StageKind for Sft {
                     .and_then(|t| t.to_scalar::<f32>())
                     .map_err(failed)?,
             );
+            ctx.report(trainer.step as u64, total as u64);
             history.push(HistoryRow {
                 step: trainer.step as u64,
                 loss: loss_value,
