@@ -78,21 +78,14 @@ pub fn read_candidates(path: &Path) -> Result<Vec<Candidate>, String> {
         .is_ok_and(|_| &magic == b"PAR1");
     let mut out = Vec::new();
     if is_parquet {
-        let batches = table::read_all(path).map_err(|e| format!("`{}`: {e}", path.display()))?;
-        for batch in batches {
-            let schema = batch.schema();
-            for r in 0..batch.num_rows() {
-                let mut map = serde_json::Map::new();
-                for (c, field) in schema.fields().iter().enumerate() {
-                    map.insert(
-                        field.name().clone(),
-                        table::json_value(batch.column(c).as_ref(), r).unwrap_or_default(),
-                    );
-                }
-                let candidate = serde_json::from_value(serde_json::Value::Object(map))
-                    .map_err(|e| format!("`{}` row {}: {e}", path.display(), out.len() + 1))?;
-                out.push(candidate);
-            }
+        for (i, row) in table::read_rows(path)
+            .map_err(|e| format!("`{}`: {e}", path.display()))?
+            .into_iter()
+            .enumerate()
+        {
+            let candidate = serde_json::from_value(serde_json::Value::Object(row))
+                .map_err(|e| format!("`{}` row {}: {e}", path.display(), i + 1))?;
+            out.push(candidate);
         }
     } else {
         let text =

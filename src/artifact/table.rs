@@ -264,6 +264,27 @@ pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>, parquet::errors::Parque
         .collect()
 }
 
+/// Every row of a Parquet file as a JSON object (for small tables and tests).
+pub fn read_rows(
+    path: &Path,
+) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, parquet::errors::ParquetError> {
+    let mut rows = Vec::new();
+    for batch in read_all(path)? {
+        let schema = batch.schema();
+        for r in 0..batch.num_rows() {
+            let mut map = serde_json::Map::new();
+            for (c, field) in schema.fields().iter().enumerate() {
+                map.insert(
+                    field.name().clone(),
+                    json_value(batch.column(c).as_ref(), r).unwrap_or_default(),
+                );
+            }
+            rows.push(map);
+        }
+    }
+    Ok(rows)
+}
+
 /// Streams the batches of a Parquet file.
 pub fn batches(
     path: &Path,

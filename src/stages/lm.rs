@@ -222,3 +222,65 @@ impl<'a> ResumeState<'a> {
         Ok(Some(record.history))
     }
 }
+
+/// Runs a training stage's steps from wherever its last checkpoint left off: the batch of
+/// step `s` comes from `batch_for(s)` (which must depend only on `s` and the seed, so that a
+/// resumed run sees the same data), the loss is the masked LM loss, and every
+/// `checkpoint_every` steps the state is saved. Returns the whole history.
+pub fn train_steps(
+    ctx: &StageContext<'_>,
+    trainable: &Trainable,
+    trainer: &mut model::train::Trainer,
+    total: usize,
+    checkpoint_every: usize,
+    what: &str,
+    mut batch_for: impl FnMut(usize) -> Result<model::train::Batch, StageError>,
+) -> Result<Vec<HistoryRow>, StageError> {
+    let resume = ResumeState::new(ctx);
+    let mut history = resume.restore(trainable, trainer)?.unwrap_or_default();
+    let started = std::time::Instant::now();
+    let first_step = trainer.step;
+    while trainer.step < total {
+        if ctx.cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let batch = batch_for(trainer.step)?;
+        let loss = model::train::lm_loss(&trainable.model, &batch).map_err(failed)?;
+        let lr = trainer.lr();
+        let grad_norm = trainer.step(&loss).map_err(failed)?;
+        let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
+        let tokens = batch
+            .weights
+            .sum_all()
+            .and_then(|t| t.to_scalar::<f32>())
+            .map_err(failed)? as u64;
+        ctx.report(trainer.step as u64, total as u64);
+        history.push(HistoryRow {
+            step: trainer.step as u64,
+            loss: loss_value,
+            lr,
+            grad_norm,
+            tokens,
+        });
+        if trainer.step.is_multiple_of(10) || trainer.step == total {
+            let trained: u64 = history[first_step..].iter().map(|h| h.tokens).sum();
+            let rate = trained as f64 / started.elapsed().as_secs_f64();
+            tracing::info!(
+                step = trainer.step,
+                steps = total,
+                loss = loss_value,
+                target_tokens_per_s = rate as u64,
+                "{what}"
+            );
+        }
+        if trainer.step.is_multiple_of(checkpoint_every) && trainer.step < total {
+            resume.save(trainable, trainer, &history)?;
+        }
+    }
+    Ok(history)
+}
+
+/// The mean loss of the last ten steps.
+pub fn final_loss(history: &[HistoryRow]) -> f64 {
+    history.iter().rev().take(10).map(|h| h.loss).sum::<f64>() / history.len().clamp(1, 10) as f64
+}

@@ -3,21 +3,19 @@
 //! `source: builtin` trains a byte-level BPE tokenizer and pretrains a small model on a
 //! shipped corpus, so the embedded default needs no download.
 
-use std::time::Instant;
-
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::lm::{self, HistoryRow, ResumeState, failed};
+use super::lm::{self, failed};
 use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
-use crate::model::train::{Batch, Schedule, Trainer, lm_loss};
+use crate::model::train::{Batch, Schedule, Trainer};
 use crate::model::{Gpt2Config, LlamaConfig, ModelConfig, Trainable, tokenizer};
 use crate::spec::node::PathSeg;
 
@@ -346,56 +344,28 @@ fn pretrain(
         Some(p.max_grad_norm),
     )
     .map_err(failed)?;
-    let resume = ResumeState::new(ctx);
-    let mut history = resume
-        .restore(&trainable, &mut trainer)?
-        .unwrap_or_default();
-    let started = Instant::now();
-    let first_step = trainer.step;
-    while trainer.step < p.steps {
-        if ctx.cancelled() {
-            return Err(StageError::Cancelled);
-        }
-        // The batch of step s depends only on (seed, s): a resumed run sees the same data.
-        let mut rng = ChaCha8Rng::seed_from_u64(
-            ctx.seed ^ (trainer.step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-        );
-        let windows: Vec<(Vec<u32>, usize)> = (0..p.batch_size)
-            .map(|_| {
-                let start = rng.random_range(0..stream.len() - p.context - 1);
-                (stream[start..start + p.context + 1].to_vec(), 0)
-            })
-            .collect();
-        let batch = Batch::new(&windows, eot, device).map_err(failed)?;
-        let loss = lm_loss(&trainable.model, &batch).map_err(failed)?;
-        let lr = trainer.lr();
-        let grad_norm = trainer.step(&loss).map_err(failed)?;
-        let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
-        ctx.report(trainer.step as u64, p.steps as u64);
-        history.push(HistoryRow {
-            step: trainer.step as u64,
-            loss: loss_value,
-            lr,
-            grad_norm,
-            tokens: (p.batch_size * p.context) as u64,
-        });
-        if trainer.step % 10 == 0 || trainer.step == p.steps {
-            let rate = ((trainer.step - first_step) * p.batch_size * p.context) as f64
-                / started.elapsed().as_secs_f64();
-            tracing::info!(
-                step = trainer.step,
-                steps = p.steps,
-                loss = loss_value,
-                tokens_per_s = rate as u64,
-                "pretraining"
+    let history = lm::train_steps(
+        ctx,
+        &trainable,
+        &mut trainer,
+        p.steps,
+        p.checkpoint_every,
+        "pretraining",
+        |step| {
+            // The batch of step s depends only on (seed, s): a resumed run sees the same data.
+            let mut rng = ChaCha8Rng::seed_from_u64(
+                ctx.seed ^ (step as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
             );
-        }
-        if trainer.step % p.checkpoint_every == 0 && trainer.step < p.steps {
-            resume.save(&trainable, &trainer, &history)?;
-        }
-    }
-    let final_loss = history.iter().rev().take(10).map(|h| h.loss).sum::<f64>()
-        / history.len().clamp(1, 10) as f64;
+            let windows: Vec<(Vec<u32>, usize)> = (0..p.batch_size)
+                .map(|_| {
+                    let start = rng.random_range(0..stream.len() - p.context - 1);
+                    (stream[start..start + p.context + 1].to_vec(), 0)
+                })
+                .collect();
+            Batch::new(&windows, eot, device).map_err(failed)
+        },
+    )?;
+    let final_loss = lm::final_loss(&history);
     let meta = json!({"hone": {"stage": "pretrain-load", "source": "builtin", "corpus": p.corpus, "steps": p.steps, "final_loss": final_loss}});
     lm::write_model(model_dir, &trainable, &tok, meta)?;
     let summary = json!({

@@ -10,14 +10,14 @@ use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::lm::{self, HistoryRow, ResumeState, failed};
+use super::lm::{self, failed};
 use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
 use crate::model::tokenizer;
-use crate::model::train::{Batch, Schedule, Trainer, lm_loss};
+use crate::model::train::{Batch, Schedule, Trainer};
 use crate::spec::node::PathSeg;
 
 pub struct Sft;
@@ -191,60 +191,22 @@ impl StageKind for Sft {
             Some(p.max_grad_norm),
         )
         .map_err(failed)?;
-        let resume = ResumeState::new(ctx);
-        let mut history = resume
-            .restore(&trainable, &mut trainer)?
-            .unwrap_or_default();
-        let started = std::time::Instant::now();
-        let first_step = trainer.step;
-        while trainer.step < total {
-            if ctx.cancelled() {
-                return Err(StageError::Cancelled);
-            }
-            let epoch = trainer.step / batches_per_epoch;
-            let batch_index = trainer.step % batches_per_epoch;
-            let order = epoch_batches(&examples, p.batch_size, ctx.seed, epoch);
-            let chosen: Vec<(Vec<u32>, usize)> = order[batch_index]
-                .iter()
-                .map(|&i| examples[i].clone())
-                .collect();
-            let batch = Batch::new(&chosen, eot, &device).map_err(failed)?;
-            let loss = lm_loss(&trainable.model, &batch).map_err(failed)?;
-            let lr = trainer.lr();
-            let grad_norm = trainer.step(&loss).map_err(failed)?;
-            let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
-            let targets = f64::from(
-                batch
-                    .weights
-                    .sum_all()
-                    .and_then(|t| t.to_scalar::<f32>())
-                    .map_err(failed)?,
-            );
-            ctx.report(trainer.step as u64, total as u64);
-            history.push(HistoryRow {
-                step: trainer.step as u64,
-                loss: loss_value,
-                lr,
-                grad_norm,
-                tokens: targets as u64,
-            });
-            if trainer.step % 10 == 0 || trainer.step == total {
-                let rate = history[first_step..].iter().map(|h| h.tokens).sum::<u64>() as f64
-                    / started.elapsed().as_secs_f64();
-                tracing::info!(
-                    step = trainer.step,
-                    steps = total,
-                    loss = loss_value,
-                    target_tokens_per_s = rate as u64,
-                    "fine-tuning"
-                );
-            }
-            if trainer.step % p.checkpoint_every == 0 && trainer.step < total {
-                resume.save(&trainable, &trainer, &history)?;
-            }
-        }
-        let final_loss = history.iter().rev().take(10).map(|h| h.loss).sum::<f64>()
-            / history.len().clamp(1, 10) as f64;
+        let history = lm::train_steps(
+            ctx,
+            &trainable,
+            &mut trainer,
+            total,
+            p.checkpoint_every,
+            "fine-tuning",
+            |step| {
+                let (epoch, index) = (step / batches_per_epoch, step % batches_per_epoch);
+                let order = epoch_batches(&examples, p.batch_size, ctx.seed, epoch);
+                let chosen: Vec<(Vec<u32>, usize)> =
+                    order[index].iter().map(|&i| examples[i].clone()).collect();
+                Batch::new(&chosen, eot, &device).map_err(failed)
+            },
+        )?;
+        let final_loss = lm::final_loss(&history);
         lm::write_model(
             &ctx.workspace.join(&ctx.outputs["model"]),
             &trainable,

@@ -49,21 +49,11 @@ fn ingest(ws: &Workspace, name: &str, format: &str, extra: &str) -> (PathBuf, Pa
 
 /// Every row of a Parquet table as a JSON object, read with hone's reader.
 pub fn rows(path: &Path) -> Vec<Value> {
-    let mut out = Vec::new();
-    for batch in hone::artifact::table::read_all(path).unwrap() {
-        let schema = batch.schema();
-        for r in 0..batch.num_rows() {
-            let mut map = serde_json::Map::new();
-            for (c, field) in schema.fields().iter().enumerate() {
-                map.insert(
-                    field.name().clone(),
-                    hone::artifact::table::json_value(batch.column(c).as_ref(), r).unwrap(),
-                );
-            }
-            out.push(Value::Object(map));
-        }
-    }
-    out
+    hone::artifact::table::read_rows(path)
+        .unwrap()
+        .into_iter()
+        .map(Value::Object)
+        .collect()
 }
 
 fn summary(dir: &Path) -> Value {
