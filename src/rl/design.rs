@@ -1,0 +1,171 @@
+//! Optimal experimental design for choosing which pairs to label (ODPO, Scheid et al. 2024):
+//! the D-optimal design over pair-difference features by Frank-Wolfe (Kiefer-Wolfowitz),
+//! rounded to a labelling budget.
+
+/// The D-optimal design π over the rows `z_i` (each of dimension d): maximises
+/// log det(Σ π_i z_i z_iᵀ + ridge·I). Frank-Wolfe: step towards the row with the largest
+/// z_iᵀ V(π)⁻¹ z_i with the exact line-search step; stop when that maximum is within
+/// (1 + eps)·d (the Kiefer-Wolfowitz equivalence: at the optimum it equals d).
+pub fn d_optimal(features: &[Vec<f64>], ridge: f64, eps: f64, max_iterations: usize) -> Design {
+    let n = features.len();
+    let d = features.first().map_or(0, Vec::len);
+    let mut weights = vec![1.0 / n as f64; n];
+    let mut iterations = 0;
+    let mut max_variance = f64::INFINITY;
+    while iterations < max_iterations {
+        let v = information(features, &weights, ridge);
+        let chol = cholesky(&v, d).expect("V(π) + ridge·I is positive definite");
+        let variances: Vec<f64> = features
+            .iter()
+            .map(|z| quadratic_inverse(&chol, d, z))
+            .collect();
+        let (best, &g) = variances
+            .iter()
+            .enumerate()
+            .max_by(|a, b| a.1.total_cmp(b.1))
+            .expect("non-empty");
+        max_variance = g;
+        if g <= (1.0 + eps) * d as f64 {
+            break;
+        }
+        // Exact step for log det (Fedorov / Wynn): gamma = (g - d) / (d (g - 1)).
+        let gamma = ((g - d as f64) / (d as f64 * (g - 1.0))).clamp(0.0, 1.0);
+        for w in &mut weights {
+            *w *= 1.0 - gamma;
+        }
+        weights[best] += gamma;
+        iterations += 1;
+    }
+    Design {
+        weights,
+        iterations,
+        max_variance,
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Design {
+    pub weights: Vec<f64>,
+    pub iterations: usize,
+    /// max_i z_iᵀ V(π)⁻¹ z_i at the end (d at the optimum).
+    pub max_variance: f64,
+}
+
+/// Rounds a design to `budget` distinct rows: the largest weights first (ties by index).
+pub fn round_to_budget(weights: &[f64], budget: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..weights.len()).collect();
+    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
+    order.truncate(budget);
+    order
+}
+
+/// V(π) = Σ π_i z_i z_iᵀ + ridge·I, row-major d×d.
+pub fn information(features: &[Vec<f64>], weights: &[f64], ridge: f64) -> Vec<f64> {
+    let d = features.first().map_or(0, Vec::len);
+    let mut v = vec![0.0; d * d];
+    for (z, &w) in features.iter().zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
+        for i in 0..d {
+            for j in 0..d {
+                v[i * d + j] += w * z[i] * z[j];
+            }
+        }
+    }
+    for i in 0..d {
+        v[i * d + i] += ridge;
+    }
+    v
+}
+
+/// Cholesky factor L (row-major, lower) of a symmetric positive definite d×d matrix.
+/// Written out: d is a reward model's hidden size (tens to hundreds), and this is the only
+/// linear algebra hone needs outside candle.
+pub fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; d * d];
+    for i in 0..d {
+        for j in 0..=i {
+            let sum: f64 = (0..j).map(|k| l[i * d + k] * l[j * d + k]).sum();
+            if i == j {
+                let diag = a[i * d + i] - sum;
+                if diag <= 0.0 {
+                    return None;
+                }
+                l[i * d + i] = diag.sqrt();
+            } else {
+                l[i * d + j] = (a[i * d + j] - sum) / l[j * d + j];
+            }
+        }
+    }
+    Some(l)
+}
+
+/// zᵀ A⁻¹ z from A's Cholesky factor: |L⁻¹ z|².
+pub fn quadratic_inverse(l: &[f64], d: usize, z: &[f64]) -> f64 {
+    let mut y = vec![0.0; d];
+    for i in 0..d {
+        let sum: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+        y[i] = (z[i] - sum) / l[i * d + i];
+    }
+    y.iter().map(|v| v * v).sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cholesky_by_hand() {
+        // [[4, 2], [2, 3]] = L Lᵀ with L = [[2, 0], [1, sqrt 2]]
+        let l = cholesky(&[4.0, 2.0, 2.0, 3.0], 2).unwrap();
+        assert!(
+            (l[0] - 2.0).abs() < 1e-12
+                && (l[2] - 1.0).abs() < 1e-12
+                && (l[3] - 2f64.sqrt()).abs() < 1e-12
+        );
+        // zᵀ A⁻¹ z for z = (1, 0): A⁻¹ = [[3, -2], [-2, 4]] / 8 -> 3/8
+        assert!((quadratic_inverse(&l, 2, &[1.0, 0.0]) - 0.375).abs() < 1e-12);
+        assert!(cholesky(&[1.0, 2.0, 2.0, 1.0], 2).is_none());
+    }
+
+    #[test]
+    fn frank_wolfe_finds_the_known_d_optimal_design() {
+        // Rows e1, e2 and (e1 + e2)/2 in R²: the D-optimal design puts 1/2 on each unit
+        // vector and nothing on the interior point (det of diag(w1, w2) is largest there).
+        let rows = vec![vec![1.0, 0.0], vec![0.0, 1.0], vec![0.5, 0.5]];
+        let design = d_optimal(&rows, 0.0, 1e-4, 10_000);
+        assert!(
+            (design.weights[0] - 0.5).abs() < 1e-2,
+            "{:?}",
+            design.weights
+        );
+        assert!(
+            (design.weights[1] - 0.5).abs() < 1e-2,
+            "{:?}",
+            design.weights
+        );
+        assert!(design.weights[2] < 1e-2, "{:?}", design.weights);
+        assert!(design.max_variance <= 2.0 * (1.0 + 1e-4));
+        assert_eq!(round_to_budget(&design.weights, 2).len(), 2);
+        assert!(!round_to_budget(&design.weights, 2).contains(&2));
+    }
+
+    #[test]
+    fn a_redundant_direction_gets_little_weight() {
+        // Three copies of nearly the same direction and one orthogonal: the orthogonal row
+        // carries half the design.
+        let rows = vec![
+            vec![1.0, 0.0],
+            vec![0.99, 0.01],
+            vec![0.98, 0.0],
+            vec![0.0, 1.0],
+        ];
+        let design = d_optimal(&rows, 1e-9, 1e-4, 10_000);
+        assert!(
+            (design.weights[3] - 0.5).abs() < 2e-2,
+            "{:?}",
+            design.weights
+        );
+    }
+}
