@@ -5,6 +5,7 @@
 pub mod gpt2;
 pub mod llama;
 pub mod ops;
+pub mod reward;
 pub mod sample;
 pub mod tokenizer;
 pub mod train;
@@ -299,6 +300,15 @@ impl Trainable {
 
     /// Writes `config.json` and `model.safetensors` (f32, Hugging Face names) into `dir`.
     pub fn save(&self, dir: &Path) -> std::result::Result<(), CheckpointError> {
+        self.save_filtered(dir, |_| true)
+    }
+
+    /// As [`Trainable::save`], writing only the variables whose name `keep` accepts.
+    pub fn save_filtered(
+        &self,
+        dir: &Path,
+        keep: impl Fn(&str) -> bool,
+    ) -> std::result::Result<(), CheckpointError> {
         std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
             path: dir.display().to_string(),
             source,
@@ -314,6 +324,7 @@ impl Trainable {
         let data = self.varmap.data().lock().expect("varmap lock");
         let mut tensors: Vec<(String, Tensor)> = data
             .iter()
+            .filter(|(k, _)| keep(k))
             .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
             .collect();
         tensors.sort_by(|a, b| a.0.cmp(&b.0));

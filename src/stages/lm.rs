@@ -205,14 +205,16 @@ impl<'a> ResumeState<'a> {
             return Ok(None);
         };
         let record: ResumeRecord = serde_json::from_slice(&bytes).map_err(failed)?;
-        let device = Device::Cpu;
-        let saved = Trainable::load(&done.join("model"), &device).map_err(failed)?;
-        let saved_vars = saved.varmap.data().lock().expect("varmap lock");
+        let saved = candle_core::safetensors::load(
+            done.join("model").join("model.safetensors"),
+            &Device::Cpu,
+        )
+        .map_err(failed)?;
         for (name, var) in trainable.varmap.data().lock().expect("varmap lock").iter() {
-            let source = saved_vars
+            let source = saved
                 .get(name)
                 .ok_or_else(|| failed(format!("checkpoint lacks `{name}`")))?;
-            var.set(&source.as_tensor().to_device(var.device()).map_err(failed)?)
+            var.set(&source.to_device(var.device()).map_err(failed)?)
                 .map_err(failed)?;
         }
         trainer
@@ -236,6 +238,37 @@ pub fn train_steps(
     what: &str,
     mut batch_for: impl FnMut(usize) -> Result<model::train::Batch, StageError>,
 ) -> Result<Vec<HistoryRow>, StageError> {
+    train_with_loss(
+        ctx,
+        trainable,
+        trainer,
+        total,
+        checkpoint_every,
+        what,
+        |step| {
+            let batch = batch_for(step)?;
+            let loss = model::train::lm_loss(&trainable.model, &batch).map_err(failed)?;
+            let tokens = batch
+                .weights
+                .sum_all()
+                .and_then(|t| t.to_scalar::<f32>())
+                .map_err(failed)? as u64;
+            Ok((loss, tokens))
+        },
+    )
+}
+
+/// As [`train_steps`], with the loss of step `s` and the number of items it covers given
+/// by `loss_for(s)` (the same determinism rule applies).
+pub fn train_with_loss(
+    ctx: &StageContext<'_>,
+    trainable: &Trainable,
+    trainer: &mut model::train::Trainer,
+    total: usize,
+    checkpoint_every: usize,
+    what: &str,
+    mut loss_for: impl FnMut(usize) -> Result<(candle_core::Tensor, u64), StageError>,
+) -> Result<Vec<HistoryRow>, StageError> {
     let resume = ResumeState::new(ctx);
     let mut history = resume.restore(trainable, trainer)?.unwrap_or_default();
     let started = std::time::Instant::now();
@@ -244,16 +277,10 @@ pub fn train_steps(
         if ctx.cancelled() {
             return Err(StageError::Cancelled);
         }
-        let batch = batch_for(trainer.step)?;
-        let loss = model::train::lm_loss(&trainable.model, &batch).map_err(failed)?;
+        let (loss, tokens) = loss_for(trainer.step)?;
         let lr = trainer.lr();
         let grad_norm = trainer.step(&loss).map_err(failed)?;
         let loss_value = f64::from(loss.to_scalar::<f32>().map_err(failed)?);
-        let tokens = batch
-            .weights
-            .sum_all()
-            .and_then(|t| t.to_scalar::<f32>())
-            .map_err(failed)? as u64;
         ctx.report(trainer.step as u64, total as u64);
         history.push(HistoryRow {
             step: trainer.step as u64,
@@ -269,7 +296,7 @@ pub fn train_steps(
                 step = trainer.step,
                 steps = total,
                 loss = loss_value,
-                target_tokens_per_s = rate as u64,
+                items_per_s = rate as u64,
                 "{what}"
             );
         }
