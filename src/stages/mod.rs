@@ -10,6 +10,7 @@ mod feedback_ingest;
 mod generate;
 mod lm;
 mod pretrain_load;
+mod reward_fit;
 mod sft;
 
 use std::collections::BTreeMap;
@@ -27,6 +28,7 @@ pub use feedback_ingest::FeedbackIngest;
 pub use generate::Generate;
 pub use lm::HISTORY;
 pub use pretrain_load::PretrainLoad;
+pub use reward_fit::RewardFit;
 pub use sft::Sft;
 
 /// A named, typed input or output of a stage.
@@ -141,6 +143,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &Generate,
         &FeedbackIngest,
         &Annotate,
+        &RewardFit,
     ]
 }
 

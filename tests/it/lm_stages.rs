@@ -174,3 +174,65 @@ fn a_killed_pretraining_resumes_to_the_same_model() {
         "a resumed run writes the same bytes"
     );
 }
+
+#[test]
+fn reward_fit_learns_preferences_and_saves_a_sequence_classifier() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "data/hhh/candidates.jsonl",
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/hhh/candidates.jsonl"),
+        )
+        .unwrap(),
+    );
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: rm
+seed: 6
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 10 }} }}
+  label: {{ kind: annotate, with: {{ candidates_path: data/hhh/candidates.jsonl, labels: [pairs, rankings, scores, flags], max_prompts: 40 }} }}
+  reward:
+    kind: reward-fit
+    inputs: {{ model: base.model, feedback: label.feedback, oracle: label.oracle }}
+    with: {{ max_steps: 6, batch_size: 4, held_out_fraction: 0.3, device: cpu }}
+"#
+        ),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(output(&ws, "reward", "metrics").join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    for key in ["accuracy", "log_loss", "ece"] {
+        let v = summary["held_out"][key].as_f64().unwrap();
+        assert!(v.is_finite() && v >= 0.0, "{key}: {v}");
+    }
+    assert!(
+        summary["held_out_pairs"].as_u64().unwrap() > 0
+            && summary["train_pairs"].as_u64().unwrap() > 0
+    );
+    assert!(summary["oracle_spearman"].as_f64().unwrap().abs() <= 1.0);
+    assert_eq!(
+        rows(&output(&ws, "reward", "metrics").join("history.parquet")).len(),
+        6
+    );
+    let model = output(&ws, "reward", "reward_model");
+    let config: Value =
+        serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["architectures"][0], "GPT2ForSequenceClassification");
+    assert_eq!(config["num_labels"], 1);
+    let tensors =
+        candle_core::safetensors::load(model.join("model.safetensors"), &candle_core::Device::Cpu)
+            .unwrap();
+    assert!(tensors.contains_key("score.weight"));
+    assert!(
+        !tensors.keys().any(|k| k.starts_with("hone_aux.")),
+        "training-only variables stay out of the checkpoint"
+    );
+    let lock = ws.read("p.lock");
+    ws.ok(&["run", "p.yaml", "-q", "--force", "reward"]);
+    assert_eq!(ws.read("p.lock"), lock, "reward-fit is deterministic");
+}

@@ -1,0 +1,597 @@
+//! `reward-fit`: a reward model from human feedback. Bradley-Terry on pairs (rankings as all
+//! their pairs, one prompt's pairs in one batch; optional margins), an ordered-logit
+//! likelihood for 1-5 scores with learned thresholds, and flags as evidence of low reward.
+//! Held-out accuracy, log loss and calibration; with the HHH oracle, the rank correlation
+//! with the true reward.
+
+use std::collections::BTreeMap;
+
+use candle_core::Tensor;
+use candle_nn::{Init, VarBuilder};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::lm::{self, failed};
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::table::{self, Provenance};
+use crate::model::reward::RewardModel;
+use crate::model::train::{Schedule, Trainer};
+use crate::model::{CausalLm, tokenizer};
+use crate::rl::{metrics, reward};
+use crate::spec::node::PathSeg;
+
+pub struct RewardFit;
+
+fn default_epochs() -> usize {
+    1
+}
+fn default_batch() -> usize {
+    16
+}
+fn default_lr() -> f64 {
+    5e-4
+}
+fn default_warmup() -> usize {
+    10
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_template() -> String {
+    "User: {prompt}\nAssistant: {response}".into()
+}
+fn default_held_out() -> f64 {
+    0.1
+}
+fn default_true() -> bool {
+    true
+}
+fn default_scores_weight() -> f64 {
+    1.0
+}
+fn default_flags_weight() -> f64 {
+    0.5
+}
+fn default_checkpoint_every() -> usize {
+    100
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// Parameters of a `reward-fit` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RewardFitParams {
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    /// Stop after this many steps (default: all epochs).
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Pairs per step (a prompt's pairs stay together, so a batch may hold a few more).
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default)]
+    pub weight_decay: f64,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// The text the reward model reads: `{prompt}` and `{response}` are replaced; the
+    /// reward is read at the end-of-text token appended to it.
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// The share of prompts (by a hash of their id) held out for evaluation.
+    #[serde(default = "default_held_out")]
+    pub held_out_fraction: f64,
+    /// Use the comparisons' `margin` column in the Bradley-Terry loss.
+    #[serde(default = "default_true")]
+    pub use_margin: bool,
+    /// Weight of the ordinal loss on 1-5 scores (0 ignores scores).
+    #[serde(default = "default_scores_weight")]
+    pub scores_weight: f64,
+    /// Weight of the flag loss (0 ignores flags).
+    #[serde(default = "default_flags_weight")]
+    pub flags_weight: f64,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+impl StageKind for RewardFit {
+    fn name(&self) -> &'static str {
+        "reward-fit"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "fit a reward model (Bradley-Terry, ordinal scores, flags) on a causal-LM backbone"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<RewardFitParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: RewardFitParams = parse_params(params)?;
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let mut errors = Vec::new();
+        for (name, value) in [
+            ("epochs", p.epochs),
+            ("batch_size", p.batch_size),
+            ("checkpoint_every", p.checkpoint_every),
+        ] {
+            if value == 0 {
+                errors.push(ParamError::new(
+                    key(name),
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
+        }
+        if !(0.0..1.0).contains(&p.held_out_fraction) {
+            errors.push(ParamError::new(
+                key("held_out_fraction"),
+                "`held_out_fraction` must be in [0, 1)",
+            ));
+        }
+        if !p.template.contains("{prompt}") || !p.template.contains("{response}") {
+            errors.push(ParamError::new(
+                key("template"),
+                "`template` must contain `{prompt}` and `{response}`",
+            ));
+        }
+        if let Err(e) = crate::model::device(&p.device) {
+            errors.push(ParamError::new(key("device"), e));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut oracle = Port::new("oracle", ArtifactType::Table(Some("oracle".into())));
+        oracle.required = false;
+        Ok(Signature {
+            inputs: vec![
+                Port::new("model", ArtifactType::CausalLm),
+                Port::new("feedback", ArtifactType::Feedback),
+                oracle,
+            ],
+            open_inputs: false,
+            outputs: vec![
+                Port::new("reward_model", ArtifactType::RewardModel),
+                Port::new("metrics", ArtifactType::Metrics),
+            ],
+            deps: Vec::new(),
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: RewardFitParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let device = lm::device(&p.device)?;
+        let (base, tok) = lm::load_input(ctx, "model", &device)?;
+        let eot = base
+            .config
+            .eos_token_id()
+            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
+            .unwrap_or(0);
+        let context = base.config.context_len();
+        let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
+        let data = Feedback::read(&feedback_dir, p.use_margin)?;
+        let held_out = |prompt_id: &str| {
+            let h = blake3::hash(prompt_id.as_bytes());
+            (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64
+                / u64::MAX as f64)
+                < p.held_out_fraction
+        };
+        let (train_pairs, test_pairs): (Vec<Pair>, Vec<Pair>) = data
+            .pairs
+            .iter()
+            .cloned()
+            .partition(|pair| !held_out(&pair.prompt_id));
+        if train_pairs.is_empty() {
+            return Err(failed(format!(
+                "no training pairs in `{}` (comparisons and rankings)",
+                feedback_dir.display()
+            )));
+        }
+        let train_scores: Vec<&ScoreItem> = data
+            .scores
+            .iter()
+            .filter(|s| !held_out(&s.prompt_id))
+            .collect();
+        let train_flags: Vec<&FlagItem> = data
+            .flags
+            .iter()
+            .filter(|f| !held_out(&f.prompt_id))
+            .collect();
+
+        let rm = RewardModel::from_causal(base, ctx.seed, &device).map_err(failed)?;
+        let aux = VarBuilder::from_varmap(&rm.base.varmap, candle_core::DType::F32, &device);
+        let thresholds_raw = aux
+            .get_with_hints(4, "hone_aux.thresholds", Init::Const(0.0))
+            .map_err(failed)?;
+        let flag_bias = aux
+            .get_with_hints(1, "hone_aux.flag_bias", Init::Const(0.0))
+            .map_err(failed)?;
+        // Start the thresholds spread out: -1.5, then steps of softplus(0.58) = 1.0.
+        {
+            let data = rm.base.varmap.data().lock().expect("varmap lock");
+            data["hone_aux.thresholds"]
+                .set(&Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], &device).map_err(failed)?)
+                .map_err(failed)?;
+        }
+        let encode = |prompt: &str, response: &str| -> Result<Vec<u32>, StageError> {
+            let text = p
+                .template
+                .replace("{prompt}", prompt)
+                .replace("{response}", response);
+            let mut ids = tokenizer::encode(&tok, &text).map_err(failed)?;
+            ids.truncate(context - 1);
+            ids.push(eot);
+            Ok(ids)
+        };
+
+        // Batches of whole prompt groups, reshuffled every epoch.
+        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+        for (i, pair) in train_pairs.iter().enumerate() {
+            groups.entry(pair.prompt_id.as_str()).or_default().push(i);
+        }
+        let group_list: Vec<Vec<usize>> = groups.into_values().collect();
+        let epoch_batches = |epoch: usize| -> Vec<Vec<usize>> {
+            let mut order = group_list.clone();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                ctx.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+            ));
+            let mut batches: Vec<Vec<usize>> = Vec::new();
+            let mut current = Vec::new();
+            for group in order {
+                current.extend(group);
+                if current.len() >= p.batch_size {
+                    batches.push(std::mem::take(&mut current));
+                }
+            }
+            if !current.is_empty() {
+                batches.push(current);
+            }
+            batches
+        };
+        let per_epoch = epoch_batches(0).len();
+        let total = (per_epoch * p.epochs).min(p.max_steps.unwrap_or(usize::MAX));
+        let schedule = Schedule {
+            peak_lr: p.lr,
+            warmup_steps: p.warmup_steps.min(total),
+            total_steps: total,
+            final_fraction: 0.1,
+        };
+        let mut trainer = Trainer::new(
+            rm.trainable_vars(),
+            schedule,
+            p.weight_decay,
+            Some(p.max_grad_norm),
+        )
+        .map_err(failed)?;
+        let model = &rm.base.model;
+        let head = rm.head.as_tensor();
+        let aux_batch = p.batch_size;
+        let history = lm::train_with_loss(
+            ctx,
+            &rm.base,
+            &mut trainer,
+            total,
+            p.checkpoint_every,
+            "fitting the reward model",
+            |step| {
+                let batch = &epoch_batches(step / per_epoch)[step % per_epoch];
+                let mut sequences = Vec::with_capacity(batch.len() * 2);
+                for &i in batch {
+                    sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].chosen)?);
+                    sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].rejected)?);
+                }
+                let rewards = rm
+                    .rewards(model, head, &sequences, eot, &device)
+                    .map_err(failed)?
+                    .reshape((batch.len(), 2))
+                    .map_err(failed)?;
+                let chosen = rewards
+                    .narrow(1, 0, 1)
+                    .and_then(|t| t.squeeze(1))
+                    .map_err(failed)?;
+                let rejected = rewards
+                    .narrow(1, 1, 1)
+                    .and_then(|t| t.squeeze(1))
+                    .map_err(failed)?;
+                let margins: Vec<f32> = batch
+                    .iter()
+                    .map(|&i| train_pairs[i].margin as f32)
+                    .collect();
+                let margin = Tensor::new(margins.as_slice(), &device).map_err(failed)?;
+                let mut loss = reward::bradley_terry_loss(&chosen, &rejected, Some(&margin))
+                    .map_err(failed)?;
+                // Scores and flags: a rotating slice of the same size each step.
+                if p.scores_weight > 0.0 && !train_scores.is_empty() {
+                    let slice: Vec<&ScoreItem> = (0..aux_batch)
+                        .map(|k| train_scores[(step * aux_batch + k) % train_scores.len()])
+                        .collect();
+                    let seqs = slice
+                        .iter()
+                        .map(|s| encode(&s.prompt, &s.response))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let r = rm
+                        .rewards(model, head, &seqs, eot, &device)
+                        .map_err(failed)?;
+                    let th = reward::ordered_thresholds(&thresholds_raw).map_err(failed)?;
+                    let classes: Vec<u32> = slice.iter().map(|s| s.class).collect();
+                    let ordinal = reward::ordinal_nll(&r, &th, &classes).map_err(failed)?;
+                    loss = (loss + (ordinal * p.scores_weight).map_err(failed)?).map_err(failed)?;
+                }
+                if p.flags_weight > 0.0 && !train_flags.is_empty() {
+                    let slice: Vec<&FlagItem> = (0..aux_batch)
+                        .map(|k| train_flags[(step * aux_batch + k) % train_flags.len()])
+                        .collect();
+                    let seqs = slice
+                        .iter()
+                        .map(|f| encode(&f.prompt, &f.response))
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let r = rm
+                        .rewards(model, head, &seqs, eot, &device)
+                        .map_err(failed)?;
+                    let flagged = Tensor::new(
+                        slice
+                            .iter()
+                            .map(|f| f.flagged)
+                            .collect::<Vec<f32>>()
+                            .as_slice(),
+                        &device,
+                    )
+                    .map_err(failed)?;
+                    let flags = reward::flag_nll(&r, &flag_bias, &flagged).map_err(failed)?;
+                    loss = (loss + (flags * p.flags_weight).map_err(failed)?).map_err(failed)?;
+                }
+                Ok((loss, batch.len() as u64))
+            },
+        )?;
+
+        // Evaluation with a detached copy.
+        let frozen = CausalLm::frozen(&rm.base.config, &rm.base.varmap, &device).map_err(failed)?;
+        let head_frozen = rm.head.as_tensor().detach();
+        let score = |items: &[(String, String)]| -> Result<Vec<f64>, StageError> {
+            let mut out = Vec::with_capacity(items.len());
+            for chunk in items.chunks(32) {
+                let seqs = chunk
+                    .iter()
+                    .map(|(pr, re)| encode(pr, re))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let r = rm
+                    .rewards(&frozen, &head_frozen, &seqs, eot, &device)
+                    .map_err(failed)?
+                    .to_vec1::<f32>()
+                    .map_err(failed)?;
+                out.extend(r.into_iter().map(f64::from));
+            }
+            Ok(out)
+        };
+        let pair_metrics = |pairs: &[Pair]| -> Result<Value, StageError> {
+            if pairs.is_empty() {
+                return Ok(json!(null));
+            }
+            let chosen = score(
+                &pairs
+                    .iter()
+                    .map(|x| (x.prompt.clone(), x.chosen.clone()))
+                    .collect::<Vec<_>>(),
+            )?;
+            let rejected = score(
+                &pairs
+                    .iter()
+                    .map(|x| (x.prompt.clone(), x.rejected.clone()))
+                    .collect::<Vec<_>>(),
+            )?;
+            let probabilities = metrics::pair_probabilities(&chosen, &rejected);
+            Ok(json!({
+                "pairs": pairs.len(),
+                "accuracy": metrics::accuracy(&probabilities),
+                "log_loss": metrics::log_loss(&probabilities),
+                "ece": metrics::expected_calibration_error(&probabilities, 10),
+            }))
+        };
+        // Normalisation: mean reward 0 over the training responses.
+        let mut responses: Vec<(String, String)> = train_pairs
+            .iter()
+            .flat_map(|x| {
+                [
+                    (x.prompt.clone(), x.chosen.clone()),
+                    (x.prompt.clone(), x.rejected.clone()),
+                ]
+            })
+            .collect();
+        responses.sort();
+        responses.dedup();
+        let offset = {
+            let r = score(&responses[..responses.len().min(2000)])?;
+            r.iter().sum::<f64>() / r.len().max(1) as f64
+        };
+        let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
+        let mut summary = json!({
+            "steps": total,
+            "train_pairs": train_pairs.len(),
+            "held_out_pairs": test_pairs.len(),
+            "scores": train_scores.len(),
+            "flags": train_flags.len(),
+            "reward_offset": offset,
+            "train": pair_metrics(&train_sample)?,
+            "held_out": pair_metrics(&test_pairs)?,
+            "final_loss": lm::final_loss(&history),
+        });
+        if let Some(oracle) = ctx.inputs.get("oracle").and_then(|o| o.first()) {
+            let rows = table::read_rows(&ctx.workspace.join(oracle)).map_err(failed)?;
+            let rows: Vec<_> = rows.into_iter().take(2000).collect();
+            let items: Vec<(String, String)> = rows
+                .iter()
+                .map(|r| {
+                    (
+                        r["prompt"].as_str().unwrap_or_default().to_string(),
+                        r["response"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            let truth: Vec<f64> = rows
+                .iter()
+                .map(|r| r["reward"].as_f64().unwrap_or(f64::NAN))
+                .collect();
+            let predicted = score(&items)?;
+            summary["oracle_spearman"] = json!(metrics::spearman(&predicted, &truth));
+            summary["oracle_rows"] = json!(rows.len());
+        }
+        tracing::info!(held_out = %summary["held_out"], "reward model fitted");
+        let out = ctx.workspace.join(&ctx.outputs["reward_model"]);
+        rm.save(&out, eot).map_err(failed)?;
+        tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+        let thresholds = reward::ordered_thresholds(&thresholds_raw)
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(failed)?;
+        let meta = json!({"hone": {"stage": "reward-fit", "reward_offset": offset, "template": p.template, "ordinal_thresholds": thresholds}});
+        std::fs::write(
+            out.join("hone.json"),
+            format!("{}\n", serde_json::to_string_pretty(&meta).map_err(failed)?),
+        )
+        .map_err(failed)?;
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        lm::write_metrics(
+            &ctx.workspace.join(&ctx.outputs["metrics"]),
+            &summary,
+            &history,
+            &provenance,
+        )?;
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Pair {
+    prompt_id: String,
+    prompt: String,
+    chosen: String,
+    rejected: String,
+    margin: f64,
+}
+
+struct ScoreItem {
+    prompt_id: String,
+    prompt: String,
+    response: String,
+    class: u32,
+}
+
+struct FlagItem {
+    prompt_id: String,
+    prompt: String,
+    response: String,
+    flagged: f32,
+}
+
+/// The labels of a feedback directory, as training items.
+struct Feedback {
+    pairs: Vec<Pair>,
+    scores: Vec<ScoreItem>,
+    flags: Vec<FlagItem>,
+}
+
+impl Feedback {
+    fn read(dir: &std::path::Path, use_margin: bool) -> Result<Feedback, StageError> {
+        let rows = |name: &str| {
+            table::read_rows(&dir.join(format!("{name}.parquet")))
+                .map_err(|e| failed(format!("`{}`: {e}", dir.join(name).display())))
+        };
+        let text = |r: &serde_json::Map<String, Value>, k: &str| {
+            r.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let mut pairs = Vec::new();
+        for r in rows("comparisons")? {
+            let margin = if use_margin {
+                r.get("margin").and_then(Value::as_f64).unwrap_or(0.0)
+            } else {
+                0.0
+            };
+            pairs.push(Pair {
+                prompt_id: text(&r, "prompt_id"),
+                prompt: text(&r, "prompt"),
+                chosen: text(&r, "chosen"),
+                rejected: text(&r, "rejected"),
+                margin,
+            });
+        }
+        for r in rows("rankings")? {
+            let responses: Vec<String> = r
+                .get("responses")
+                .and_then(Value::as_array)
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|v| v.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default();
+            for (better, worse) in reward::ranking_pairs(responses.len()) {
+                pairs.push(Pair {
+                    prompt_id: text(&r, "prompt_id"),
+                    prompt: text(&r, "prompt"),
+                    chosen: responses[better].clone(),
+                    rejected: responses[worse].clone(),
+                    margin: 0.0,
+                });
+            }
+        }
+        let mut scores = Vec::new();
+        for r in rows("scores")? {
+            let (lo, hi, s) = (
+                r["scale_min"].as_f64().unwrap_or(1.0),
+                r["scale_max"].as_f64().unwrap_or(5.0),
+                r["score"].as_f64().unwrap_or(f64::NAN),
+            );
+            // The ordinal model has five classes: 1-5 ratings only.
+            if lo == 1.0 && hi == 5.0 && s.fract() == 0.0 {
+                scores.push(ScoreItem {
+                    prompt_id: text(&r, "prompt_id"),
+                    prompt: text(&r, "prompt"),
+                    response: text(&r, "response"),
+                    class: (s as u32).saturating_sub(1).min(4),
+                });
+            }
+        }
+        let mut flags = Vec::new();
+        for r in rows("flags")? {
+            let flagged = if r.get("value").and_then(Value::as_bool).unwrap_or(false) {
+                1.0
+            } else {
+                0.0
+            };
+            flags.push(FlagItem {
+                prompt_id: text(&r, "prompt_id"),
+                prompt: text(&r, "prompt"),
+                response: text(&r, "response"),
+                flagged,
+            });
+        }
+        Ok(Feedback {
+            pairs,
+            scores,
+            flags,
+        })
+    }
+}
