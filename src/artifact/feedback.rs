@@ -127,7 +127,7 @@ pub static REJECTS: TableKind = TableKind {
 };
 
 /// Every table kind hone writes, for `hone schema`.
-pub fn table_kinds() -> [&'static TableKind; 8] {
+pub fn table_kinds() -> [&'static TableKind; 9] {
     [
         &COMPARISONS,
         &RANKINGS,
@@ -137,6 +137,7 @@ pub fn table_kinds() -> [&'static TableKind; 8] {
         &super::candidates::CANDIDATES,
         &crate::stages::ORACLE,
         &crate::stages::HISTORY,
+        &crate::stages::PAIRS,
     ]
 }
 

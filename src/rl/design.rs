@@ -51,12 +51,46 @@ pub struct Design {
     pub max_variance: f64,
 }
 
-/// Rounds a design to `budget` distinct rows: the largest weights first (ties by index).
-pub fn round_to_budget(weights: &[f64], budget: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..weights.len()).collect();
-    order.sort_by(|&a, &b| weights[b].total_cmp(&weights[a]).then(a.cmp(&b)));
-    order.truncate(budget);
-    order
+/// Rounds a design to `budget` distinct rows greedily: among the rows the design supports
+/// (weight at least 1e-3 of the largest; all rows if that leaves fewer than `budget`), pick
+/// one at a time the row with the largest z V⁻¹ z, where V is ridge·I plus the rows picked
+/// so far — each pick is the largest gain in log det of the labelled pairs' information.
+/// Proportional rounding is meaningless when the budget is smaller than the support.
+pub fn greedy_rounding(
+    features: &[Vec<f64>],
+    weights: &[f64],
+    budget: usize,
+    ridge: f64,
+) -> Vec<usize> {
+    let d = features.first().map_or(0, Vec::len);
+    let top = weights.iter().copied().fold(0.0, f64::max);
+    let mut pool: Vec<usize> = (0..weights.len())
+        .filter(|&i| weights[i] >= top * 1e-3)
+        .collect();
+    if pool.len() < budget {
+        pool = (0..weights.len()).collect();
+    }
+    let mut chosen: Vec<usize> = Vec::with_capacity(budget.min(pool.len()));
+    let mut picked = vec![0.0; weights.len()];
+    while chosen.len() < budget && !pool.is_empty() {
+        let v = information(features, &picked, ridge);
+        let chol = cholesky(&v, d).expect("ridge keeps V positive definite");
+        let (at, _) = pool
+            .iter()
+            .enumerate()
+            .map(|(k, &i)| {
+                (
+                    k,
+                    quadratic_inverse(&chol, d, &features[i]) * (1.0 + 1e-9 * weights[i]),
+                )
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+            .expect("pool is not empty");
+        let i = pool.remove(at);
+        picked[i] = 1.0;
+        chosen.push(i);
+    }
+    chosen
 }
 
 /// V(π) = Σ π_i z_i z_iᵀ + ridge·I, row-major d×d.
@@ -147,8 +181,25 @@ mod tests {
         );
         assert!(design.weights[2] < 1e-2, "{:?}", design.weights);
         assert!(design.max_variance <= 2.0 * (1.0 + 1e-4));
-        assert_eq!(round_to_budget(&design.weights, 2).len(), 2);
-        assert!(!round_to_budget(&design.weights, 2).contains(&2));
+        let picked = greedy_rounding(&rows, &design.weights, 2, 1e-6);
+        assert_eq!(picked.len(), 2);
+        assert!(!picked.contains(&2), "{picked:?}");
+    }
+
+    #[test]
+    fn greedy_rounding_spreads_the_budget_over_directions() {
+        // Near-duplicates of e1 and one e2: a budget of 2 takes one of each, not two e1s.
+        let rows = vec![
+            vec![1.0, 0.0],
+            vec![0.99, 0.01],
+            vec![0.98, 0.0],
+            vec![0.0, 0.9],
+        ];
+        let weights = vec![0.3, 0.3, 0.3, 0.1];
+        let picked = greedy_rounding(&rows, &weights, 2, 1e-3);
+        assert_eq!(picked.len(), 2);
+        assert!(picked.contains(&3), "{picked:?}");
+        assert_eq!(greedy_rounding(&rows, &weights, 10, 1e-3).len(), 4);
     }
 
     #[test]

@@ -226,7 +226,18 @@ impl StageKind for Annotate {
         let p: AnnotateParams = parse_params(params)?;
         let mut errors = Vec::new();
         let key = |k: &str| vec![PathSeg::Key(k.into())];
-        let has_input = input_names.contains(&"candidates");
+        let has_input = input_names.contains(&"candidates") || input_names.contains(&"pairs");
+        if input_names.contains(&"pairs") {
+            if input_names.contains(&"candidates") {
+                errors.push(ParamError::new(
+                    Vec::new(),
+                    "bind `pairs` or `candidates`, not both",
+                ));
+            }
+            if p.labels != [LabelKind::Pairs] || p.mode != Mode::Simulate {
+                errors.push(ParamError::new(key("labels"), "with a `pairs` input, `annotate` labels exactly those pairs: `labels: [pairs]`, `mode: simulate`"));
+            }
+        }
         match (&p.candidates_path, has_input) {
             (Some(_), true) => errors.push(ParamError::new(
                 key("candidates_path"),
@@ -234,7 +245,7 @@ impl StageKind for Annotate {
             )),
             (None, false) => errors.push(ParamError::new(
                 Vec::new(),
-                "missing required key `candidates_path` (or bind a `candidates` input)",
+                "missing required key `candidates_path` (or bind a `candidates` or `pairs` input)",
             )),
             _ => {}
         }
@@ -318,6 +329,8 @@ impl StageKind for Annotate {
         let mut candidates =
             Port::new("candidates", ArtifactType::Table(Some("candidates".into())));
         candidates.required = false;
+        let mut pairs = Port::new("pairs", ArtifactType::Table(Some("pairs".into())));
+        pairs.required = false;
         let outputs = match p.mode {
             Mode::Simulate => vec![
                 Port::new("feedback", ArtifactType::Feedback),
@@ -328,7 +341,7 @@ impl StageKind for Annotate {
         let mut deps = vec![p.world];
         deps.extend(p.candidates_path);
         Ok(Signature {
-            inputs: vec![candidates],
+            inputs: vec![candidates, pairs],
             open_inputs: false,
             outputs,
             deps,
@@ -343,6 +356,9 @@ impl StageKind for Annotate {
             .map_err(|e| failed(format!("reading `{}`: {e}", p.world)))?;
         let world = World::from_facts_jsonl(&world_text)
             .map_err(|e| failed(format!("`{}`: {e}", p.world)))?;
+        if let Some(pairs) = ctx.inputs.get("pairs").and_then(|x| x.first()) {
+            return label_pairs(ctx, &p, &world, &ctx.workspace.join(pairs));
+        }
         let source = match (
             &p.candidates_path,
             ctx.inputs.get("candidates").and_then(|c| c.first()),
@@ -702,5 +718,91 @@ fn export(
             writer.flush()?;
         }
     }
+    Ok(())
+}
+
+/// Labels exactly the given pairs (from `odpo-select`): each by `annotators_per_item`
+/// annotators, Bradley-Terry on the oracle's rewards.
+fn label_pairs(
+    ctx: &StageContext<'_>,
+    p: &AnnotateParams,
+    world: &World,
+    pairs_path: &std::path::Path,
+) -> Result<(), StageError> {
+    let failed = |e: String| StageError::Failed(e);
+    let rows = crate::artifact::table::read_rows(pairs_path).map_err(|e| failed(e.to_string()))?;
+    let text = |r: &serde_json::Map<String, Value>, k: &str| {
+        r.get(k)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    };
+    let provenance = Provenance {
+        stage: ctx.stage_id.to_string(),
+        fingerprint: ctx.fingerprint.to_string(),
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
+    let mut seen: BTreeMap<(String, String), Candidate> = BTreeMap::new();
+    let mut writer =
+        FeedbackWriter::create(&ctx.workspace.join(&ctx.outputs["feedback"]), &provenance)
+            .map_err(|e| failed(e.to_string()))?;
+    let mut item = 0u64;
+    for (n, r) in rows.iter().enumerate() {
+        ctx.report(n as u64 + 1, rows.len() as u64);
+        let (prompt_id, prompt) = (text(r, "prompt_id"), text(r, "prompt"));
+        let (a, b) = (text(r, "response_a"), text(r, "response_b"));
+        let (va, vb) = (
+            oracle::score(world, &prompt, &a),
+            oracle::score(world, &prompt, &b),
+        );
+        if !va.recognised_prompt {
+            return Err(failed(format!(
+                "pair {}: `{prompt}` is not an HHH world prompt",
+                n + 1
+            )));
+        }
+        for response in [&a, &b] {
+            seen.entry((prompt_id.clone(), response.clone()))
+                .or_insert_with(|| Candidate {
+                    prompt_id: prompt_id.clone(),
+                    prompt: prompt.clone(),
+                    response: response.clone(),
+                    sample: 0,
+                    token_ids: None,
+                    logprob_sum: None,
+                    seed: 0,
+                });
+        }
+        for annotator in pick_annotators(p, &mut rng) {
+            item += 1;
+            let first =
+                annotator::prefer_first(&mut rng, va.reward, vb.reward, annotator.temperature);
+            let (chosen, rejected) = if first { (&a, &b) } else { (&b, &a) };
+            push(
+                &mut writer,
+                Record::Comparison(Comparison {
+                    prompt_id: prompt_id.clone(),
+                    prompt: prompt.clone(),
+                    chosen: chosen.clone(),
+                    rejected: rejected.clone(),
+                    margin: None,
+                    annotator: Some(annotator.id.clone()),
+                    source_row: item,
+                }),
+            )?;
+        }
+    }
+    writer.summary.rows_read = item;
+    writer.finish().map_err(|e| failed(e.to_string()))?;
+    let mut oracle_rows: TableWriter<OracleRow<'_>> =
+        TableWriter::create(&ctx.workspace.join(&ctx.outputs["oracle"]), &provenance)
+            .map_err(|e| failed(e.to_string()))?;
+    for candidate in seen.values() {
+        let score = oracle::score(world, &candidate.prompt, &candidate.response);
+        oracle_rows
+            .push(OracleRow { candidate, score })
+            .map_err(|e| failed(e.to_string()))?;
+    }
+    oracle_rows.finish().map_err(|e| failed(e.to_string()))?;
     Ok(())
 }

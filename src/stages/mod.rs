@@ -9,6 +9,7 @@ mod command;
 mod feedback_ingest;
 mod generate;
 mod lm;
+mod odpo_select;
 mod pretrain_load;
 mod reward_fit;
 mod sft;
@@ -27,6 +28,7 @@ pub use command::Command;
 pub use feedback_ingest::FeedbackIngest;
 pub use generate::Generate;
 pub use lm::HISTORY;
+pub use odpo_select::{OdpoSelect, PAIRS};
 pub use pretrain_load::PretrainLoad;
 pub use reward_fit::RewardFit;
 pub use sft::Sft;
@@ -144,6 +146,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &FeedbackIngest,
         &Annotate,
         &RewardFit,
+        &OdpoSelect,
     ]
 }
 

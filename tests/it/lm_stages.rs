@@ -236,3 +236,80 @@ stages:
     ws.ok(&["run", "p.yaml", "-q", "--force", "reward"]);
     assert_eq!(ws.read("p.lock"), lock, "reward-fit is deterministic");
 }
+
+#[test]
+fn odpo_select_chooses_pairs_that_annotate_labels() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "data/hhh/candidates.jsonl",
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/hhh/candidates.jsonl"),
+        )
+        .unwrap(),
+    );
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: odpo
+seed: 8
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 4 }} }}
+  pool:
+    kind: command
+    with: {{ cmd: "head -n 200 data/hhh/candidates.jsonl > ${{outputs.candidates}}", deps: [data/hhh/candidates.jsonl], outputs: {{ candidates: "table:candidates" }} }}
+  first: {{ kind: annotate, inputs: {{ candidates: pool.candidates }}, with: {{ max_prompts: 10 }} }}
+  reward: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: first.feedback }}, with: {{ max_steps: 2, batch_size: 4, device: cpu }} }}
+  d_optimal: {{ kind: odpo-select, inputs: {{ candidates: pool.candidates, reward_model: reward.reward_model }}, with: {{ method: d-optimal, budget: 12, device: cpu }} }}
+  uniform: {{ kind: odpo-select, inputs: {{ candidates: pool.candidates }}, with: {{ method: uniform, budget: 12 }} }}
+  label: {{ kind: annotate, inputs: {{ pairs: d_optimal.pairs }}, with: {{ annotators: [{{ id: a, temperature: 0.0 }}, {{ id: b, temperature: 1.0 }}], annotators_per_item: 2 }} }}
+"#
+        ),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    for stage in ["d_optimal", "uniform"] {
+        let pairs = rows(&output(&ws, stage, "pairs"));
+        assert_eq!(pairs.len(), 12, "{stage}");
+        let distinct: std::collections::BTreeSet<(String, String)> = pairs
+            .iter()
+            .map(|p| {
+                (
+                    p["response_a"].as_str().unwrap().to_string(),
+                    p["response_b"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(distinct.len(), 12, "{stage}: distinct pairs");
+        assert!(pairs.iter().all(|p| p["response_a"] != p["response_b"]));
+    }
+    let comparisons = rows(&output(&ws, "label", "feedback").join("comparisons.parquet"));
+    assert_eq!(comparisons.len(), 24, "12 pairs, 2 annotators each");
+    // The noiseless annotator always agrees with the oracle (or the pair is a tie).
+    let truth: std::collections::BTreeMap<String, f64> = rows(&output(&ws, "label", "oracle"))
+        .iter()
+        .map(|r| {
+            (
+                r["response"].as_str().unwrap().to_string(),
+                r["reward"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    for c in comparisons.iter().filter(|c| c["annotator"] == "a") {
+        assert!(truth[c["chosen"].as_str().unwrap()] >= truth[c["rejected"].as_str().unwrap()]);
+    }
+    // Labelling given pairs allows no other label kinds.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml").replace(
+            "annotators_per_item: 2 }",
+            "annotators_per_item: 2, labels: [pairs, flags] }",
+        ),
+    );
+    let out = ws.hone(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("labels exactly those pairs"),
+        "{}",
+        out.stderr
+    );
+}

@@ -1,0 +1,296 @@
+//! `odpo-select`: which response pairs annotators should label under a budget. `d-optimal`
+//! is ODPO (Scheid et al., 2024): features ψ(x, a) are the reward model's last-layer hidden
+//! states, a pair's design vector is ψ(x, a) - ψ(x, a'), and Frank-Wolfe finds the
+//! D-optimal design over all candidate pairs, rounded to the budget. `uniform` is the
+//! random baseline.
+
+use arrow::array::ArrayRef;
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::lm::{self, failed};
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::candidates::read_candidates;
+use crate::artifact::table::{
+    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
+};
+use crate::model::reward::{RewardModel, last_hidden};
+use crate::model::{CausalLm, tokenizer};
+use crate::rl::design;
+use crate::spec::node::PathSeg;
+
+pub struct OdpoSelect;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Method {
+    /// ODPO: the D-optimal design over pair-difference features (Frank-Wolfe).
+    DOptimal,
+    /// Pairs drawn uniformly at random (the baseline).
+    Uniform,
+}
+
+fn default_ridge() -> f64 {
+    1e-3
+}
+fn default_eps() -> f64 {
+    0.05
+}
+fn default_iterations() -> usize {
+    500
+}
+fn default_template() -> String {
+    "User: {prompt}\nAssistant: {response}".into()
+}
+fn default_device() -> String {
+    "auto".into()
+}
+
+/// Parameters of an `odpo-select` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SelectParams {
+    pub method: Method,
+    /// How many pairs to label.
+    pub budget: usize,
+    /// Added to the design's information matrix (keeps it invertible with few pairs).
+    #[serde(default = "default_ridge")]
+    pub ridge: f64,
+    /// Frank-Wolfe stops when max z V⁻¹ z <= (1 + eps)·d.
+    #[serde(default = "default_eps")]
+    pub eps: f64,
+    #[serde(default = "default_iterations")]
+    pub max_iterations: usize,
+    /// How the reward model reads a response (as in `reward-fit`).
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default = "default_device")]
+    pub device: String,
+}
+
+pub static PAIRS: TableKind = TableKind {
+    name: "pairs",
+    version: 1,
+    doc: "response pairs chosen for labelling, with the score that chose each",
+    columns: &[
+        Column::new("prompt_id", Utf8, false, "prompt identifier"),
+        Column::new("prompt", Utf8, false, "the prompt text"),
+        Column::new("response_a", Utf8, false, "one response"),
+        Column::new("response_b", Utf8, false, "the other response"),
+        Column::new(
+            "score",
+            Float64,
+            false,
+            "the design weight (d-optimal) or 0 (uniform)",
+        ),
+        Column::new("method", Utf8, false, "`d-optimal` or `uniform`"),
+    ],
+};
+
+#[derive(Debug, Clone)]
+pub struct PairRow {
+    pub prompt_id: String,
+    pub prompt: String,
+    pub response_a: String,
+    pub response_b: String,
+    pub score: f64,
+    pub method: String,
+}
+
+impl TableRow for PairRow {
+    const KIND: &'static TableKind = &PAIRS;
+    fn columns(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![
+            col::utf8(rows.iter().map(|r| r.prompt_id.as_str())),
+            col::utf8(rows.iter().map(|r| r.prompt.as_str())),
+            col::utf8(rows.iter().map(|r| r.response_a.as_str())),
+            col::utf8(rows.iter().map(|r| r.response_b.as_str())),
+            col::f64(rows.iter().map(|r| r.score)),
+            col::utf8(rows.iter().map(|r| r.method.as_str())),
+        ]
+    }
+}
+
+impl StageKind for OdpoSelect {
+    fn name(&self) -> &'static str {
+        "odpo-select"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "choose the response pairs to label under a budget: D-optimal design (ODPO) or uniform"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<SelectParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: SelectParams = parse_params(params)?;
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let mut errors = Vec::new();
+        if p.budget == 0 {
+            errors.push(ParamError::new(
+                key("budget"),
+                "`budget` must be at least 1",
+            ));
+        }
+        if p.ridge.is_nan() || p.ridge <= 0.0 {
+            errors.push(ParamError::new(key("ridge"), "`ridge` must be > 0"));
+        }
+        if p.eps.is_nan() || p.eps <= 0.0 {
+            errors.push(ParamError::new(key("eps"), "`eps` must be > 0"));
+        }
+        if let Err(e) = crate::model::device(&p.device) {
+            errors.push(ParamError::new(key("device"), e));
+        }
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut reward_model = Port::new("reward_model", ArtifactType::RewardModel);
+        reward_model.required = p.method == Method::DOptimal;
+        Ok(Signature {
+            inputs: vec![
+                Port::new("candidates", ArtifactType::Table(Some("candidates".into()))),
+                reward_model,
+            ],
+            open_inputs: false,
+            outputs: vec![Port::new(
+                "pairs",
+                ArtifactType::Table(Some("pairs".into())),
+            )],
+            deps: Vec::new(),
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: SelectParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let candidates =
+            read_candidates(&ctx.workspace.join(&ctx.inputs["candidates"][0])).map_err(failed)?;
+        // Every pair of different responses to the same prompt.
+        let mut by_prompt: std::collections::BTreeMap<&str, Vec<usize>> =
+            std::collections::BTreeMap::new();
+        for (i, c) in candidates.iter().enumerate() {
+            let group = by_prompt.entry(c.prompt_id.as_str()).or_default();
+            if !group.iter().any(|&j| candidates[j].response == c.response) {
+                group.push(i);
+            }
+        }
+        let pairs: Vec<(usize, usize)> = by_prompt
+            .values()
+            .flat_map(|g| {
+                g.iter()
+                    .enumerate()
+                    .flat_map(move |(x, &i)| g[x + 1..].iter().map(move |&j| (i, j)))
+            })
+            .collect();
+        if pairs.is_empty() {
+            return Err(failed("no prompt has two different candidate responses"));
+        }
+        let (chosen, scores): (Vec<usize>, Vec<f64>) = match p.method {
+            Method::Uniform => {
+                let mut order: Vec<usize> = (0..pairs.len()).collect();
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(ctx.seed));
+                order.truncate(p.budget);
+                let n = order.len();
+                (order, vec![0.0; n])
+            }
+            Method::DOptimal => {
+                let device = lm::device(&p.device)?;
+                let dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
+                let rm = RewardModel::load(&dir, ctx.seed, &device).map_err(failed)?;
+                let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
+                let eot = rm.base.config.eos_token_id().unwrap_or(0);
+                let context = rm.base.config.context_len();
+                let frozen =
+                    CausalLm::frozen(&rm.base.config, &rm.base.varmap, &device).map_err(failed)?;
+                // ψ for every candidate, in chunks.
+                let mut features: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
+                for (n, chunk) in candidates.chunks(32).enumerate() {
+                    ctx.report((n * 32 + chunk.len()) as u64, candidates.len() as u64);
+                    if ctx.cancelled() {
+                        return Err(StageError::Cancelled);
+                    }
+                    let seqs = chunk
+                        .iter()
+                        .map(|c| {
+                            let mut ids = tokenizer::encode(
+                                &tok,
+                                &p.template
+                                    .replace("{prompt}", &c.prompt)
+                                    .replace("{response}", &c.response),
+                            )
+                            .map_err(failed)?;
+                            ids.truncate(context - 1);
+                            ids.push(eot);
+                            Ok(ids)
+                        })
+                        .collect::<Result<Vec<_>, StageError>>()?;
+                    let h = last_hidden(&frozen, &seqs, eot, &device)
+                        .and_then(|t| t.to_vec2::<f32>())
+                        .map_err(failed)?;
+                    features.extend(
+                        h.into_iter()
+                            .map(|row| row.into_iter().map(f64::from).collect()),
+                    );
+                }
+                let z: Vec<Vec<f64>> = pairs
+                    .iter()
+                    .map(|&(i, j)| {
+                        features[i]
+                            .iter()
+                            .zip(&features[j])
+                            .map(|(a, b)| a - b)
+                            .collect()
+                    })
+                    .collect();
+                let design = design::d_optimal(&z, p.ridge, p.eps, p.max_iterations);
+                tracing::info!(
+                    iterations = design.iterations,
+                    max_variance = design.max_variance,
+                    dimension = z[0].len(),
+                    "D-optimal design"
+                );
+                let chosen = design::greedy_rounding(&z, &design.weights, p.budget, p.ridge);
+                let scores = chosen.iter().map(|&k| design.weights[k]).collect();
+                (chosen, scores)
+            }
+        };
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        let mut writer: TableWriter<PairRow> =
+            TableWriter::create(&ctx.workspace.join(&ctx.outputs["pairs"]), &provenance)
+                .map_err(failed)?;
+        let method = match p.method {
+            Method::DOptimal => "d-optimal",
+            Method::Uniform => "uniform",
+        };
+        for (&k, score) in chosen.iter().zip(scores) {
+            let (a, b) = (&candidates[pairs[k].0], &candidates[pairs[k].1]);
+            writer
+                .push(PairRow {
+                    prompt_id: a.prompt_id.clone(),
+                    prompt: a.prompt.clone(),
+                    response_a: a.response.clone(),
+                    response_b: b.response.clone(),
+                    score,
+                    method: method.into(),
+                })
+                .map_err(failed)?;
+        }
+        writer.finish().map_err(failed)?;
+        Ok(())
+    }
+}
