@@ -6,6 +6,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// candle allocates a fresh buffer for every tensor op; with the system allocator large
+/// freed buffers go back to the OS and come back as page faults on the next step.
+/// mimalloc keeps them (measured in benches/README.md, `train_sample`).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = match hone::cli::Cli::try_parse() {
         Ok(cli) => cli,
