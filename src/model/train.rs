@@ -94,13 +94,36 @@ impl Trainer {
             let Some(g) = grads.get(var.as_tensor()) else {
                 continue;
             };
-            let m = ((&self.first_moment[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
-            let v = ((&self.second_moment[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
             let decay = if var.rank() >= 2 {
                 self.weight_decay
             } else {
                 0.0
             };
+            if var.device().is_cpu() {
+                // On the CPU one fused pass over the raw values: the same arithmetic as the
+                // tensor version below, without its dozen temporaries per variable (which
+                // made the optimizer cost as much as the backward pass).
+                let (m, v, theta) = adamw_cpu(
+                    &self.first_moment[i].flatten_all()?.to_vec1::<f32>()?,
+                    &self.second_moment[i].flatten_all()?.to_vec1::<f32>()?,
+                    &var.as_tensor().flatten_all()?.to_vec1::<f32>()?,
+                    &g.flatten_all()?.to_vec1::<f32>()?,
+                    AdamWStep {
+                        lr,
+                        decay,
+                        correction1,
+                        correction2,
+                    },
+                );
+                let shape = var.shape().clone();
+                let device = var.device().clone();
+                var.set(&Tensor::from_vec(theta, shape.clone(), &device)?)?;
+                self.first_moment[i] = Tensor::from_vec(m, shape.clone(), &device)?;
+                self.second_moment[i] = Tensor::from_vec(v, shape, &device)?;
+                continue;
+            }
+            let m = ((&self.first_moment[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
+            let v = ((&self.second_moment[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
             let theta = (var.as_tensor() * (1.0 - lr * decay))?;
             let update = ((&m / correction1)? / ((&v / correction2)?.sqrt()? + EPS)?)?;
             var.set(&(theta - (update * lr)?)?)?;
@@ -146,6 +169,40 @@ impl Trainer {
         self.step = step;
         Ok(())
     }
+}
+
+#[derive(Clone, Copy)]
+struct AdamWStep {
+    lr: f64,
+    decay: f64,
+    correction1: f64,
+    correction2: f64,
+}
+
+/// One AdamW update of a variable's values (m, v, theta) in f32, as candle-nn computes it:
+/// theta' = theta (1 - lr wd) - lr m̂ / (sqrt(v̂) + eps).
+fn adamw_cpu(
+    m: &[f32],
+    v: &[f32],
+    theta: &[f32],
+    g: &[f32],
+    s: AdamWStep,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    // Each element in f64, stored back as f32: no rounding between the steps of the update.
+    let shrink = 1.0 - s.lr * s.decay;
+    let mut m_out = Vec::with_capacity(m.len());
+    let mut v_out = Vec::with_capacity(v.len());
+    let mut theta_out = Vec::with_capacity(theta.len());
+    for k in 0..theta.len() {
+        let gk = f64::from(g[k]);
+        let mk = f64::from(m[k]) * BETA1 + gk * (1.0 - BETA1);
+        let vk = f64::from(v[k]) * BETA2 + gk * gk * (1.0 - BETA2);
+        let update = (mk / s.correction1) / ((vk / s.correction2).sqrt() + EPS);
+        theta_out.push((f64::from(theta[k]) * shrink - update * s.lr) as f32);
+        m_out.push(mk as f32);
+        v_out.push(vk as f32);
+    }
+    (m_out, v_out, theta_out)
 }
 
 /// Scales all gradients so that their global L2 norm is at most `max_norm`; returns the
