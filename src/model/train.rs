@@ -211,7 +211,17 @@ pub fn clip_gradients(grads: &mut GradStore, vars: &[Var], max_norm: Option<f64>
     let mut total = 0f64;
     for var in vars {
         if let Some(g) = grads.get(var.as_tensor()) {
-            total += f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?);
+            total += if g.device().is_cpu() {
+                // In order and in f64, so the norm (which decides the clipping and is logged)
+                // does not depend on how a reduction is split across threads.
+                g.flatten_all()?
+                    .to_vec1::<f32>()?
+                    .iter()
+                    .map(|&x| f64::from(x) * f64::from(x))
+                    .sum::<f64>()
+            } else {
+                f64::from(g.sqr()?.sum_all()?.to_scalar::<f32>()?)
+            };
         }
     }
     let norm = total.sqrt();
