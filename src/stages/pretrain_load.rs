@@ -138,7 +138,8 @@ impl StageKind for PretrainLoad {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
+        2
     }
 
     fn summary(&self) -> &'static str {

@@ -91,7 +91,8 @@ impl StageKind for Sft {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
+        2
     }
 
     fn summary(&self) -> &'static str {
