@@ -55,7 +55,6 @@
 //! Output: a table on stdout and one `BENCH_JSON {...}` line per measurement. Unknown
 //! command-line arguments (cargo passes `--bench`) are ignored.
 
-
 /// The same allocator as the `hone` binary (see src/main.rs): the figures are hone's.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
