@@ -311,3 +311,22 @@ pub fn train_with_loss(
 pub fn final_loss(history: &[HistoryRow]) -> f64 {
     history.iter().rev().take(10).map(|h| h.loss).sum::<f64>() / history.len().clamp(1, 10) as f64
 }
+
+/// The tokens a reward model reads for (prompt, response): the template filled in, cut to
+/// leave room in the context, then end-of-text, where the reward is read.
+pub fn reward_input(
+    tok: &Tokenizer,
+    template: &str,
+    prompt: &str,
+    response: &str,
+    context: usize,
+    eot: u32,
+) -> Result<Vec<u32>, StageError> {
+    let text = template
+        .replace("{prompt}", prompt)
+        .replace("{response}", response);
+    let mut ids = tokenizer::encode(tok, &text).map_err(failed)?;
+    ids.truncate(context.saturating_sub(1));
+    ids.push(eot);
+    Ok(ids)
+}

@@ -224,16 +224,14 @@ impl StageKind for OdpoSelect {
                     let seqs = chunk
                         .iter()
                         .map(|c| {
-                            let mut ids = tokenizer::encode(
+                            lm::reward_input(
                                 &tok,
-                                &p.template
-                                    .replace("{prompt}", &c.prompt)
-                                    .replace("{response}", &c.response),
+                                &p.template,
+                                &c.prompt,
+                                &c.response,
+                                context,
+                                eot,
                             )
-                            .map_err(failed)?;
-                            ids.truncate(context - 1);
-                            ids.push(eot);
-                            Ok(ids)
                         })
                         .collect::<Result<Vec<_>, StageError>>()?;
                     let h = last_hidden(&frozen, &seqs, eot, &device)

@@ -232,15 +232,8 @@ impl StageKind for RewardFit {
                 .set(&Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], &device).map_err(failed)?)
                 .map_err(failed)?;
         }
-        let encode = |prompt: &str, response: &str| -> Result<Vec<u32>, StageError> {
-            let text = p
-                .template
-                .replace("{prompt}", prompt)
-                .replace("{response}", response);
-            let mut ids = tokenizer::encode(&tok, &text).map_err(failed)?;
-            ids.truncate(context - 1);
-            ids.push(eot);
-            Ok(ids)
+        let encode = |prompt: &str, response: &str| {
+            lm::reward_input(&tok, &p.template, prompt, response, context, eot)
         };
 
         // Batches of whole prompt groups, reshuffled every epoch.
