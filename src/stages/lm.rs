@@ -156,10 +156,9 @@ struct ResumeRecord {
 }
 
 impl<'a> ResumeState<'a> {
-    pub fn new(ctx: &'a StageContext<'_>) -> Self {
-        ResumeState {
-            dir: ctx.resume_dir,
-        }
+    /// The state kept in `dir` (a stage's `resume_dir`, or a folder inside it).
+    pub fn new(dir: &'a Path) -> Self {
+        ResumeState { dir }
     }
 
     /// Saves model, optimiser moments, step and history; written to a fresh directory and
@@ -240,6 +239,7 @@ pub fn train_steps(
 ) -> Result<Vec<HistoryRow>, StageError> {
     train_with_loss(
         ctx,
+        ctx.resume_dir,
         trainable,
         trainer,
         total,
@@ -262,6 +262,7 @@ pub fn train_steps(
 /// by `loss_for(s)` (the same determinism rule applies).
 pub fn train_with_loss(
     ctx: &StageContext<'_>,
+    resume_dir: &Path,
     trainable: &Trainable,
     trainer: &mut model::train::Trainer,
     total: usize,
@@ -269,7 +270,7 @@ pub fn train_with_loss(
     what: &str,
     mut loss_for: impl FnMut(usize) -> Result<(candle_core::Tensor, u64), StageError>,
 ) -> Result<Vec<HistoryRow>, StageError> {
-    let resume = ResumeState::new(ctx);
+    let resume = ResumeState::new(resume_dir);
     let mut history = resume.restore(trainable, trainer)?.unwrap_or_default();
     let started = std::time::Instant::now();
     let first_step = trainer.step;

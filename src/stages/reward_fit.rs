@@ -217,144 +217,23 @@ impl StageKind for RewardFit {
             .filter(|f| !held_out(&f.prompt_id))
             .collect();
 
-        let rm = RewardModel::from_causal(base, ctx.seed, &device).map_err(failed)?;
-        let aux = VarBuilder::from_varmap(&rm.base.varmap, candle_core::DType::F32, &device);
-        let thresholds_raw = aux
-            .get_with_hints(4, "hone_aux.thresholds", Init::Const(0.0))
-            .map_err(failed)?;
-        let flag_bias = aux
-            .get_with_hints(1, "hone_aux.flag_bias", Init::Const(0.0))
-            .map_err(failed)?;
-        // Start the thresholds spread out: -1.5, then steps of softplus(0.58) = 1.0.
-        {
-            let data = rm.base.varmap.data().lock().expect("varmap lock");
-            data["hone_aux.thresholds"]
-                .set(&Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], &device).map_err(failed)?)
-                .map_err(failed)?;
-        }
+        let trained = fit_member(
+            ctx,
+            &p,
+            base,
+            &tok,
+            &train_pairs,
+            &train_scores,
+            &train_flags,
+            ctx.seed,
+            ctx.resume_dir,
+            &device,
+        )?;
+        let (rm, thresholds_raw, history) = (trained.model, trained.thresholds, trained.history);
+        let total = history.len();
         let encode = |prompt: &str, response: &str| {
             lm::reward_input(&tok, &p.template, prompt, response, context, eot)
         };
-
-        // Batches of whole prompt groups, reshuffled every epoch.
-        let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-        for (i, pair) in train_pairs.iter().enumerate() {
-            groups.entry(pair.prompt_id.as_str()).or_default().push(i);
-        }
-        let group_list: Vec<Vec<usize>> = groups.into_values().collect();
-        let epoch_batches = |epoch: usize| -> Vec<Vec<usize>> {
-            let mut order = group_list.clone();
-            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                ctx.seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
-            ));
-            let mut batches: Vec<Vec<usize>> = Vec::new();
-            let mut current = Vec::new();
-            for group in order {
-                current.extend(group);
-                if current.len() >= p.batch_size {
-                    batches.push(std::mem::take(&mut current));
-                }
-            }
-            if !current.is_empty() {
-                batches.push(current);
-            }
-            batches
-        };
-        let per_epoch = epoch_batches(0).len();
-        let total = (per_epoch * p.epochs).min(p.max_steps.unwrap_or(usize::MAX));
-        let schedule = Schedule {
-            peak_lr: p.lr,
-            warmup_steps: p.warmup_steps.min(total),
-            total_steps: total,
-            final_fraction: 0.1,
-        };
-        let mut trainer = Trainer::new(
-            rm.trainable_vars(),
-            schedule,
-            p.weight_decay,
-            Some(p.max_grad_norm),
-        )
-        .map_err(failed)?;
-        let model = &rm.base.model;
-        let head = rm.head.as_tensor();
-        let aux_batch = p.batch_size;
-        let history = lm::train_with_loss(
-            ctx,
-            &rm.base,
-            &mut trainer,
-            total,
-            p.checkpoint_every,
-            "fitting the reward model",
-            |step| {
-                let batch = &epoch_batches(step / per_epoch)[step % per_epoch];
-                let mut sequences = Vec::with_capacity(batch.len() * 2);
-                for &i in batch {
-                    sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].chosen)?);
-                    sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].rejected)?);
-                }
-                let rewards = rm
-                    .rewards(model, head, &sequences, eot, &device)
-                    .map_err(failed)?
-                    .reshape((batch.len(), 2))
-                    .map_err(failed)?;
-                let chosen = rewards
-                    .narrow(1, 0, 1)
-                    .and_then(|t| t.squeeze(1))
-                    .map_err(failed)?;
-                let rejected = rewards
-                    .narrow(1, 1, 1)
-                    .and_then(|t| t.squeeze(1))
-                    .map_err(failed)?;
-                let margins: Vec<f32> = batch
-                    .iter()
-                    .map(|&i| train_pairs[i].margin as f32)
-                    .collect();
-                let margin = Tensor::new(margins.as_slice(), &device).map_err(failed)?;
-                let mut loss = reward::bradley_terry_loss(&chosen, &rejected, Some(&margin))
-                    .map_err(failed)?;
-                // Scores and flags: a rotating slice of the same size each step.
-                if p.scores_weight > 0.0 && !train_scores.is_empty() {
-                    let slice: Vec<&ScoreItem> = (0..aux_batch)
-                        .map(|k| train_scores[(step * aux_batch + k) % train_scores.len()])
-                        .collect();
-                    let seqs = slice
-                        .iter()
-                        .map(|s| encode(&s.prompt, &s.response))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let r = rm
-                        .rewards(model, head, &seqs, eot, &device)
-                        .map_err(failed)?;
-                    let th = reward::ordered_thresholds(&thresholds_raw).map_err(failed)?;
-                    let classes: Vec<u32> = slice.iter().map(|s| s.class).collect();
-                    let ordinal = reward::ordinal_nll(&r, &th, &classes).map_err(failed)?;
-                    loss = (loss + (ordinal * p.scores_weight).map_err(failed)?).map_err(failed)?;
-                }
-                if p.flags_weight > 0.0 && !train_flags.is_empty() {
-                    let slice: Vec<&FlagItem> = (0..aux_batch)
-                        .map(|k| train_flags[(step * aux_batch + k) % train_flags.len()])
-                        .collect();
-                    let seqs = slice
-                        .iter()
-                        .map(|f| encode(&f.prompt, &f.response))
-                        .collect::<Result<Vec<_>, _>>()?;
-                    let r = rm
-                        .rewards(model, head, &seqs, eot, &device)
-                        .map_err(failed)?;
-                    let flagged = Tensor::new(
-                        slice
-                            .iter()
-                            .map(|f| f.flagged)
-                            .collect::<Vec<f32>>()
-                            .as_slice(),
-                        &device,
-                    )
-                    .map_err(failed)?;
-                    let flags = reward::flag_nll(&r, &flag_bias, &flagged).map_err(failed)?;
-                    loss = (loss + (flags * p.flags_weight).map_err(failed)?).map_err(failed)?;
-                }
-                Ok((loss, batch.len() as u64))
-            },
-        )?;
 
         // Evaluation with a detached copy.
         let frozen = CausalLm::frozen(&rm.base.config, &rm.base.varmap, &device).map_err(failed)?;
@@ -472,6 +351,185 @@ impl StageKind for RewardFit {
         )?;
         Ok(())
     }
+}
+
+/// One reward model trained on `train_pairs` (and the scores and flags) from `base`, with
+/// its own seed and resume directory (ensemble members differ in both).
+struct Trained {
+    model: RewardModel,
+    thresholds: Tensor,
+    history: Vec<lm::HistoryRow>,
+}
+
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the training data and its settings, by part"
+)]
+fn fit_member(
+    ctx: &StageContext<'_>,
+    p: &RewardFitParams,
+    base: crate::model::Trainable,
+    tok: &tokenizers::Tokenizer,
+    train_pairs: &[Pair],
+    train_scores: &[&ScoreItem],
+    train_flags: &[&FlagItem],
+    seed: u64,
+    resume_dir: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<Trained, StageError> {
+    let device = device.clone();
+    let eot = base
+        .config
+        .eos_token_id()
+        .or_else(|| tokenizer::token_id(tok, tokenizer::END_OF_TEXT))
+        .unwrap_or(0);
+    let context = base.config.context_len();
+    let encode = |prompt: &str, response: &str| {
+        lm::reward_input(tok, &p.template, prompt, response, context, eot)
+    };
+    let base = base;
+    let rm = RewardModel::from_causal(base, seed, &device).map_err(failed)?;
+    let aux = VarBuilder::from_varmap(&rm.base.varmap, candle_core::DType::F32, &device);
+    let thresholds_raw = aux
+        .get_with_hints(4, "hone_aux.thresholds", Init::Const(0.0))
+        .map_err(failed)?;
+    let flag_bias = aux
+        .get_with_hints(1, "hone_aux.flag_bias", Init::Const(0.0))
+        .map_err(failed)?;
+    // Start the thresholds spread out: -1.5, then steps of softplus(0.58) = 1.0.
+    {
+        let data = rm.base.varmap.data().lock().expect("varmap lock");
+        data["hone_aux.thresholds"]
+            .set(&Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], &device).map_err(failed)?)
+            .map_err(failed)?;
+    }
+
+    // Batches of whole prompt groups, reshuffled every epoch.
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, pair) in train_pairs.iter().enumerate() {
+        groups.entry(pair.prompt_id.as_str()).or_default().push(i);
+    }
+    let group_list: Vec<Vec<usize>> = groups.into_values().collect();
+    let epoch_batches = |epoch: usize| -> Vec<Vec<usize>> {
+        let mut order = group_list.clone();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+            seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+        ));
+        let mut batches: Vec<Vec<usize>> = Vec::new();
+        let mut current = Vec::new();
+        for group in order {
+            current.extend(group);
+            if current.len() >= p.batch_size {
+                batches.push(std::mem::take(&mut current));
+            }
+        }
+        if !current.is_empty() {
+            batches.push(current);
+        }
+        batches
+    };
+    let per_epoch = epoch_batches(0).len();
+    let total = (per_epoch * p.epochs).min(p.max_steps.unwrap_or(usize::MAX));
+    let schedule = Schedule {
+        peak_lr: p.lr,
+        warmup_steps: p.warmup_steps.min(total),
+        total_steps: total,
+        final_fraction: 0.1,
+    };
+    let mut trainer = Trainer::new(
+        rm.trainable_vars(),
+        schedule,
+        p.weight_decay,
+        Some(p.max_grad_norm),
+    )
+    .map_err(failed)?;
+    let model = &rm.base.model;
+    let head = rm.head.as_tensor();
+    let aux_batch = p.batch_size;
+    let history = lm::train_with_loss(
+        ctx,
+        resume_dir,
+        &rm.base,
+        &mut trainer,
+        total,
+        p.checkpoint_every,
+        "fitting the reward model",
+        |step| {
+            let batch = &epoch_batches(step / per_epoch)[step % per_epoch];
+            let mut sequences = Vec::with_capacity(batch.len() * 2);
+            for &i in batch {
+                sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].chosen)?);
+                sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].rejected)?);
+            }
+            let rewards = rm
+                .rewards(model, head, &sequences, eot, &device)
+                .map_err(failed)?
+                .reshape((batch.len(), 2))
+                .map_err(failed)?;
+            let chosen = rewards
+                .narrow(1, 0, 1)
+                .and_then(|t| t.squeeze(1))
+                .map_err(failed)?;
+            let rejected = rewards
+                .narrow(1, 1, 1)
+                .and_then(|t| t.squeeze(1))
+                .map_err(failed)?;
+            let margins: Vec<f32> = batch
+                .iter()
+                .map(|&i| train_pairs[i].margin as f32)
+                .collect();
+            let margin = Tensor::new(margins.as_slice(), &device).map_err(failed)?;
+            let mut loss =
+                reward::bradley_terry_loss(&chosen, &rejected, Some(&margin)).map_err(failed)?;
+            // Scores and flags: a rotating slice of the same size each step.
+            if p.scores_weight > 0.0 && !train_scores.is_empty() {
+                let slice: Vec<&ScoreItem> = (0..aux_batch)
+                    .map(|k| train_scores[(step * aux_batch + k) % train_scores.len()])
+                    .collect();
+                let seqs = slice
+                    .iter()
+                    .map(|s| encode(&s.prompt, &s.response))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let r = rm
+                    .rewards(model, head, &seqs, eot, &device)
+                    .map_err(failed)?;
+                let th = reward::ordered_thresholds(&thresholds_raw).map_err(failed)?;
+                let classes: Vec<u32> = slice.iter().map(|s| s.class).collect();
+                let ordinal = reward::ordinal_nll(&r, &th, &classes).map_err(failed)?;
+                loss = (loss + (ordinal * p.scores_weight).map_err(failed)?).map_err(failed)?;
+            }
+            if p.flags_weight > 0.0 && !train_flags.is_empty() {
+                let slice: Vec<&FlagItem> = (0..aux_batch)
+                    .map(|k| train_flags[(step * aux_batch + k) % train_flags.len()])
+                    .collect();
+                let seqs = slice
+                    .iter()
+                    .map(|f| encode(&f.prompt, &f.response))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let r = rm
+                    .rewards(model, head, &seqs, eot, &device)
+                    .map_err(failed)?;
+                let flagged = Tensor::new(
+                    slice
+                        .iter()
+                        .map(|f| f.flagged)
+                        .collect::<Vec<f32>>()
+                        .as_slice(),
+                    &device,
+                )
+                .map_err(failed)?;
+                let flags = reward::flag_nll(&r, &flag_bias, &flagged).map_err(failed)?;
+                loss = (loss + (flags * p.flags_weight).map_err(failed)?).map_err(failed)?;
+            }
+            Ok((loss, batch.len() as u64))
+        },
+    )?;
+
+    Ok(Trained {
+        model: rm,
+        thresholds: thresholds_raw,
+        history,
+    })
 }
 
 #[derive(Debug, Clone)]
