@@ -259,7 +259,11 @@ pub fn train_steps(
 }
 
 /// As [`train_steps`], with the loss of step `s` and the number of items it covers given
-/// by `loss_for(s)` (the same determinism rule applies).
+/// by `loss_for(s)` (the same determinism rule applies), checkpointing into `resume_dir`.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the loop's settings, each one role"
+)]
 pub fn train_with_loss(
     ctx: &StageContext<'_>,
     resume_dir: &Path,

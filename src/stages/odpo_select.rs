@@ -33,6 +33,9 @@ pub struct OdpoSelect;
 pub enum Method {
     /// ODPO: the D-optimal design over pair-difference features (Frank-Wolfe).
     DOptimal,
+    /// Active learning: the pairs whose reward difference the ensemble members disagree
+    /// on most (standard deviation over members; needs `reward-fit` with `ensemble` >= 2).
+    Uncertainty,
     /// Pairs drawn uniformly at random (the baseline).
     Uniform,
 }
@@ -88,9 +91,14 @@ pub static PAIRS: TableKind = TableKind {
             "score",
             Float64,
             false,
-            "the design weight (d-optimal) or 0 (uniform)",
+            "the design weight (d-optimal), the members' disagreement (uncertainty) or 0 (uniform)",
         ),
-        Column::new("method", Utf8, false, "`d-optimal` or `uniform`"),
+        Column::new(
+            "method",
+            Utf8,
+            false,
+            "`d-optimal`, `uncertainty` or `uniform`",
+        ),
     ],
 };
 
@@ -158,7 +166,7 @@ impl StageKind for OdpoSelect {
             return Err(errors);
         }
         let mut reward_model = Port::new("reward_model", ArtifactType::RewardModel);
-        reward_model.required = p.method == Method::DOptimal;
+        reward_model.required = p.method != Method::Uniform;
         Ok(Signature {
             inputs: vec![
                 Port::new("candidates", ArtifactType::Table(Some("candidates".into()))),
@@ -208,40 +216,7 @@ impl StageKind for OdpoSelect {
             Method::DOptimal => {
                 let device = lm::device(&p.device)?;
                 let dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
-                let rm = RewardModel::load(&dir, ctx.seed, &device).map_err(failed)?;
-                let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
-                let eot = rm.base.config.eos_token_id().unwrap_or(0);
-                let context = rm.base.config.context_len();
-                let frozen =
-                    CausalLm::frozen(&rm.base.config, &rm.base.varmap, &device).map_err(failed)?;
-                // ψ for every candidate, in chunks.
-                let mut features: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
-                for (n, chunk) in candidates.chunks(32).enumerate() {
-                    ctx.report((n * 32 + chunk.len()) as u64, candidates.len() as u64);
-                    if ctx.cancelled() {
-                        return Err(StageError::Cancelled);
-                    }
-                    let seqs = chunk
-                        .iter()
-                        .map(|c| {
-                            lm::reward_input(
-                                &tok,
-                                &p.template,
-                                &c.prompt,
-                                &c.response,
-                                context,
-                                eot,
-                            )
-                        })
-                        .collect::<Result<Vec<_>, StageError>>()?;
-                    let h = last_hidden(&frozen, &seqs, eot, &device)
-                        .and_then(|t| t.to_vec2::<f32>())
-                        .map_err(failed)?;
-                    features.extend(
-                        h.into_iter()
-                            .map(|row| row.into_iter().map(f64::from).collect()),
-                    );
-                }
+                let (features, _) = candidate_features(ctx, &p, &dir, &candidates, &device)?;
                 let z: Vec<Vec<f64>> = pairs
                     .iter()
                     .map(|&(i, j)| {
@@ -263,6 +238,53 @@ impl StageKind for OdpoSelect {
                 let scores = chosen.iter().map(|&k| design.weights[k]).collect();
                 (chosen, scores)
             }
+            Method::Uncertainty => {
+                let device = lm::device(&p.device)?;
+                let dir = ctx
+                    .workspace
+                    .join(&ctx.inputs["reward_model"][0])
+                    .join("members");
+                let mut members: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+                    .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+                    .unwrap_or_default();
+                members.sort_by_key(|m| {
+                    m.file_name()
+                        .and_then(|n| n.to_str())
+                        .and_then(|n| n.parse::<usize>().ok())
+                });
+                if members.len() < 2 {
+                    return Err(failed(
+                        "`uncertainty` needs a reward model fitted with `ensemble: 2` or more (it has no `members/`)",
+                    ));
+                }
+                // Each member's reward of every candidate: ψ · head.
+                let mut rewards: Vec<Vec<f64>> = Vec::new();
+                for member in &members {
+                    let (features, head) =
+                        candidate_features(ctx, &p, member, &candidates, &device)?;
+                    rewards.push(
+                        features
+                            .iter()
+                            .map(|f| f.iter().zip(&head).map(|(a, b)| a * b).sum())
+                            .collect(),
+                    );
+                }
+                let disagreement: Vec<f64> = pairs
+                    .iter()
+                    .map(|&(i, j)| {
+                        let diffs: Vec<f64> = rewards.iter().map(|r| r[i] - r[j]).collect();
+                        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+                        (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>()
+                            / (diffs.len() - 1) as f64)
+                            .sqrt()
+                    })
+                    .collect();
+                let mut order: Vec<usize> = (0..pairs.len()).collect();
+                order.sort_by(|&a, &b| disagreement[b].total_cmp(&disagreement[a]).then(a.cmp(&b)));
+                order.truncate(p.budget);
+                let scores = order.iter().map(|&k| disagreement[k]).collect();
+                (order, scores)
+            }
         };
         let provenance = Provenance {
             stage: ctx.stage_id.to_string(),
@@ -273,6 +295,7 @@ impl StageKind for OdpoSelect {
                 .map_err(failed)?;
         let method = match p.method {
             Method::DOptimal => "d-optimal",
+            Method::Uncertainty => "uncertainty",
             Method::Uniform => "uniform",
         };
         for (&k, score) in chosen.iter().zip(scores) {
@@ -291,4 +314,45 @@ impl StageKind for OdpoSelect {
         writer.finish().map_err(failed)?;
         Ok(())
     }
+}
+
+/// ψ(x, a) of every candidate under the reward model in `dir` (its last-layer hidden state
+/// at the end-of-text token), and the model's scalar head.
+fn candidate_features(
+    ctx: &StageContext<'_>,
+    p: &SelectParams,
+    dir: &std::path::Path,
+    candidates: &[crate::artifact::candidates::Candidate],
+    device: &candle_core::Device,
+) -> Result<(Vec<Vec<f64>>, Vec<f64>), StageError> {
+    let rm = RewardModel::load(dir, ctx.seed, device).map_err(failed)?;
+    let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
+    let eot = rm.base.config.eos_token_id().unwrap_or(0);
+    let context = rm.base.config.context_len();
+    let frozen = CausalLm::frozen(&rm.base.config, &rm.base.varmap, device).map_err(failed)?;
+    let mut features: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
+    for (n, chunk) in candidates.chunks(32).enumerate() {
+        ctx.report((n * 32 + chunk.len()) as u64, candidates.len() as u64);
+        if ctx.cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let seqs = chunk
+            .iter()
+            .map(|c| lm::reward_input(&tok, &p.template, &c.prompt, &c.response, context, eot))
+            .collect::<Result<Vec<_>, StageError>>()?;
+        let h = last_hidden(&frozen, &seqs, eot, device)
+            .and_then(|t| t.to_vec2::<f32>())
+            .map_err(failed)?;
+        features.extend(
+            h.into_iter()
+                .map(|row| row.into_iter().map(f64::from).collect()),
+        );
+    }
+    let head = rm
+        .head
+        .as_tensor()
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(failed)?;
+    Ok((features, head.into_iter().map(f64::from).collect()))
 }

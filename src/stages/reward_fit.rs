@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
-use rand::SeedableRng;
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::Deserialize;
@@ -59,6 +59,9 @@ fn default_scores_weight() -> f64 {
 fn default_flags_weight() -> f64 {
     0.5
 }
+fn default_ensemble() -> usize {
+    1
+}
 fn default_checkpoint_every() -> usize {
     100
 }
@@ -104,6 +107,11 @@ pub struct RewardFitParams {
     pub flags_weight: f64,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
+    /// Train this many reward models (member 0 on all pairs, the others on bootstrap
+    /// resamples with their own seeds), for `odpo-select`'s `uncertainty`. Member 0 is the
+    /// reward model; all are saved under `members/K/`.
+    #[serde(default = "default_ensemble")]
+    pub ensemble: usize,
     #[serde(default = "default_device")]
     pub device: String,
 }
@@ -134,6 +142,7 @@ impl StageKind for RewardFit {
             ("epochs", p.epochs),
             ("batch_size", p.batch_size),
             ("checkpoint_every", p.checkpoint_every),
+            ("ensemble", p.ensemble),
         ] {
             if value == 0 {
                 errors.push(ParamError::new(
@@ -297,6 +306,7 @@ impl StageKind for RewardFit {
         let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
         let mut summary = json!({
             "steps": total,
+            "ensemble": p.ensemble,
             "train_pairs": train_pairs.len(),
             "held_out_pairs": test_pairs.len(),
             "scores": train_scores.len(),
@@ -330,6 +340,38 @@ impl StageKind for RewardFit {
         let out = ctx.workspace.join(&ctx.outputs["reward_model"]);
         rm.save(&out, eot).map_err(failed)?;
         tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+        if p.ensemble > 1 {
+            let member_dir = |k: usize| out.join("members").join(k.to_string());
+            rm.save(&member_dir(0), eot).map_err(failed)?;
+            tok.save(member_dir(0).join("tokenizer.json"), true)
+                .map_err(failed)?;
+            for k in 1..p.ensemble {
+                // A bootstrap resample of the training pairs and a seed of its own.
+                let seed = crate::spec::derive_seed(ctx.seed, &format!("member-{k}"));
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let resample: Vec<Pair> = (0..train_pairs.len())
+                    .map(|_| train_pairs[rng.random_range(0..train_pairs.len())].clone())
+                    .collect();
+                let (base, _) = lm::load_input(ctx, "model", &device)?;
+                let resume = ctx.resume_dir.join(format!("member-{k}"));
+                let member = fit_member(
+                    ctx,
+                    &p,
+                    base,
+                    &tok,
+                    &resample,
+                    &train_scores,
+                    &train_flags,
+                    seed,
+                    &resume,
+                    &device,
+                )?;
+                member.model.save(&member_dir(k), eot).map_err(failed)?;
+                tok.save(member_dir(k).join("tokenizer.json"), true)
+                    .map_err(failed)?;
+                tracing::info!(member = k, of = p.ensemble, "ensemble member fitted");
+            }
+        }
         let thresholds = reward::ordered_thresholds(&thresholds_raw)
             .and_then(|t| t.to_vec1::<f32>())
             .map_err(failed)?;

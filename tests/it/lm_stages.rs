@@ -313,3 +313,77 @@ stages:
         out.stderr
     );
 }
+
+#[test]
+fn an_ensemble_drives_uncertainty_selection() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "data/hhh/candidates.jsonl",
+        &std::fs::read_to_string(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("data/hhh/candidates.jsonl"),
+        )
+        .unwrap(),
+    );
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: active
+seed: 9
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 4 }} }}
+  pool:
+    kind: command
+    with: {{ cmd: "head -n 120 data/hhh/candidates.jsonl > ${{outputs.candidates}}", deps: [data/hhh/candidates.jsonl], outputs: {{ candidates: "table:candidates" }} }}
+  first: {{ kind: annotate, inputs: {{ candidates: pool.candidates }}, with: {{ max_prompts: 10, pairs_per_prompt: 2 }} }}
+  reward: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: first.feedback }}, with: {{ max_steps: 3, batch_size: 4, ensemble: 3, device: cpu }} }}
+  single: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: first.feedback }}, with: {{ max_steps: 1, batch_size: 4, device: cpu }} }}
+  active: {{ kind: odpo-select, inputs: {{ candidates: pool.candidates, reward_model: reward.reward_model }}, with: {{ method: uncertainty, budget: 10, device: cpu }} }}
+"#
+        ),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let members = output(&ws, "reward", "reward_model").join("members");
+    for k in 0..3 {
+        assert!(
+            members
+                .join(k.to_string())
+                .join("model.safetensors")
+                .is_file(),
+            "member {k}"
+        );
+    }
+    let pairs = rows(&output(&ws, "active", "pairs"));
+    assert_eq!(pairs.len(), 10);
+    let scores: Vec<f64> = pairs.iter().map(|p| p["score"].as_f64().unwrap()).collect();
+    assert!(
+        scores.windows(2).all(|w| w[0] >= w[1]),
+        "most disputed first: {scores:?}"
+    );
+    assert!(
+        scores[0] > 0.0,
+        "members trained on different resamples disagree"
+    );
+    assert!(pairs.iter().all(|p| p["method"] == "uncertainty"));
+    // Without an ensemble, `uncertainty` says what it needs.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml")
+            .replace(
+                "reward_model: reward.reward_model }}, with: { method: uncertainty",
+                "reward_model: single.reward_model }, with: { method: uncertainty",
+            )
+            .replace(
+                "reward_model: reward.reward_model }, with: { method: uncertainty",
+                "reward_model: single.reward_model }, with: { method: uncertainty",
+            ),
+    );
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout
+            .contains("needs a reward model fitted with `ensemble: 2` or more"),
+        "{}",
+        out.stdout
+    );
+}
