@@ -21,8 +21,10 @@
 //! - **A, training steps**: 3 warm-up steps, then `STEPS` timed steps of forward
 //!   (`lm_loss` plus reading the loss, as the reference's `loss.item()`) and
 //!   `Trainer::step` (backward, gradient norm, AdamW). The median step gives tokens/s =
-//!   16 * 128 / median. The resident memory is printed after every step (it must stay
-//!   flat), and the CPU time and minor page faults per timed step (`getrusage`).
+//!   16 * 128 / median. The resident memory is printed after every step, with its range
+//!   and least-squares trend over the timed steps (a step whose graph is kept alive shows
+//!   as hundreds of MiB per step), and the CPU time and minor page faults per timed step
+//!   (`getrusage`).
 //! - **B, breakdown**: 1 + `STEPS` forward passes each followed by `loss.backward()` alone
 //!   (gradients dropped, no update); the medians of the last `STEPS` are the forward and
 //!   backward times and their ratio. "Optimizer" is A's median `Trainer::step` minus B's
@@ -159,9 +161,12 @@ struct Steps {
     loss_last: f64,
     /// Per timed step.
     usage: Usage,
-    /// Resident memory after the warm-up steps and after the last step, MiB.
-    rss_warm_mib: f64,
-    rss_end_mib: f64,
+    /// Resident memory after each timed step: lowest, highest, and the least-squares
+    /// trend in MiB per step (a kept graph shows as hundreds of MiB per step; the
+    /// allocator's ups and downs are a few).
+    rss_min_mib: f64,
+    rss_max_mib: f64,
+    rss_trend_mib: f64,
 }
 
 /// Phase B, as its child process reports it.
@@ -395,13 +400,13 @@ fn main() {
     println!("* a loop in this benchmark over hone's model, KV cache and `choose`, not hone's API");
     println!(
         "hone per timed step (A): user {:.2} s, sys {:.2} s, {:.0} minor page faults; \
-         resident memory {:.0} MiB after warm-up, {:.0} MiB at the end ({:+.1} MiB/step)",
+         resident memory {:.0}-{:.0} MiB over the timed steps (trend {:+.1} MiB/step)",
         a.usage.user_s,
         a.usage.sys_s,
         a.usage.minflt,
-        a.rss_warm_mib,
-        a.rss_end_mib,
-        (a.rss_end_mib - a.rss_warm_mib) / steps as f64
+        a.rss_min_mib,
+        a.rss_max_mib,
+        a.rss_trend_mib
     );
     println!(
         "hone: {} of {} variable gradients from loss.backward() carry a backprop graph",
@@ -431,8 +436,9 @@ fn main() {
             "user_s_per_step": round(a.usage.user_s, 3),
             "sys_s_per_step": round(a.usage.sys_s, 3),
             "minflt_per_step": a.usage.minflt.round(),
-            "rss_warm_mib": a.rss_warm_mib.round(),
-            "rss_end_mib": a.rss_end_mib.round(),
+            "rss_min_mib": a.rss_min_mib.round(),
+            "rss_max_mib": a.rss_max_mib.round(),
+            "rss_trend_mib_per_step": round(a.rss_trend_mib, 1),
             "background_cores": background_json,
         }),
         serde_json::json!({
@@ -567,11 +573,10 @@ fn training_steps(
     let mut trainer = Trainer::new(named, schedule, 0.01, None).expect("trainer");
     let (mut tot, mut fw, mut upd, mut losses) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let mut usage_start = Usage::now();
-    let mut rss_warm_mib = 0.0;
+    let mut rss = Vec::new();
     for step in 0..WARMUP + steps {
         if step == WARMUP {
             usage_start = Usage::now();
-            rss_warm_mib = rss_mib();
         }
         let t0 = Instant::now();
         let loss = lm_loss(model, batch).expect("forward");
@@ -581,18 +586,19 @@ fn training_steps(
         trainer.step(&loss).expect("Trainer::step");
         let up = t1.elapsed().as_secs_f64();
         losses.push(lv);
+        let resident = rss_mib();
         if step >= WARMUP {
             tot.push(fwd + up);
             fw.push(fwd);
             upd.push(up);
+            rss.push(resident);
         }
         println!(
             "  step {step:3} loss {lv:.4} fwd {:.1}ms Trainer::step {:.1}ms total {:.1}ms \
-             rss {:.0} MiB",
+             rss {resident:.0} MiB",
             ms(fwd),
             ms(up),
             ms(fwd + up),
-            rss_mib()
         );
     }
     let usage = Usage::now().minus(&usage_start, steps);
@@ -605,8 +611,9 @@ fn training_steps(
         loss_first: losses[0],
         loss_last: *losses.last().expect("at least one step"),
         usage,
-        rss_warm_mib,
-        rss_end_mib: rss_mib(),
+        rss_min_mib: rss.iter().copied().fold(f64::INFINITY, f64::min),
+        rss_max_mib: rss.iter().copied().fold(0.0, f64::max),
+        rss_trend_mib: slope(&rss),
     };
     println!(
         "TRAIN hone f32: median step {:.1} ms (fwd {:.1} Trainer::step {:.1}) -> {:.0} \
@@ -673,6 +680,23 @@ fn breakdown(
         b.bwd_s / b.fwd_s
     );
     b
+}
+
+/// Least-squares slope of `values` against their index (0 for fewer than two).
+fn slope(values: &[f64]) -> f64 {
+    let n = values.len() as f64;
+    if values.len() < 2 {
+        return 0.0;
+    }
+    let mean_x = (n - 1.0) / 2.0;
+    let mean_y = values.iter().sum::<f64>() / n;
+    let (mut num, mut den) = (0.0, 0.0);
+    for (i, y) in values.iter().enumerate() {
+        let dx = i as f64 - mean_x;
+        num += dx * (y - mean_y);
+        den += dx * dx;
+    }
+    num / den
 }
 
 /// CPU time and minor page faults of this process (getrusage).

@@ -122,6 +122,10 @@ impl Trainer {
                 self.second_moment[i] = Tensor::from_vec(v, shape, &device)?;
                 continue;
             }
+            // candle leaves some gradients attached to the backward graph; stored in the
+            // moments they would keep every step's graph alive (memory grows per step).
+            let g = g.detach();
+            let g = &g;
             let m = ((&self.first_moment[i] * BETA1)? + (g * (1.0 - BETA1))?)?;
             let v = ((&self.second_moment[i] * BETA2)? + (g.sqr()? * (1.0 - BETA2))?)?;
             let theta = (var.as_tensor() * (1.0 - lr * decay))?;
