@@ -37,9 +37,6 @@ fn default_template() -> String {
 fn default_stop() -> Vec<String> {
     vec!["\nUser:".into()]
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 /// Parameters of a `generate` stage.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -69,7 +66,7 @@ pub struct GenerateParams {
     /// The response ends before the first of these strings (the model's next turn).
     #[serde(default = "default_stop")]
     pub stop: Vec<String>,
-    #[serde(default = "default_device")]
+    #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
@@ -124,9 +121,7 @@ impl StageKind for Generate {
                 "`template` must contain `{prompt}`",
             ));
         }
-        if let Err(e) = crate::model::device(&p.device) {
-            errors.push(ParamError::new(key("device"), e));
-        }
+        lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }

@@ -20,6 +20,21 @@ pub fn failed(e: impl std::fmt::Display) -> StageError {
     StageError::Failed(e.to_string())
 }
 
+/// The default of every model stage's `device` parameter.
+pub fn default_device() -> String {
+    "auto".into()
+}
+
+/// Adds a spec error when a stage's `device` parameter names no usable device.
+pub fn check_device(device: &str, errors: &mut Vec<super::ParamError>) {
+    if let Err(e) = model::device(device) {
+        errors.push(super::ParamError::new(
+            vec![crate::spec::node::PathSeg::Key("device".into())],
+            e,
+        ));
+    }
+}
+
 /// The device named by a stage's `device` parameter.
 pub fn device(spec: &str) -> Result<Device, StageError> {
     model::device(spec).map_err(failed)

@@ -52,9 +52,6 @@ fn default_iterations() -> usize {
 fn default_template() -> String {
     "User: {prompt}\nAssistant: {response}".into()
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 /// Parameters of an `odpo-select` stage.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -74,7 +71,7 @@ pub struct SelectParams {
     /// How the reward model reads a response (as in `reward-fit`).
     #[serde(default = "default_template")]
     pub template: String,
-    #[serde(default = "default_device")]
+    #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
@@ -159,9 +156,7 @@ impl StageKind for OdpoSelect {
         if p.eps.is_nan() || p.eps <= 0.0 {
             errors.push(ParamError::new(key("eps"), "`eps` must be > 0"));
         }
-        if let Err(e) = crate::model::device(&p.device) {
-            errors.push(ParamError::new(key("device"), e));
-        }
+        lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }

@@ -77,9 +77,6 @@ fn default_clip() -> f64 {
 fn default_checkpoint_every() -> usize {
     100
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 /// Parameters of a `pretrain-load` stage.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -128,7 +125,7 @@ pub struct PretrainParams {
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
     /// `auto`, `cpu` or `cuda:N`.
-    #[serde(default = "default_device")]
+    #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
@@ -205,9 +202,7 @@ impl StageKind for PretrainLoad {
                 errors.push(ParamError::new(key("vocab_size"), "`vocab_size` must be at least 300 (256 bytes, the end-of-text token and some merges)"));
             }
         }
-        if let Err(e) = crate::model::device(&p.device) {
-            errors.push(ParamError::new(key("device"), e));
-        }
+        lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }

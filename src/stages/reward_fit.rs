@@ -65,9 +65,6 @@ fn default_ensemble() -> usize {
 fn default_checkpoint_every() -> usize {
     100
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 /// Parameters of a `reward-fit` stage.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -112,7 +109,7 @@ pub struct RewardFitParams {
     /// reward model; all are saved under `members/K/`.
     #[serde(default = "default_ensemble")]
     pub ensemble: usize,
-    #[serde(default = "default_device")]
+    #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
@@ -163,9 +160,7 @@ impl StageKind for RewardFit {
                 "`template` must contain `{prompt}` and `{response}`",
             ));
         }
-        if let Err(e) = crate::model::device(&p.device) {
-            errors.push(ParamError::new(key("device"), e));
-        }
+        lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }

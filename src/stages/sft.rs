@@ -49,9 +49,6 @@ fn default_template() -> String {
 fn default_checkpoint_every() -> usize {
     50
 }
-fn default_device() -> String {
-    "auto".into()
-}
 
 /// Parameters of an `sft` stage.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -81,7 +78,7 @@ pub struct SftParams {
     pub template: String,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
-    #[serde(default = "default_device")]
+    #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
@@ -125,9 +122,7 @@ impl StageKind for Sft {
                 "`template` must contain `{prompt}`",
             ));
         }
-        if let Err(e) = crate::model::device(&p.device) {
-            errors.push(ParamError::new(key("device"), e));
-        }
+        lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
