@@ -135,6 +135,21 @@ pub fn cholesky(a: &[f64], d: usize) -> Option<Vec<f64>> {
     Some(l)
 }
 
+/// A⁻¹ b from A's Cholesky factor L (forward then back substitution).
+pub fn cholesky_solve(l: &[f64], d: usize, b: &[f64]) -> Vec<f64> {
+    let mut y = vec![0.0; d];
+    for i in 0..d {
+        let sum: f64 = (0..i).map(|k| l[i * d + k] * y[k]).sum();
+        y[i] = (b[i] - sum) / l[i * d + i];
+    }
+    let mut x = vec![0.0; d];
+    for i in (0..d).rev() {
+        let sum: f64 = (i + 1..d).map(|k| l[k * d + i] * x[k]).sum();
+        x[i] = (y[i] - sum) / l[i * d + i];
+    }
+    x
+}
+
 /// zᵀ A⁻¹ z from A's Cholesky factor: |L⁻¹ z|².
 pub fn quadratic_inverse(l: &[f64], d: usize, z: &[f64]) -> f64 {
     let mut y = vec![0.0; d];
@@ -148,6 +163,14 @@ pub fn quadratic_inverse(l: &[f64], d: usize, z: &[f64]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cholesky_solve_by_hand() {
+        // A = [[4, 2], [2, 3]], b = [2, 1]: x = [0.5, 0].
+        let l = cholesky(&[4.0, 2.0, 2.0, 3.0], 2).unwrap();
+        let x = cholesky_solve(&l, 2, &[2.0, 1.0]);
+        assert!((x[0] - 0.5).abs() < 1e-12 && x[1].abs() < 1e-12, "{x:?}");
+    }
 
     #[test]
     fn cholesky_by_hand() {

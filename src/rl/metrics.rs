@@ -59,6 +59,35 @@ pub fn expected_calibration_error(probabilities: &[f64], bins: usize) -> f64 {
         .sum()
 }
 
+/// Agreement with a true ordering within groups: over every pair of items of the same
+/// group (a prompt) whose true values differ, the share the prediction orders the same way
+/// (a predicted tie counts half). Returns (agreements, pairs compared).
+pub fn ordered_pair_agreement(groups: &[&str], predicted: &[f64], truth: &[f64]) -> (f64, usize) {
+    let mut by_group: std::collections::BTreeMap<&str, Vec<usize>> = Default::default();
+    for (i, g) in groups.iter().enumerate() {
+        by_group.entry(g).or_default().push(i);
+    }
+    let (mut agree, mut compared) = (0.0, 0);
+    for members in by_group.values() {
+        for (x, &i) in members.iter().enumerate() {
+            for &j in &members[x + 1..] {
+                let true_order = truth[i] - truth[j];
+                if true_order == 0.0 || true_order.is_nan() {
+                    continue;
+                }
+                compared += 1;
+                let predicted_order = predicted[i] - predicted[j];
+                if predicted_order == 0.0 {
+                    agree += 0.5;
+                } else if (predicted_order > 0.0) == (true_order > 0.0) {
+                    agree += 1.0;
+                }
+            }
+        }
+    }
+    (agree, compared)
+}
+
 /// Spearman rank correlation (average ranks for ties).
 pub fn spearman(x: &[f64], y: &[f64]) -> f64 {
     pearson(&ranks(x), &ranks(y))
@@ -122,5 +151,17 @@ mod tests {
         assert!((spearman(&[1.0, 2.0, 3.0], &[3.0, 2.0, 1.0]) + 1.0).abs() < 1e-12);
         // ranks x = [1.5, 1.5, 3], y = [1, 2, 3]: pearson = 0.8660254
         assert!((spearman(&[5.0, 5.0, 7.0], &[1.0, 2.0, 3.0]) - 0.866_025_4).abs() < 1e-6);
+    }
+
+    #[test]
+    fn pair_agreement_within_groups_skips_true_ties() {
+        // Group a: truth 1 > 0 = 0; prediction orders (0, 1) right, (0, 2) wrong; (1, 2) is
+        // a true tie. Group b: one pair, predicted tie (half). Across groups: not compared.
+        let groups = ["a", "a", "a", "b", "b"];
+        let truth = [1.0, 0.0, 0.0, 2.0, 1.0];
+        let predicted = [0.5, 0.1, 0.9, 3.0, 3.0];
+        let (agree, compared) = ordered_pair_agreement(&groups, &predicted, &truth);
+        assert_eq!(compared, 3);
+        assert!((agree - 1.5).abs() < 1e-12, "{agree}");
     }
 }

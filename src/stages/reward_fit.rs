@@ -21,7 +21,7 @@ use super::{
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Provenance};
-use crate::model::reward::RewardModel;
+use crate::model::reward::{RewardModel, last_hidden};
 use crate::model::train::{Schedule, Trainer};
 use crate::model::{CausalLm, tokenizer};
 use crate::rl::{metrics, reward};
@@ -64,6 +64,23 @@ fn default_ensemble() -> usize {
 }
 fn default_checkpoint_every() -> usize {
     100
+}
+fn default_head_l2() -> f64 {
+    1.0
+}
+
+/// What `reward-fit` trains.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMode {
+    /// Fine-tune the backbone and the head together (AdamW, the losses above).
+    #[default]
+    Full,
+    /// Keep the backbone frozen and fit only the linear head on its last-layer features, by
+    /// exact L2-regularised maximum likelihood of Bradley-Terry on the pairs (Newton's
+    /// method; ODPO's linear-reward setting). Seconds instead of minutes; scores and flags
+    /// are not used.
+    Head,
 }
 
 /// Parameters of a `reward-fit` stage.
@@ -109,6 +126,17 @@ pub struct RewardFitParams {
     /// reward model; all are saved under `members/K/`.
     #[serde(default = "default_ensemble")]
     pub ensemble: usize,
+    /// `full` (default) fine-tunes the backbone; `head` fits only the linear head.
+    #[serde(default)]
+    pub train: TrainMode,
+    /// The ridge of `train: head`: the objective is the summed Bradley-Terry negative
+    /// log-likelihood + head_l2/2 · |w|².
+    #[serde(default = "default_head_l2")]
+    pub head_l2: f64,
+    /// Free-form labels copied into `summary.json` (`tags`), for experiments that collect
+    /// many runs (the `aggregate` stage groups by them).
+    #[serde(default)]
+    pub tags: BTreeMap<String, Value>,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
@@ -120,18 +148,19 @@ impl StageKind for RewardFit {
 
     fn version(&self) -> u32 {
         // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
-        2
+        // 3: oracle pair accuracy, tags and the train mode in the summary.
+        3
     }
 
     fn summary(&self) -> &'static str {
-        "fit a reward model (Bradley-Terry, ordinal scores, flags) on a causal-LM backbone"
+        "fit a reward model (Bradley-Terry, ordinal scores, flags) on a causal-LM backbone, or only its linear head"
     }
 
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
         schema_of::<RewardFitParams>(generator)
     }
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+    fn signature(&self, params: &Value, inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
         let p: RewardFitParams = parse_params(params)?;
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
@@ -160,15 +189,30 @@ impl StageKind for RewardFit {
                 "`template` must contain `{prompt}` and `{response}`",
             ));
         }
+        if p.head_l2.is_nan() || p.head_l2 <= 0.0 {
+            errors.push(ParamError::new(key("head_l2"), "`head_l2` must be > 0"));
+        }
         lm::check_device(&p.device, &mut errors);
+        let init_bound = inputs.contains(&"init");
+        if init_bound && inputs.contains(&"model") {
+            errors.push(ParamError::new(
+                Vec::new(),
+                "bind `model` (a causal LM: a fresh head) or `init` (a reward model to go on from), not both",
+            ));
+        }
         if !errors.is_empty() {
             return Err(errors);
         }
         let mut oracle = Port::new("oracle", ArtifactType::Table(Some("oracle".into())));
         oracle.required = false;
+        let mut model = Port::new("model", ArtifactType::CausalLm);
+        model.required = !init_bound;
+        let mut init = Port::new("init", ArtifactType::RewardModel);
+        init.required = false;
         Ok(Signature {
             inputs: vec![
-                Port::new("model", ArtifactType::CausalLm),
+                model,
+                init,
                 Port::new("feedback", ArtifactType::Feedback),
                 oracle,
             ],
@@ -184,13 +228,13 @@ impl StageKind for RewardFit {
     fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let p: RewardFitParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
         let device = lm::device(&p.device)?;
-        let (base, tok) = lm::load_input(ctx, "model", &device)?;
-        let eot = base
+        let (rm, tok) = start_model(ctx, ctx.seed, &device)?;
+        let eot = rm
+            .base
             .config
             .eos_token_id()
             .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
             .unwrap_or(0);
-        let context = base.config.context_len();
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
         let data = Feedback::read(&feedback_dir, p.use_margin)?;
         let held_out = |prompt_id: &str| {
@@ -220,58 +264,108 @@ impl StageKind for RewardFit {
             .iter()
             .filter(|f| !held_out(&f.prompt_id))
             .collect();
-
-        let trained = fit_member(
-            ctx,
-            &p,
-            base,
-            &tok,
-            &train_pairs,
-            &train_scores,
-            &train_flags,
-            ctx.seed,
-            ctx.resume_dir,
-            &device,
-        )?;
-        let (rm, thresholds_raw, history) = (trained.model, trained.thresholds, trained.history);
-        let total = history.len();
-        let encode = |prompt: &str, response: &str| {
-            lm::reward_input(&tok, &p.template, prompt, response, context, eot)
+        let bootstrap = |k: usize| -> (u64, Vec<Pair>) {
+            // A bootstrap resample of the training pairs and a seed of its own.
+            let seed = crate::spec::derive_seed(ctx.seed, &format!("member-{k}"));
+            let mut rng = ChaCha8Rng::seed_from_u64(seed);
+            let resample = (0..train_pairs.len())
+                .map(|_| train_pairs[rng.random_range(0..train_pairs.len())].clone())
+                .collect();
+            (seed, resample)
         };
 
-        // Evaluation with a detached copy.
-        let frozen = CausalLm::frozen(&rm.base.config, &rm.base.varmap, &device).map_err(failed)?;
-        let head_frozen = rm.head.as_tensor().detach();
-        let score = |items: &[(String, String)]| -> Result<Vec<f64>, StageError> {
-            let mut out = Vec::with_capacity(items.len());
-            for chunk in items.chunks(32) {
-                let seqs = chunk
-                    .iter()
-                    .map(|(pr, re)| encode(pr, re))
-                    .collect::<Result<Vec<_>, _>>()?;
-                let r = rm
-                    .rewards(&frozen, &head_frozen, &seqs, eot, &device)
-                    .map_err(failed)?
-                    .to_vec1::<f32>()
-                    .map_err(failed)?;
-                out.extend(r.into_iter().map(f64::from));
+        // Members 1.. of an ensemble: heads (or whole models) fitted on resamples.
+        let mut members: Vec<RewardModel> = Vec::new();
+        let (rm, thresholds_raw, history, mut scorer) = match p.train {
+            TrainMode::Full => {
+                let trained = fit_member(
+                    ctx,
+                    &p,
+                    rm,
+                    &tok,
+                    &train_pairs,
+                    &train_scores,
+                    &train_flags,
+                    ctx.seed,
+                    ctx.resume_dir,
+                    &device,
+                )?;
+                for k in 1..p.ensemble {
+                    let (seed, resample) = bootstrap(k);
+                    let (start, _) = start_model(ctx, seed, &device)?;
+                    let resume = ctx.resume_dir.join(format!("member-{k}"));
+                    let member = fit_member(
+                        ctx,
+                        &p,
+                        start,
+                        &tok,
+                        &resample,
+                        &train_scores,
+                        &train_flags,
+                        seed,
+                        &resume,
+                        &device,
+                    )?;
+                    members.push(member.model);
+                    tracing::info!(member = k, of = p.ensemble, "ensemble member fitted");
+                }
+                let scorer = Scorer::new(&trained.model, &tok, &p.template, eot, &device)?;
+                (trained.model, trained.thresholds, trained.history, scorer)
             }
-            Ok(out)
+            TrainMode::Head => {
+                if !train_scores.is_empty() || !train_flags.is_empty() {
+                    tracing::warn!(
+                        scores = train_scores.len(),
+                        flags = train_flags.len(),
+                        "`train: head` fits pairs only; scores and flags are not used"
+                    );
+                }
+                let mut scorer = Scorer::new(&rm, &tok, &p.template, eot, &device)?;
+                let (weights, history) = fit_head(ctx, &p, &mut scorer, &train_pairs)?;
+                set_head(&rm, &weights, &device)?;
+                for k in 1..p.ensemble {
+                    let (_, resample) = bootstrap(k);
+                    let (weights, _) = fit_head(ctx, &p, &mut scorer, &resample)?;
+                    let (member, _) = start_model(ctx, ctx.seed, &device)?;
+                    set_head(&member, &weights, &device)?;
+                    members.push(member);
+                }
+                let thresholds =
+                    Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], &device).map_err(failed)?;
+                (rm, thresholds, history, scorer)
+            }
         };
-        let pair_metrics = |pairs: &[Pair]| -> Result<Value, StageError> {
+        let total = history.len();
+        let head: Vec<f64> = rm
+            .head
+            .as_tensor()
+            .flatten_all()
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(failed)?
+            .into_iter()
+            .map(f64::from)
+            .collect();
+        let mut score = |items: &[(&str, &str)]| -> Result<Vec<f64>, StageError> {
+            Ok(scorer
+                .features(ctx, items)?
+                .iter()
+                .map(|f| f.iter().zip(&head).map(|(a, b)| a * b).sum())
+                .collect())
+        };
+        let mut pair_metrics = |pairs: &[Pair]| -> Result<Value, StageError> {
             if pairs.is_empty() {
                 return Ok(json!(null));
             }
             let chosen = score(
                 &pairs
                     .iter()
-                    .map(|x| (x.prompt.clone(), x.chosen.clone()))
+                    .map(|x| (x.prompt.as_str(), x.chosen.as_str()))
                     .collect::<Vec<_>>(),
             )?;
             let rejected = score(
                 &pairs
                     .iter()
-                    .map(|x| (x.prompt.clone(), x.rejected.clone()))
+                    .map(|x| (x.prompt.as_str(), x.rejected.as_str()))
                     .collect::<Vec<_>>(),
             )?;
             let probabilities = metrics::pair_probabilities(&chosen, &rejected);
@@ -282,13 +376,16 @@ impl StageKind for RewardFit {
                 "ece": metrics::expected_calibration_error(&probabilities, 10),
             }))
         };
+        let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
+        let train_metrics = pair_metrics(&train_sample)?;
+        let held_out_metrics = pair_metrics(&test_pairs)?;
         // Normalisation: mean reward 0 over the training responses.
-        let mut responses: Vec<(String, String)> = train_pairs
+        let mut responses: Vec<(&str, &str)> = train_pairs
             .iter()
             .flat_map(|x| {
                 [
-                    (x.prompt.clone(), x.chosen.clone()),
-                    (x.prompt.clone(), x.rejected.clone()),
+                    (x.prompt.as_str(), x.chosen.as_str()),
+                    (x.prompt.as_str(), x.rejected.as_str()),
                 ]
             })
             .collect();
@@ -298,38 +395,53 @@ impl StageKind for RewardFit {
             let r = score(&responses[..responses.len().min(2000)])?;
             r.iter().sum::<f64>() / r.len().max(1) as f64
         };
-        let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
         let mut summary = json!({
+            "train_mode": match p.train { TrainMode::Full => "full", TrainMode::Head => "head" },
             "steps": total,
             "ensemble": p.ensemble,
             "train_pairs": train_pairs.len(),
             "held_out_pairs": test_pairs.len(),
-            "scores": train_scores.len(),
-            "flags": train_flags.len(),
+            "scores": if p.train == TrainMode::Full { train_scores.len() } else { 0 },
+            "flags": if p.train == TrainMode::Full { train_flags.len() } else { 0 },
             "reward_offset": offset,
-            "train": pair_metrics(&train_sample)?,
-            "held_out": pair_metrics(&test_pairs)?,
+            "train": train_metrics,
+            "held_out": held_out_metrics,
             "final_loss": lm::final_loss(&history),
+            "tags": p.tags,
         });
         if let Some(oracle) = ctx.inputs.get("oracle").and_then(|o| o.first()) {
             let rows = table::read_rows(&ctx.workspace.join(oracle)).map_err(failed)?;
-            let rows: Vec<_> = rows.into_iter().take(2000).collect();
-            let items: Vec<(String, String)> = rows
+            let rows: Vec<_> = rows.into_iter().take(MAX_ORACLE_ROWS).collect();
+            let text = |r: &serde_json::Map<String, Value>, k: &str| {
+                r.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            let owned: Vec<(String, String, String)> = rows
                 .iter()
-                .map(|r| {
-                    (
-                        r["prompt"].as_str().unwrap_or_default().to_string(),
-                        r["response"].as_str().unwrap_or_default().to_string(),
-                    )
-                })
+                .map(|r| (text(r, "prompt_id"), text(r, "prompt"), text(r, "response")))
+                .collect();
+            let items: Vec<(&str, &str)> = owned
+                .iter()
+                .map(|(_, p, r)| (p.as_str(), r.as_str()))
                 .collect();
             let truth: Vec<f64> = rows
                 .iter()
                 .map(|r| r["reward"].as_f64().unwrap_or(f64::NAN))
                 .collect();
             let predicted = score(&items)?;
+            let prompt_ids: Vec<&str> = owned.iter().map(|(id, _, _)| id.as_str()).collect();
+            let (correct, compared) =
+                metrics::ordered_pair_agreement(&prompt_ids, &predicted, &truth);
             summary["oracle_spearman"] = json!(metrics::spearman(&predicted, &truth));
             summary["oracle_rows"] = json!(rows.len());
+            summary["oracle_pairs"] = json!(compared);
+            summary["oracle_pair_accuracy"] = if compared > 0 {
+                json!(correct as f64 / compared as f64)
+            } else {
+                json!(null)
+            };
         }
         tracing::info!(held_out = %summary["held_out"], "reward model fitted");
         let out = ctx.workspace.join(&ctx.outputs["reward_model"]);
@@ -337,34 +449,10 @@ impl StageKind for RewardFit {
         tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
         if p.ensemble > 1 {
             let member_dir = |k: usize| out.join("members").join(k.to_string());
-            rm.save(&member_dir(0), eot).map_err(failed)?;
-            tok.save(member_dir(0).join("tokenizer.json"), true)
-                .map_err(failed)?;
-            for k in 1..p.ensemble {
-                // A bootstrap resample of the training pairs and a seed of its own.
-                let seed = crate::spec::derive_seed(ctx.seed, &format!("member-{k}"));
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let resample: Vec<Pair> = (0..train_pairs.len())
-                    .map(|_| train_pairs[rng.random_range(0..train_pairs.len())].clone())
-                    .collect();
-                let (base, _) = lm::load_input(ctx, "model", &device)?;
-                let resume = ctx.resume_dir.join(format!("member-{k}"));
-                let member = fit_member(
-                    ctx,
-                    &p,
-                    base,
-                    &tok,
-                    &resample,
-                    &train_scores,
-                    &train_flags,
-                    seed,
-                    &resume,
-                    &device,
-                )?;
-                member.model.save(&member_dir(k), eot).map_err(failed)?;
+            for (k, member) in std::iter::once(&rm).chain(&members).enumerate() {
+                member.save(&member_dir(k), eot).map_err(failed)?;
                 tok.save(member_dir(k).join("tokenizer.json"), true)
                     .map_err(failed)?;
-                tracing::info!(member = k, of = p.ensemble, "ensemble member fitted");
             }
         }
         let thresholds = reward::ordered_thresholds(&thresholds_raw)
@@ -405,7 +493,7 @@ struct Trained {
 fn fit_member(
     ctx: &StageContext<'_>,
     p: &RewardFitParams,
-    base: crate::model::Trainable,
+    rm: RewardModel,
     tok: &tokenizers::Tokenizer,
     train_pairs: &[Pair],
     train_scores: &[&ScoreItem],
@@ -415,17 +503,16 @@ fn fit_member(
     device: &candle_core::Device,
 ) -> Result<Trained, StageError> {
     let device = device.clone();
-    let eot = base
+    let eot = rm
+        .base
         .config
         .eos_token_id()
         .or_else(|| tokenizer::token_id(tok, tokenizer::END_OF_TEXT))
         .unwrap_or(0);
-    let context = base.config.context_len();
+    let context = rm.base.config.context_len();
     let encode = |prompt: &str, response: &str| {
         lm::reward_input(tok, &p.template, prompt, response, context, eot)
     };
-    let base = base;
-    let rm = RewardModel::from_causal(base, seed, &device).map_err(failed)?;
     let aux = VarBuilder::from_varmap(&rm.base.varmap, candle_core::DType::F32, &device);
     let thresholds_raw = aux
         .get_with_hints(4, "hone_aux.thresholds", Init::Const(0.0))
@@ -567,6 +654,153 @@ fn fit_member(
         thresholds: thresholds_raw,
         history,
     })
+}
+
+/// At most this many oracle rows are scored for the oracle metrics.
+const MAX_ORACLE_ROWS: usize = 5000;
+
+/// The model training starts from: the `init` reward model (backbone and head), or the
+/// `model` causal LM with a fresh head drawn from `seed`.
+fn start_model(
+    ctx: &StageContext<'_>,
+    seed: u64,
+    device: &candle_core::Device,
+) -> Result<(RewardModel, tokenizers::Tokenizer), StageError> {
+    if let Some(init) = ctx.inputs.get("init").and_then(|i| i.first()) {
+        let dir = ctx.workspace.join(init);
+        let rm = RewardModel::load(&dir, seed, device).map_err(failed)?;
+        let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
+        return Ok((rm, tok));
+    }
+    let (base, tok) = lm::load_input(ctx, "model", device)?;
+    let rm = RewardModel::from_causal(base, seed, device).map_err(failed)?;
+    Ok((rm, tok))
+}
+
+fn set_head(
+    rm: &RewardModel,
+    weights: &[f64],
+    device: &candle_core::Device,
+) -> Result<(), StageError> {
+    let values: Vec<f32> = weights.iter().map(|&w| w as f32).collect();
+    rm.head
+        .set(&Tensor::from_vec(values, (1, weights.len()), device).map_err(failed)?)
+        .map_err(failed)
+}
+
+/// `train: head`: the linear head by L2-regularised maximum likelihood on the frozen
+/// backbone's features; the history has one row per Newton iteration.
+fn fit_head(
+    ctx: &StageContext<'_>,
+    p: &RewardFitParams,
+    scorer: &mut Scorer,
+    pairs: &[Pair],
+) -> Result<(Vec<f64>, Vec<lm::HistoryRow>), StageError> {
+    let chosen = scorer.features(
+        ctx,
+        &pairs
+            .iter()
+            .map(|x| (x.prompt.as_str(), x.chosen.as_str()))
+            .collect::<Vec<_>>(),
+    )?;
+    let rejected = scorer.features(
+        ctx,
+        &pairs
+            .iter()
+            .map(|x| (x.prompt.as_str(), x.rejected.as_str()))
+            .collect::<Vec<_>>(),
+    )?;
+    let z: Vec<Vec<f64>> = chosen
+        .iter()
+        .zip(&rejected)
+        .map(|(c, r)| c.iter().zip(r).map(|(a, b)| a - b).collect())
+        .collect();
+    let margins: Vec<f64> = pairs.iter().map(|x| x.margin).collect();
+    let fit = reward::fit_linear_bt(&z, &margins, p.head_l2);
+    let history = fit
+        .trace
+        .iter()
+        .enumerate()
+        .map(|(i, &(objective, gradient_norm))| lm::HistoryRow {
+            step: i as u64 + 1,
+            loss: objective / pairs.len() as f64,
+            lr: 0.0,
+            grad_norm: gradient_norm,
+            tokens: 0,
+        })
+        .collect();
+    Ok((fit.weights, history))
+}
+
+/// Last-layer features ψ(prompt, response) of a frozen copy of a reward model's backbone,
+/// each text encoded and run once however often it is asked for.
+struct Scorer {
+    model: CausalLm,
+    tok: tokenizers::Tokenizer,
+    template: String,
+    eot: u32,
+    context: usize,
+    device: candle_core::Device,
+    cache: std::collections::HashMap<(String, String), Vec<f64>>,
+}
+
+impl Scorer {
+    fn new(
+        rm: &RewardModel,
+        tok: &tokenizers::Tokenizer,
+        template: &str,
+        eot: u32,
+        device: &candle_core::Device,
+    ) -> Result<Self, StageError> {
+        Ok(Scorer {
+            model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device).map_err(failed)?,
+            tok: tok.clone(),
+            template: template.to_string(),
+            eot,
+            context: rm.base.config.context_len(),
+            device: device.clone(),
+            cache: std::collections::HashMap::new(),
+        })
+    }
+
+    fn features(
+        &mut self,
+        ctx: &StageContext<'_>,
+        items: &[(&str, &str)],
+    ) -> Result<Vec<Vec<f64>>, StageError> {
+        let mut missing: Vec<(&str, &str)> = items
+            .iter()
+            .copied()
+            .filter(|&(p, r)| !self.cache.contains_key(&(p.to_string(), r.to_string())))
+            .collect();
+        missing.sort_unstable();
+        missing.dedup();
+        for (n, chunk) in missing.chunks(32).enumerate() {
+            if ctx.cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            ctx.report((n * 32 + chunk.len()) as u64, missing.len() as u64);
+            let seqs = chunk
+                .iter()
+                .map(|(pr, re)| {
+                    lm::reward_input(&self.tok, &self.template, pr, re, self.context, self.eot)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let h = last_hidden(&self.model, &seqs, self.eot, &self.device)
+                .and_then(|t| t.to_vec2::<f32>())
+                .map_err(failed)?;
+            for (&(pr, re), row) in chunk.iter().zip(h) {
+                self.cache.insert(
+                    (pr.to_string(), re.to_string()),
+                    row.into_iter().map(f64::from).collect(),
+                );
+            }
+        }
+        Ok(items
+            .iter()
+            .map(|&(p, r)| self.cache[&(p.to_string(), r.to_string())].clone())
+            .collect())
+    }
 }
 
 #[derive(Debug, Clone)]

@@ -32,13 +32,14 @@ use super::responses::{ResponseStyle, fact_sentence, respond, wrong_value};
 pub const DEFAULT_WORLD_SEED: u64 = 1;
 
 /// The files `write_world` writes, in order.
-pub const WORLD_FILE_NAMES: [&str; 7] = [
+pub const WORLD_FILE_NAMES: [&str; 8] = [
     "facts.jsonl",
     "prompts.jsonl",
     "eval_prompts.jsonl",
     "corpus.jsonl",
     "demos.jsonl",
     "candidates.jsonl",
+    "eval_candidates.jsonl",
     "README.md",
 ];
 
@@ -270,6 +271,10 @@ pub fn render_world(seed: u64) -> Vec<WorldFile> {
             contents: candidates_jsonl(&world, &split.train, derive_seed(seed, "candidates")),
         },
         WorldFile {
+            name: "eval_candidates.jsonl",
+            contents: candidates_jsonl(&world, &split.eval, derive_seed(seed, "eval_candidates")),
+        },
+        WorldFile {
             name: "README.md",
             contents: readme,
         },
@@ -480,6 +485,7 @@ annotator (`src/world/annotator.rs`) that labels with configurable noise.
 | `corpus.jsonl` | {n_corpus} pretraining lines, `{{"text": ...}}`: fact statements and dialogues, mixing good and bad behaviour |
 | `demos.jsonl` | {n_demos} SFT demonstrations, `{{"prompt": ..., "completion": ...}}`, mostly good, some bad |
 | `candidates.jsonl` | {n_candidates} responses to every training prompt (`prompt_id`, `prompt`, `response`, `sample`, `style`), each of a different style of the prompt kind's corpus mix: a pool for annotation, reward modelling and pair selection before a policy samples its own |
+| `eval_candidates.jsonl` | the same for every held-out prompt: test pairs for reward models that never saw these prompts |
 
 Countries, capitals, languages and currencies are made-up single words, unique across the
 table, so no real-world fact contradicts them and every value names one attribute. Exports

@@ -387,3 +387,103 @@ stages:
         out.stdout
     );
 }
+
+#[test]
+fn a_head_fit_keeps_the_backbone_and_learns_from_the_init_reward_model() {
+    let ws = Workspace::new();
+    world(&ws);
+    for name in ["candidates.jsonl", "eval_candidates.jsonl"] {
+        ws.write(
+            &format!("data/hhh/{name}"),
+            &std::fs::read_to_string(
+                Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("data/hhh")
+                    .join(name),
+            )
+            .unwrap(),
+        );
+    }
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: head
+seed: 4
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 6 }} }}
+  label: {{ kind: annotate, with: {{ candidates_path: data/hhh/candidates.jsonl, max_prompts: 60, pairs_per_prompt: 3, annotators: [{{ id: a, temperature: 0.1 }}] }} }}
+  test: {{ kind: annotate, with: {{ candidates_path: data/hhh/eval_candidates.jsonl, max_prompts: 30 }} }}
+  features: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: label.feedback }}, with: {{ max_steps: 4, batch_size: 8, device: cpu }} }}
+  head:
+    kind: reward-fit
+    inputs: {{ init: features.reward_model, feedback: label.feedback, oracle: test.oracle }}
+    with: {{ train: head, ensemble: 3, held_out_fraction: 0.0, tags: {{ method: uniform, budget: 180 }}, device: cpu }}
+  pool:
+    kind: command
+    with: {{ cmd: "head -n 40 data/hhh/eval_candidates.jsonl > ${{outputs.candidates}}", deps: [data/hhh/eval_candidates.jsonl], outputs: {{ candidates: "table:candidates" }} }}
+  active: {{ kind: odpo-select, inputs: {{ candidates: pool.candidates, reward_model: head.reward_model }}, with: {{ method: uncertainty, budget: 5, device: cpu }} }}
+"#
+        ),
+    );
+    let out = ws.hone(&["run", "p.yaml", "-q"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let summary: Value = serde_json::from_str(
+        &std::fs::read_to_string(output(&ws, "head", "metrics").join("summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary["train_mode"], "head");
+    assert_eq!(summary["tags"]["method"], "uniform");
+    assert_eq!(summary["tags"]["budget"], 180);
+    assert_eq!(summary["train_pairs"], 180);
+    let accuracy = summary["oracle_pair_accuracy"].as_f64().unwrap();
+    assert!((0.0..=1.0).contains(&accuracy) && summary["oracle_pairs"].as_u64().unwrap() > 50);
+    // Newton's iterations are the history; the objective never rises.
+    let history = rows(&output(&ws, "head", "metrics").join("history.parquet"));
+    assert!(!history.is_empty() && history.len() < 100);
+    let losses: Vec<f64> = history
+        .iter()
+        .map(|h| h["loss"].as_f64().unwrap())
+        .collect();
+    assert!(
+        losses.windows(2).all(|w| w[1] <= w[0] + 1e-12),
+        "{losses:?}"
+    );
+    // The backbone is the init model's, byte for byte; only the head moved.
+    let load = |stage: &str, sub: &str| {
+        candle_core::safetensors::load(
+            output(&ws, stage, "reward_model")
+                .join(sub)
+                .join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()
+    };
+    let (before, after) = (load("features", ""), load("head", ""));
+    for (name, tensor) in &before {
+        let same = tensor.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+            == after[name].flatten_all().unwrap().to_vec1::<f32>().unwrap();
+        assert_eq!(same, name != "score.weight", "{name}");
+    }
+    // Ensemble members share the backbone and differ in their heads.
+    let heads: Vec<Vec<f32>> = (0..3)
+        .map(|k| {
+            load("head", &format!("members/{k}"))["score.weight"]
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        })
+        .collect();
+    assert_ne!(heads[0], heads[1]);
+    assert_eq!(rows(&output(&ws, "active", "pairs")).len(), 5);
+    // A fresh head (`model`) and a reward model to go on from (`init`) exclude each other.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml").replace(
+            "inputs: { init: features.reward_model,",
+            "inputs: { model: base.model, init: features.reward_model,",
+        ),
+    );
+    let out = ws.hone(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("not both"), "{}", out.stderr);
+}
