@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dag;
 pub mod feedback;
 pub mod model;
+pub mod report;
 pub mod rl;
 pub mod runner;
 pub mod spec;

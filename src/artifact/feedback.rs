@@ -127,7 +127,7 @@ pub static REJECTS: TableKind = TableKind {
 };
 
 /// Every table kind hone writes, for `hone schema`.
-pub fn table_kinds() -> [&'static TableKind; 9] {
+pub fn table_kinds() -> [&'static TableKind; 13] {
     [
         &COMPARISONS,
         &RANKINGS,
@@ -138,6 +138,10 @@ pub fn table_kinds() -> [&'static TableKind; 9] {
         &crate::stages::ORACLE,
         &crate::stages::HISTORY,
         &crate::stages::PAIRS,
+        &crate::stages::AGGREGATE,
+        &crate::stages::PPO_HISTORY,
+        &crate::stages::EVALUATION,
+        &crate::stages::REFERENCE_LOGPROBS,
     ]
 }
 

@@ -230,6 +230,10 @@ pub mod col {
         Arc::new(values.map(Some).collect::<BooleanArray>())
     }
 
+    pub fn bool_opt(values: impl Iterator<Item = Option<bool>>) -> ArrayRef {
+        Arc::new(values.collect::<BooleanArray>())
+    }
+
     pub fn list_i64_opt<'a>(values: impl Iterator<Item = Option<&'a [i64]>>) -> ArrayRef {
         let mut builder = ListBuilder::new(arrow::array::Int64Builder::new());
         for list in values {
@@ -265,6 +269,20 @@ pub fn read_all(path: &Path) -> Result<Vec<RecordBatch>, parquet::errors::Parque
 }
 
 /// Every row of a Parquet file as a JSON object (for small tables and tests).
+/// The stage that wrote a hone table (its `hone.stage` metadata).
+pub fn written_by(path: &Path) -> Option<String> {
+    let file = File::open(path).ok()?;
+    let reader = parquet::file::reader::SerializedFileReader::new(file).ok()?;
+    use parquet::file::reader::FileReader;
+    reader
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()?
+        .iter()
+        .find(|kv| kv.key == "hone.stage")
+        .and_then(|kv| kv.value.clone())
+}
+
 pub fn read_rows(
     path: &Path,
 ) -> Result<Vec<serde_json::Map<String, serde_json::Value>>, parquet::errors::ParquetError> {

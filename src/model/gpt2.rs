@@ -8,7 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
-use super::ops::{attention, layer_norm};
+use super::ops::{attention, attention_probs, layer_norm};
 
 /// The fields of a Hugging Face `GPT2Config` that hone uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -112,6 +112,20 @@ impl Block {
         })
     }
 
+    /// The attention weights [b, heads, t, t] this block computes for `x`.
+    fn attention_probs(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, t, c) = x.dims3()?;
+        let head_dim = c / self.n_head;
+        let qkv = self.c_attn.forward(&self.ln_1.forward(x)?)?;
+        let split = |i: usize| -> Result<Tensor> {
+            qkv.narrow(D::Minus1, i * c, c)?
+                .reshape((b, t, self.n_head, head_dim))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        attention_probs(&split(0)?, &split(1)?)
+    }
+
     fn forward(&self, x: &Tensor, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
         let (b, t, c) = x.dims3()?;
         let head_dim = c / self.n_head;
@@ -202,6 +216,19 @@ impl Gpt2 {
             }
         }
         self.ln_f.forward(&x)
+    }
+
+    /// The last layer's attention weights [b, heads, t, t] for `ids` [b, t] (from
+    /// position 0, no cache).
+    pub fn last_attention(&self, ids: &Tensor) -> Result<Tensor> {
+        let (_, t) = ids.dims2()?;
+        let positions = Tensor::arange(0u32, t as u32, ids.device())?;
+        let mut x = embed(&self.wte, ids)?.broadcast_add(&embed(&self.wpe, &positions)?)?;
+        let (last, rest) = self.blocks.split_last().expect("at least one block");
+        for block in rest {
+            x = block.forward(&x, None)?;
+        }
+        last.attention_probs(&x)
     }
 
     /// Logits [b, t, vocab] from hidden states (the head is tied to `wte`).

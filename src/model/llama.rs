@@ -7,7 +7,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
-use super::ops::{apply_rope, attention, repeat_kv, rms_norm, rope_tables};
+use super::ops::{apply_rope, attention, attention_probs, repeat_kv, rms_norm, rope_tables};
 
 /// The fields of a Hugging Face `LlamaConfig` that hone uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -134,8 +134,26 @@ impl Llama {
     pub fn hidden(
         &self,
         ids: &Tensor,
+        cache: Option<&mut KvCache>,
+        start: usize,
+    ) -> Result<Tensor> {
+        self.run(ids, cache, start, false)
+    }
+
+    /// The last layer's attention weights [b, heads, t, t] for `ids` [b, t] (from
+    /// position 0, no cache).
+    pub fn last_attention(&self, ids: &Tensor) -> Result<Tensor> {
+        self.run(ids, None, 0, true)
+    }
+
+    /// The layers over `ids`: the final hidden states, or with `attention_only` the last
+    /// layer's attention weights.
+    fn run(
+        &self,
+        ids: &Tensor,
         mut cache: Option<&mut KvCache>,
         start: usize,
+        attention_only: bool,
     ) -> Result<Tensor> {
         let cfg = &self.config;
         let (b, t) = ids.dims2()?;
@@ -153,6 +171,18 @@ impl Llama {
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, cfg.hidden_size))?;
         for (i, layer) in self.layers.iter().enumerate() {
+            if attention_only && i + 1 == self.layers.len() {
+                let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
+                let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
+                    proj.forward(&h)?
+                        .reshape((b, t, n, head_dim))?
+                        .transpose(1, 2)?
+                        .contiguous()
+                };
+                let q = apply_rope(&heads(&layer.q, n_heads)?, &cos, &sin)?;
+                let k = apply_rope(&heads(&layer.k, n_kv)?, &cos, &sin)?;
+                return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?);
+            }
             let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
             let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
                 proj.forward(&h)?

@@ -148,7 +148,9 @@ impl CausalLm {
     }
 
     /// A copy whose weights are detached from `varmap`'s variables: inference through it
-    /// records no graph (candle has no `no_grad`).
+    /// records no graph (candle has no `no_grad`). It shares their storage, so an
+    /// optimiser step (which updates variables in place) shows through: for a fixed
+    /// reference model, load the checkpoint again.
     pub fn frozen(config: &ModelConfig, varmap: &VarMap, device: &Device) -> Result<Self> {
         let tensors: HashMap<String, Tensor> = varmap
             .data()
@@ -183,6 +185,14 @@ impl CausalLm {
         match self {
             CausalLm::Gpt2(m) => m.hidden(ids, cache, start),
             CausalLm::Llama(m) => m.hidden(ids, cache, start),
+        }
+    }
+
+    /// The last layer's attention weights [b, heads, t, t] (ABC's credit).
+    pub fn last_attention(&self, ids: &Tensor) -> Result<Tensor> {
+        match self {
+            CausalLm::Gpt2(m) => m.last_attention(ids),
+            CausalLm::Llama(m) => m.last_attention(ids),
         }
     }
 

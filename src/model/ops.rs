@@ -56,6 +56,11 @@ pub fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
 
 /// Scaled dot-product attention: q [b, h, t_q, d], k and v [b, h, t_k, d].
 pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+    attention_probs(q, k)?.matmul(v)
+}
+
+/// The causal attention weights [b, h, t_q, t_k] of queries q over keys k.
+pub fn attention_probs(q: &Tensor, k: &Tensor) -> Result<Tensor> {
     let (_, _, t_q, d) = q.dims4()?;
     let t_k = k.dim(2)?;
     let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
@@ -64,7 +69,7 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
     } else {
         scores
     };
-    softmax_last(&scores)?.matmul(v)
+    softmax_last(&scores)
 }
 
 /// Rotary position embedding as Hugging Face's Llama applies it (`rotate_half`): x is

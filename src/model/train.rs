@@ -287,6 +287,30 @@ impl Batch {
     }
 }
 
+/// Each token's log-probability given the ones before it, for right-padded `ids` [b, t]:
+/// entry [i, j] is log p(ids[i, j + 1] | ids[i, ..=j]) under logits / `temperature`.
+/// Returns those [b, t - 1] and the final hidden states [b, t, hidden] (a value head reads
+/// them). Differentiable when `model` holds variables.
+pub fn token_logprobs(
+    model: &CausalLm,
+    ids: &Tensor,
+    temperature: f64,
+) -> Result<(Tensor, Tensor)> {
+    let (b, t) = ids.dims2()?;
+    let hidden = model.hidden(ids, None, 0)?;
+    let logits = model.logits(&hidden.narrow(1, 0, t - 1)?)?;
+    let logits = if temperature > 0.0 && temperature != 1.0 {
+        (logits / temperature)?
+    } else {
+        logits
+    };
+    let logp = super::ops::log_softmax_last(&logits)?;
+    let targets = ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;
+    let picked = logp.gather(&targets, 2)?.squeeze(2)?;
+    debug_assert_eq!(picked.dims2()?, (b, t - 1));
+    Ok((picked, hidden))
+}
+
 /// Mean next-token cross-entropy over the batch's counted positions.
 pub fn lm_loss(model: &CausalLm, batch: &Batch) -> Result<Tensor> {
     let logits = model.forward(&batch.inputs, None, 0)?;

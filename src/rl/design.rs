@@ -71,26 +71,110 @@ pub fn greedy_rounding(
         pool = (0..weights.len()).collect();
     }
     let mut chosen: Vec<usize> = Vec::with_capacity(budget.min(pool.len()));
-    let mut picked = vec![0.0; weights.len()];
+    // V⁻¹ and every pool row's z V⁻¹ z, kept current by Sherman-Morrison after each pick:
+    // V' = V + z* z*ᵀ gives V'⁻¹ = V⁻¹ - u uᵀ / (1 + z*ᵀ u) with u = V⁻¹ z*, so each pick
+    // costs O(n d + d²) instead of a factorisation and n solves.
+    let mut v_inv = vec![0.0; d * d];
+    for i in 0..d {
+        v_inv[i * d + i] = 1.0 / ridge;
+    }
+    let mut variance: Vec<f64> = pool
+        .iter()
+        .map(|&i| features[i].iter().map(|x| x * x).sum::<f64>() / ridge)
+        .collect();
     while chosen.len() < budget && !pool.is_empty() {
-        let v = information(features, &picked, ridge);
-        let chol = cholesky(&v, d).expect("ridge keeps V positive definite");
-        let (at, _) = pool
+        let (at, _) = variance
             .iter()
             .enumerate()
-            .map(|(k, &i)| {
-                (
-                    k,
-                    quadratic_inverse(&chol, d, &features[i]) * (1.0 + 1e-9 * weights[i]),
-                )
-            })
+            .map(|(k, &q)| (k, q * (1.0 + 1e-9 * weights[pool[k]])))
             .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
             .expect("pool is not empty");
         let i = pool.remove(at);
-        picked[i] = 1.0;
+        let q_star = variance.remove(at);
+        let z = &features[i];
+        let u: Vec<f64> = (0..d)
+            .map(|r| (0..d).map(|c| v_inv[r * d + c] * z[c]).sum())
+            .collect();
+        let denominator = 1.0 + q_star;
+        for (k, &j) in pool.iter().enumerate() {
+            let projection: f64 = features[j].iter().zip(&u).map(|(a, b)| a * b).sum();
+            variance[k] -= projection * projection / denominator;
+        }
+        for r in 0..d {
+            for c in 0..d {
+                v_inv[r * d + c] -= u[r] * u[c] / denominator;
+            }
+        }
         chosen.push(i);
     }
     chosen
+}
+
+/// The top `k` principal directions (unit vectors, by decreasing second moment) of the
+/// rows: orthogonal iteration on Σ z zᵀ / n, from a fixed start, so the result is
+/// deterministic.
+pub fn principal_directions(rows: &[Vec<f64>], k: usize, iterations: usize) -> Vec<Vec<f64>> {
+    let d = rows.first().map_or(0, Vec::len);
+    let k = k.min(d);
+    if k == 0 {
+        return Vec::new();
+    }
+    let weights = vec![1.0 / rows.len() as f64; rows.len()];
+    let c = information(rows, &weights, 0.0);
+    let apply = |q: &[f64]| -> Vec<f64> {
+        (0..d)
+            .map(|r| (0..d).map(|j| c[r * d + j] * q[j]).sum())
+            .collect()
+    };
+    // A fixed, generic start (an LCG), so no start vector is orthogonal to the answer.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let mut q: Vec<Vec<f64>> = (0..k)
+        .map(|_| {
+            (0..d)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+                })
+                .collect()
+        })
+        .collect();
+    let orthonormalise = |vs: &mut Vec<Vec<f64>>| {
+        for i in 0..vs.len() {
+            for j in 0..i {
+                let dot: f64 = vs[i].iter().zip(&vs[j]).map(|(a, b)| a * b).sum();
+                let prev = vs[j].clone();
+                for (x, p) in vs[i].iter_mut().zip(prev) {
+                    *x -= dot * p;
+                }
+            }
+            let norm = vs[i].iter().map(|x| x * x).sum::<f64>().sqrt();
+            if norm > 0.0 {
+                vs[i].iter_mut().for_each(|x| *x /= norm);
+            }
+        }
+    };
+    orthonormalise(&mut q);
+    for _ in 0..iterations {
+        q = q.iter().map(|v| apply(v)).collect();
+        orthonormalise(&mut q);
+    }
+    let moment = |v: &Vec<f64>| -> f64 { v.iter().zip(apply(v)).map(|(a, b)| a * b).sum() };
+    q.sort_by(|a, b| moment(b).total_cmp(&moment(a)));
+    q
+}
+
+/// Each row's coordinates along `directions`.
+pub fn project(rows: &[Vec<f64>], directions: &[Vec<f64>]) -> Vec<Vec<f64>> {
+    rows.iter()
+        .map(|z| {
+            directions
+                .iter()
+                .map(|u| z.iter().zip(u).map(|(a, b)| a * b).sum())
+                .collect()
+        })
+        .collect()
 }
 
 /// V(π) = Σ π_i z_i z_iᵀ + ridge·I, row-major d×d.
@@ -241,5 +325,54 @@ mod tests {
             "{:?}",
             design.weights
         );
+    }
+
+    #[test]
+    fn incremental_rounding_picks_what_refactorising_would() {
+        // Pseudo-random rows in 4-d; the reference recomputes V and its Cholesky factor
+        // before every pick.
+        let mut state = 12345u64;
+        let mut next = || {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (state >> 11) as f64 / (1u64 << 53) as f64 - 0.5
+        };
+        let rows: Vec<Vec<f64>> = (0..40).map(|_| (0..4).map(|_| next()).collect()).collect();
+        let weights = vec![1.0; rows.len()];
+        let fast = greedy_rounding(&rows, &weights, 12, 1e-2);
+        let mut picked = vec![0.0; rows.len()];
+        let mut slow = Vec::new();
+        for _ in 0..12 {
+            let l = cholesky(&information(&rows, &picked, 1e-2), 4).unwrap();
+            let best = (0..rows.len())
+                .filter(|&i| picked[i] == 0.0)
+                .max_by(|&a, &b| {
+                    quadratic_inverse(&l, 4, &rows[a])
+                        .total_cmp(&quadratic_inverse(&l, 4, &rows[b]))
+                        .then(b.cmp(&a))
+                })
+                .unwrap();
+            picked[best] = 1.0;
+            slow.push(best);
+        }
+        assert_eq!(fast, slow);
+    }
+
+    #[test]
+    fn principal_directions_find_the_spread_axes() {
+        // Spread 3 along e1, 1 along e2, 0.01 along e3.
+        let rows: Vec<Vec<f64>> = (0..60)
+            .map(|i| {
+                let t = i as f64 / 60.0 * std::f64::consts::TAU;
+                vec![3.0 * t.cos(), t.sin(), 0.01 * (3.0 * t).cos()]
+            })
+            .collect();
+        let dirs = principal_directions(&rows, 2, 200);
+        assert_eq!(dirs.len(), 2);
+        assert!(dirs[0][0].abs() > 0.999, "{:?}", dirs[0]);
+        assert!(dirs[1][1].abs() > 0.999, "{:?}", dirs[1]);
+        let projected = project(&rows, &dirs);
+        assert!((projected[0][0].abs() - 3.0).abs() < 1e-2);
     }
 }

@@ -59,9 +59,11 @@ pub struct RawStage {
     pub description: Option<String>,
 }
 
-/// A group of stages unrolled once per round: `rounds: N` or `foreach: [a, b]`.
+/// A group of stages unrolled once per round: `rounds: N`, `foreach: [a, b]` or
+/// `matrix: {x: [a, b], y: [1, 2]}` (every combination, in the order written).
 /// Inside it, stage names refer to the same round's copies, `${round}` is the 1-based
-/// round number, `${prev}` the previous one and `${item}` the `foreach` value.
+/// round number, `${prev}` the previous one, `${item}` the `foreach` value and
+/// `${item.x}` a `matrix` value.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
@@ -71,6 +73,10 @@ pub struct RawGroup {
     /// The values to iterate over (strings or integers; they become part of stage ids).
     #[serde(default)]
     pub foreach: Option<Vec<Value>>,
+    /// Named lists of values; the group is unrolled once per combination, with stage ids
+    /// `name@a_1`, `name@a_2`, ... (the values joined by `_`, in the order written).
+    #[serde(default)]
+    pub matrix: Option<BTreeMap<String, Vec<Value>>>,
     /// Loop-carried inputs: name -> references used in the first round as `${carry.NAME}`.
     #[serde(default)]
     pub carry: BTreeMap<String, InputValue>,

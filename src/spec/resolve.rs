@@ -69,6 +69,7 @@ pub fn resolve(
     };
     if let Some(stages) = root.get("stages") {
         r.resolve_stages(stages);
+        r.expand_wildcards();
     }
     let (stages, invalid) = (r.stages, r.invalid);
     let seed = raw.as_ref().map(|s| s.seed).unwrap_or(0);
@@ -201,7 +202,7 @@ impl Resolver<'_> {
                 self.invalid.insert(id);
                 continue;
             }
-            if node.get("rounds").is_some() || node.get("foreach").is_some() {
+            if is_group(node) {
                 let inner: Vec<String> = node
                     .get("stages")
                     .map(|s| s.entries().iter().map(|(k, _)| k.scalar_text()).collect())
@@ -228,26 +229,77 @@ impl Resolver<'_> {
         }
     }
 
+    /// `name@*.output` stands for that output of every copy of group stage `name`, in
+    /// round order (an `aggregate` stage's inputs, say).
+    fn expand_wildcards(&mut self) {
+        let ids: Vec<String> = self.stages.iter().map(|s| s.id.clone()).collect();
+        let mut unmatched = Vec::new();
+        for stage in &mut self.stages {
+            for refs in stage.inputs.values_mut() {
+                let mut expanded = Vec::with_capacity(refs.len());
+                for r in refs.drain(..) {
+                    let Some(base) = r.stage.strip_suffix("@*") else {
+                        expanded.push(r);
+                        continue;
+                    };
+                    let prefix = format!("{base}@");
+                    let copies: Vec<&String> =
+                        ids.iter().filter(|id| id.starts_with(&prefix)).collect();
+                    if copies.is_empty() && !self.invalid.iter().any(|id| id.starts_with(&prefix)) {
+                        unmatched.push((r.node_path.clone(), base.to_string()));
+                    }
+                    expanded.extend(copies.into_iter().map(|id| InputRef {
+                        stage: id.clone(),
+                        output: r.output.clone(),
+                        node_path: r.node_path.clone(),
+                    }));
+                }
+                *refs = expanded;
+            }
+        }
+        for (at, base) in unmatched {
+            self.error_at_value(
+                &at,
+                format!("`{base}@*` matches no stage: `{base}` is not a stage of a group"),
+                None,
+            );
+        }
+    }
+
     fn resolve_group(&mut self, id: &str, node: &Node, at: &[PathSeg]) {
         let Some(group) = self.read::<RawGroup>(at, &node.to_json()) else {
             self.invalid.insert(id.to_string());
             return;
         };
-        let items: Vec<Value> = match (&group.rounds, &group.foreach) {
-            (Some(_), Some(_)) => {
-                self.error(
-                    &with(at, "foreach"),
-                    "a group has `rounds` or `foreach`, not both",
-                    None,
-                );
-                return;
-            }
-            (Some(0), None) => {
+        let kinds = [
+            group.rounds.is_some(),
+            group.foreach.is_some(),
+            group.matrix.is_some(),
+        ];
+        if kinds.iter().filter(|&&k| k).count() > 1 {
+            let second = if group.foreach.is_some() && group.matrix.is_some() {
+                "matrix"
+            } else {
+                "foreach"
+            };
+            self.error(
+                &with(at, second),
+                "a group has one of `rounds`, `foreach` or `matrix`",
+                None,
+            );
+            return;
+        }
+        // Each round's item and the pieces of its stage-id suffix.
+        let items: Vec<(Value, Vec<(Value, Vec<PathSeg>)>)> = if let Some(n) = group.rounds {
+            if n == 0 {
                 self.error_at_value(&with(at, "rounds"), "`rounds` must be at least 1", None);
                 return;
             }
-            (Some(n), None) => (1..=i64::from(*n)).map(Value::from).collect(),
-            (None, Some(items)) if items.is_empty() => {
+            (1..=i64::from(n))
+                .map(|i| (Value::from(i), vec![(Value::from(i), with(at, "rounds"))]))
+                .collect()
+        } else if let Some(values) = &group.foreach {
+            if values.is_empty() {
                 self.error_at_value(
                     &with(at, "foreach"),
                     "`foreach` needs at least one value",
@@ -255,8 +307,68 @@ impl Resolver<'_> {
                 );
                 return;
             }
-            (None, Some(items)) => items.clone(),
-            (None, None) => unreachable!("groups are recognised by `rounds` or `foreach`"),
+            values
+                .iter()
+                .enumerate()
+                .map(|(i, v)| {
+                    let v_at = [at, &[PathSeg::Key("foreach".into()), PathSeg::Index(i)]].concat();
+                    (v.clone(), vec![(v.clone(), v_at)])
+                })
+                .collect()
+        } else if let Some(matrix) = &group.matrix {
+            // The names in the order written (the parsed map is sorted).
+            let names: Vec<String> = node
+                .get("matrix")
+                .map(|m| m.entries().iter().map(|(k, _)| k.scalar_text()).collect())
+                .unwrap_or_default();
+            if names.is_empty() || names.iter().any(|n| matrix[n].is_empty()) {
+                self.error_at_value(
+                    &with(at, "matrix"),
+                    "`matrix` needs at least one name, each with at least one value",
+                    None,
+                );
+                return;
+            }
+            let mut combos: Vec<Vec<(String, usize)>> = vec![Vec::new()];
+            for name in &names {
+                combos = combos
+                    .into_iter()
+                    .flat_map(|c| {
+                        (0..matrix[name].len()).map(move |i| {
+                            let mut c = c.clone();
+                            c.push((name.clone(), i));
+                            c
+                        })
+                    })
+                    .collect();
+            }
+            combos
+                .into_iter()
+                .map(|combo| {
+                    let item: serde_json::Map<String, Value> = combo
+                        .iter()
+                        .map(|(n, i)| (n.clone(), matrix[n][*i].clone()))
+                        .collect();
+                    let pieces = combo
+                        .iter()
+                        .map(|(n, i)| {
+                            let v_at = [
+                                at,
+                                &[
+                                    PathSeg::Key("matrix".into()),
+                                    PathSeg::Key(n.clone()),
+                                    PathSeg::Index(*i),
+                                ],
+                            ]
+                            .concat();
+                            (matrix[n][*i].clone(), v_at)
+                        })
+                        .collect();
+                    (Value::Object(item), pieces)
+                })
+                .collect()
+        } else {
+            unreachable!("groups are recognised by `rounds`, `foreach` or `matrix`")
         };
         let siblings: BTreeSet<String> = group.stages.keys().cloned().collect();
         let stage_nodes = node
@@ -279,26 +391,52 @@ impl Resolver<'_> {
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect();
         let mut suffixes = BTreeSet::new();
-        for (i, item) in items.iter().enumerate() {
-            let suffix = match item {
-                Value::String(s)
-                    if is_identifier(s)
-                        || s.chars()
-                            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
-                {
-                    s.clone()
+        for (i, (item, pieces)) in items.iter().enumerate() {
+            let mut parts = Vec::new();
+            for (value, value_at) in pieces {
+                match value {
+                    Value::String(s)
+                        if !s.is_empty()
+                            && s.chars()
+                                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                    {
+                        parts.push(s.clone())
+                    }
+                    Value::Number(n) if n.is_i64() || n.is_u64() => parts.push(n.to_string()),
+                    // A mapping names itself by its `id`; its other fields are
+                    // `${item.NAME.FIELD}` (a noise level with its temperature, say).
+                    Value::Object(map)
+                        if group.matrix.is_some()
+                            && map.get("id").and_then(Value::as_str).is_some_and(|s| {
+                                !s.is_empty()
+                                    && s.chars()
+                                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+                            }) =>
+                    {
+                        parts.push(map["id"].as_str().unwrap_or_default().to_string())
+                    }
+                    other => {
+                        let what = if group.matrix.is_some() {
+                            "matrix"
+                        } else {
+                            "foreach"
+                        };
+                        self.error_at_value(value_at,
+                            format!("`{what}` values become part of stage ids: use strings of letters, digits, `_`, `-` or integers{}, not `{other}`", if group.matrix.is_some() { " (or mappings with such an `id`)" } else { "" }), None);
+                        return;
+                    }
                 }
-                Value::Number(n) if n.is_i64() || n.is_u64() => n.to_string(),
-                other => {
-                    self.error_at_value(&[at, &[PathSeg::Key("foreach".into()), PathSeg::Index(i)]].concat(),
-                        format!("`foreach` values become part of stage ids: use strings of letters, digits, `_`, `-` or integers, not `{other}`"), None);
-                    return;
-                }
-            };
+            }
+            let suffix = parts.join("_");
             if !suffixes.insert(suffix.clone()) {
+                let what = if group.matrix.is_some() {
+                    "matrix"
+                } else {
+                    "foreach"
+                };
                 self.error_at_value(
-                    &with(at, "foreach"),
-                    format!("`foreach` lists `{suffix}` twice"),
+                    &with(at, what),
+                    format!("two rounds would both be `@{suffix}`"),
                     None,
                 );
                 return;
@@ -323,9 +461,9 @@ impl Resolver<'_> {
                     }
                     continue;
                 }
-                if stage_node.get("rounds").is_some() || stage_node.get("foreach").is_some() {
+                if is_group(stage_node) {
                     if i == 0 {
-                        self.error(&stage_at, "groups do not nest: a stage inside a group cannot have `rounds` or `foreach`", None);
+                        self.error(&stage_at, "groups do not nest: a stage inside a group cannot have `rounds`, `foreach` or `matrix`", None);
                     }
                     continue;
                 }
@@ -620,6 +758,32 @@ impl Resolver<'_> {
             ("round", Some(r)) => return Some(Value::from(r.index)),
             ("prev", Some(r)) => return Some(Value::from(r.index - 1)),
             ("item", Some(r)) => return Some(r.item.clone()),
+            (key, Some(r)) if key.starts_with("item.") => {
+                let field = &key["item.".len()..];
+                if let Some(v) = field.split('.').try_fold(&r.item, |v, k| v.get(k)) {
+                    return Some(v.clone());
+                }
+                if let Some((head, _)) = field.split_once('.')
+                    && r.item.get(head).is_some()
+                {
+                    let message = format!("`${{{name}}}`: `${{item.{head}}}` has no such field");
+                    self.error_in_string(at, offset, len, message, None);
+                    return None;
+                }
+                let names: Vec<&str> = r
+                    .item
+                    .as_object()
+                    .map(|m| m.keys().map(String::as_str).collect())
+                    .unwrap_or_default();
+                let help = did_you_mean(field, names.iter().copied());
+                let message = if names.is_empty() {
+                    format!("`${{{name}}}`: `${{item}}` has fields only in a `matrix` group")
+                } else {
+                    format!("`${{{name}}}`: the matrix has no `{field}`")
+                };
+                self.error_in_string(at, offset, len, message, help);
+                return None;
+            }
             ("round" | "prev" | "item", None) => {
                 let message = format!(
                     "`${{{name}}}` is only defined inside a group with `rounds` or `foreach`"
@@ -634,6 +798,7 @@ impl Resolver<'_> {
             "round",
             "prev",
             "item",
+            "item.NAME",
             "carry.NAME",
             "inputs.NAME",
             "outputs.NAME",
@@ -652,6 +817,13 @@ impl Resolver<'_> {
         );
         None
     }
+}
+
+/// A `stages` entry that is a group rather than a stage.
+fn is_group(node: &Node) -> bool {
+    ["rounds", "foreach", "matrix"]
+        .iter()
+        .any(|k| node.get(k).is_some())
 }
 
 fn with(at: &[PathSeg], key: &str) -> Vec<PathSeg> {
@@ -728,10 +900,7 @@ fn apply_overrides(root: &mut Node, overrides: &[String], diags: &mut Vec<Diagno
                             found = Some(vec!["stages".into(), id.clone()]);
                         }
                         all_names.push(id.clone());
-                        if let Some(inner) = v
-                            .get("stages")
-                            .filter(|_| v.get("rounds").is_some() || v.get("foreach").is_some())
-                        {
+                        if let Some(inner) = v.get("stages").filter(|_| is_group(v)) {
                             for (ik, _) in inner.entries() {
                                 let name = ik.scalar_text();
                                 if name == *stage {

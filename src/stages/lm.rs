@@ -168,6 +168,9 @@ pub struct ResumeState<'a> {
 struct ResumeRecord {
     step: usize,
     history: Vec<HistoryRow>,
+    /// A stage's own state beyond model and optimiser (PPO's iteration statistics, say).
+    #[serde(default)]
+    extra: Value,
 }
 
 impl<'a> ResumeState<'a> {
@@ -184,6 +187,18 @@ impl<'a> ResumeState<'a> {
         trainer: &model::train::Trainer,
         history: &[HistoryRow],
     ) -> Result<(), StageError> {
+        self.save_with(trainable, trainer, history, Value::Null)
+    }
+
+    /// As [`ResumeState::save`], with the stage's own state `extra`, saved in the same
+    /// atomic step.
+    pub fn save_with(
+        &self,
+        trainable: &Trainable,
+        trainer: &model::train::Trainer,
+        history: &[HistoryRow],
+        extra: Value,
+    ) -> Result<(), StageError> {
         let tmp = self.dir.join("saving");
         let _ = std::fs::remove_dir_all(&tmp);
         trainable.save(&tmp.join("model")).map_err(failed)?;
@@ -193,6 +208,7 @@ impl<'a> ResumeState<'a> {
         let record = ResumeRecord {
             step: trainer.step,
             history: history.to_vec(),
+            extra,
         };
         std::fs::write(
             tmp.join("state.json"),
@@ -214,6 +230,17 @@ impl<'a> ResumeState<'a> {
         trainable: &Trainable,
         trainer: &mut model::train::Trainer,
     ) -> Result<Option<Vec<HistoryRow>>, StageError> {
+        Ok(self
+            .restore_with(trainable, trainer)?
+            .map(|(history, _)| history))
+    }
+
+    /// As [`ResumeState::restore`], also returning the stage's own state.
+    pub fn restore_with(
+        &self,
+        trainable: &Trainable,
+        trainer: &mut model::train::Trainer,
+    ) -> Result<Option<(Vec<HistoryRow>, Value)>, StageError> {
         let done = self.dir.join("checkpoint");
         let Ok(bytes) = std::fs::read(done.join("state.json")) else {
             return Ok(None);
@@ -235,7 +262,7 @@ impl<'a> ResumeState<'a> {
             .load_state(&done.join("optimizer.safetensors"), record.step)
             .map_err(failed)?;
         tracing::info!(step = record.step, "resumed from checkpoint");
-        Ok(Some(record.history))
+        Ok(Some((record.history, record.extra)))
     }
 }
 
@@ -349,4 +376,131 @@ pub fn reward_input(
     ids.truncate(context.saturating_sub(1));
     ids.push(eot);
     Ok(ids)
+}
+
+/// A reward model's score of one response, and with ABC the attention of its final token
+/// over the response's tokens (the reward model's tokenization).
+pub struct Scored {
+    pub score: f64,
+    pub attention: Option<Vec<f64>>,
+}
+
+/// A fitted reward model ready to score responses: a detached copy, its tokenizer, the
+/// template it was fitted with and its mean-zero offset (from `hone.json`).
+pub struct RewardScorer {
+    model: model::CausalLm,
+    head: candle_core::Tensor,
+    tok: Tokenizer,
+    template: String,
+    offset: f64,
+    eot: u32,
+    context: usize,
+    device: Device,
+}
+
+impl RewardScorer {
+    /// Loads the reward model in `dir`; `template` overrides the one it was fitted with.
+    pub fn load(dir: &Path, template: Option<&str>, device: &Device) -> Result<Self, StageError> {
+        let rm = model::reward::RewardModel::load(dir, 0, device).map_err(failed)?;
+        let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
+        let meta: Value = std::fs::read_to_string(dir.join("hone.json"))
+            .ok()
+            .and_then(|t| serde_json::from_str(&t).ok())
+            .unwrap_or(Value::Null);
+        let template = template
+            .map(str::to_string)
+            .or_else(|| meta["hone"]["template"].as_str().map(str::to_string))
+            .unwrap_or_else(|| "User: {prompt}\nAssistant: {response}".into());
+        if !template.contains("{prompt}") || !template.contains("{response}") {
+            return Err(failed(format!(
+                "`{}`: the reward template `{template}` lacks `{{prompt}}` or `{{response}}`",
+                dir.display()
+            )));
+        }
+        let eot = rm
+            .base
+            .config
+            .eos_token_id()
+            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
+            .unwrap_or(0);
+        Ok(RewardScorer {
+            model: model::CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)
+                .map_err(failed)?,
+            head: rm.head.as_tensor().detach(),
+            offset: meta["hone"]["reward_offset"].as_f64().unwrap_or(0.0),
+            context: rm.base.config.context_len(),
+            tok,
+            template,
+            eot,
+            device: device.clone(),
+        })
+    }
+
+    /// Scores (offset removed) of (prompt, response) pairs; with `attention`, also the
+    /// last layer's attention of the final token over the response, averaged over heads.
+    pub fn score(
+        &self,
+        items: &[(&str, &str)],
+        attention: bool,
+    ) -> Result<Vec<Scored>, StageError> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(32) {
+            let seqs = chunk
+                .iter()
+                .map(|(p, r)| reward_input(&self.tok, &self.template, p, r, self.context, self.eot))
+                .collect::<Result<Vec<_>, _>>()?;
+            let rewards = model::reward::last_hidden(&self.model, &seqs, self.eot, &self.device)
+                .and_then(|h| h.matmul(&self.head.t()?))
+                .and_then(|r| r.squeeze(1))
+                .and_then(|r| r.to_vec1::<f32>())
+                .map_err(failed)?;
+            for ((prompt, _), (seq, r)) in chunk.iter().zip(seqs.iter().zip(rewards)) {
+                let weights = if attention {
+                    Some(self.response_attention(prompt, seq)?)
+                } else {
+                    None
+                };
+                out.push(Scored {
+                    score: f64::from(r) - self.offset,
+                    attention: weights,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn response_attention(&self, prompt: &str, seq: &[u32]) -> Result<Vec<f64>, StageError> {
+        let (before, after) = self
+            .template
+            .split_once("{response}")
+            .expect("checked at load");
+        let start = tokenizer::encode(&self.tok, &before.replace("{prompt}", prompt))
+            .map_err(failed)?
+            .len();
+        let tail = if after.is_empty() {
+            0
+        } else {
+            tokenizer::encode(&self.tok, &after.replace("{prompt}", prompt))
+                .map_err(failed)?
+                .len()
+        };
+        let last = seq.len() - 1; // the end-of-text token, where the reward is read
+        let end = last.saturating_sub(tail).max(start.min(last));
+        let ids = candle_core::Tensor::new(seq, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(failed)?;
+        let probs = self
+            .model
+            .last_attention(&ids)
+            .and_then(|a| a.squeeze(0)) // [heads, t, t]
+            .and_then(|a| a.narrow(1, last, 1)) // the final token's row
+            .and_then(|a| a.squeeze(1))
+            .and_then(|a| a.mean(0)) // [t]
+            .and_then(|a| a.to_vec1::<f32>())
+            .map_err(failed)?;
+        Ok(probs[start.min(end)..end]
+            .iter()
+            .map(|&p| f64::from(p))
+            .collect())
+    }
 }

@@ -4,12 +4,16 @@
 //! Adding a kind: a file here with a type implementing [`StageKind`], one line in
 //! [`registry`], and the schema regenerated with `hone schema` (see CONTRIBUTING.md).
 
+mod aggregate;
 mod annotate;
 mod command;
+mod dpo;
+mod evaluate;
 mod feedback_ingest;
 mod generate;
 mod lm;
 mod odpo_select;
+mod ppo;
 mod pretrain_load;
 mod reward_fit;
 mod sft;
@@ -23,12 +27,16 @@ use serde_json::Value;
 
 use crate::artifact::ArtifactType;
 
+pub use aggregate::{AGGREGATE, Aggregate};
 pub use annotate::{Annotate, ORACLE};
 pub use command::Command;
+pub use dpo::{Dpo, REFERENCE_LOGPROBS};
+pub use evaluate::{EVALUATION, Evaluate};
 pub use feedback_ingest::FeedbackIngest;
 pub use generate::Generate;
 pub use lm::HISTORY;
 pub use odpo_select::{OdpoSelect, PAIRS};
+pub use ppo::{PPO_HISTORY, Ppo};
 pub use pretrain_load::PretrainLoad;
 pub use reward_fit::RewardFit;
 pub use sft::Sft;
@@ -147,6 +155,10 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &Annotate,
         &RewardFit,
         &OdpoSelect,
+        &Ppo,
+        &Dpo,
+        &Evaluate,
+        &Aggregate,
     ]
 }
 

@@ -68,6 +68,11 @@ pub struct SelectParams {
     pub eps: f64,
     #[serde(default = "default_iterations")]
     pub max_iterations: usize,
+    /// `d-optimal`: design over the pair differences' top `dims` principal directions
+    /// instead of all of ψ (ODPO's guarantees grow with the dimension; a design over all
+    /// of a reward model's hidden size spends labels on directions that carry no reward).
+    #[serde(default)]
+    pub dims: Option<usize>,
     /// How the reward model reads a response (as in `reward-fit`).
     #[serde(default = "default_template")]
     pub template: String,
@@ -129,7 +134,8 @@ impl StageKind for OdpoSelect {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: greedy rounding by Sherman-Morrison updates (same picks up to float ties).
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -152,6 +158,9 @@ impl StageKind for OdpoSelect {
         }
         if p.ridge.is_nan() || p.ridge <= 0.0 {
             errors.push(ParamError::new(key("ridge"), "`ridge` must be > 0"));
+        }
+        if p.dims == Some(0) {
+            errors.push(ParamError::new(key("dims"), "`dims` must be at least 1"));
         }
         if p.eps.is_nan() || p.eps <= 0.0 {
             errors.push(ParamError::new(key("eps"), "`eps` must be > 0"));
@@ -222,6 +231,10 @@ impl StageKind for OdpoSelect {
                             .collect()
                     })
                     .collect();
+                let z = match p.dims {
+                    Some(k) => design::project(&z, &design::principal_directions(&z, k, 100)),
+                    None => z,
+                };
                 let design = design::d_optimal(&z, p.ridge, p.eps, p.max_iterations);
                 tracing::info!(
                     iterations = design.iterations,
@@ -252,11 +265,23 @@ impl StageKind for OdpoSelect {
                         "`uncertainty` needs a reward model fitted with `ensemble: 2` or more (it has no `members/`)",
                     ));
                 }
-                // Each member's reward of every candidate: ψ · head.
+                // Each member's reward of every candidate: ψ · head. Members that share
+                // a backbone (`train: head` ensembles) share ψ, computed once.
                 let mut rewards: Vec<Vec<f64>> = Vec::new();
+                let mut shared: Option<(blake3::Hash, Vec<Vec<f64>>)> = None;
                 for member in &members {
-                    let (features, head) =
-                        candidate_features(ctx, &p, member, &candidates, &device)?;
+                    let digest = backbone_digest(member)?;
+                    let (features, head) = match &shared {
+                        Some((d, features)) if *d == digest => {
+                            (features.clone(), member_head(member, &device)?)
+                        }
+                        _ => {
+                            let (features, head) =
+                                candidate_features(ctx, &p, member, &candidates, &device)?;
+                            shared = Some((digest, features.clone()));
+                            (features, head)
+                        }
+                    };
                     rewards.push(
                         features
                             .iter()
@@ -309,6 +334,48 @@ impl StageKind for OdpoSelect {
         writer.finish().map_err(failed)?;
         Ok(())
     }
+}
+
+/// A digest of a reward model's backbone: every tensor but the head, by name.
+fn backbone_digest(dir: &std::path::Path) -> Result<blake3::Hash, StageError> {
+    let tensors =
+        candle_core::safetensors::load(dir.join("model.safetensors"), &candle_core::Device::Cpu)
+            .map_err(|e| failed(format!("`{}`: {e}", dir.display())))?;
+    let mut names: Vec<&String> = tensors.keys().filter(|n| *n != "score.weight").collect();
+    names.sort();
+    let mut hasher = blake3::Hasher::new();
+    for name in names {
+        let values = tensors[name]
+            .to_dtype(candle_core::DType::F32)
+            .and_then(|t| t.flatten_all())
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(failed)?;
+        hasher.update(name.as_bytes());
+        for v in values {
+            hasher.update(&v.to_le_bytes());
+        }
+    }
+    Ok(hasher.finalize())
+}
+
+/// A reward model's scalar head, read from its checkpoint.
+fn member_head(
+    dir: &std::path::Path,
+    device: &candle_core::Device,
+) -> Result<Vec<f64>, StageError> {
+    let tensors = candle_core::safetensors::load(dir.join("model.safetensors"), device)
+        .map_err(|e| failed(format!("`{}`: {e}", dir.display())))?;
+    let head = tensors
+        .get("score.weight")
+        .ok_or_else(|| failed(format!("`{}` has no `score.weight`", dir.display())))?;
+    Ok(head
+        .to_dtype(candle_core::DType::F32)
+        .and_then(|t| t.flatten_all())
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(failed)?
+        .into_iter()
+        .map(f64::from)
+        .collect())
 }
 
 /// ψ(x, a) of every candidate under the reward model in `dir` (its last-layer hidden state

@@ -804,12 +804,12 @@ impl Scorer {
 }
 
 #[derive(Debug, Clone)]
-struct Pair {
-    prompt_id: String,
-    prompt: String,
-    chosen: String,
-    rejected: String,
-    margin: f64,
+pub(super) struct Pair {
+    pub prompt_id: String,
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub margin: f64,
 }
 
 struct ScoreItem {
@@ -827,14 +827,14 @@ struct FlagItem {
 }
 
 /// The labels of a feedback directory, as training items.
-struct Feedback {
-    pairs: Vec<Pair>,
+pub(super) struct Feedback {
+    pub pairs: Vec<Pair>,
     scores: Vec<ScoreItem>,
     flags: Vec<FlagItem>,
 }
 
 impl Feedback {
-    fn read(dir: &std::path::Path, use_margin: bool) -> Result<Feedback, StageError> {
+    pub fn read(dir: &std::path::Path, use_margin: bool) -> Result<Feedback, StageError> {
         let rows = |name: &str| {
             table::read_rows(&dir.join(format!("{name}.parquet")))
                 .map_err(|e| failed(format!("`{}`: {e}", dir.join(name).display())))

@@ -1,10 +1,12 @@
 //! Integration tests: the real `hone` binary on real files in temporary workspaces.
 
+mod aggregate;
 mod annotate;
 mod crash;
 mod feedback;
 mod lm_stages;
 mod models;
+mod policy;
 mod run;
 mod support;
 mod validate;

@@ -207,3 +207,52 @@ stages:
         "base\ngen 1\nppo 1 after 0\ngen 2\nppo 2 after 1\ngen 3\nppo 3 after 2\n"
     );
 }
+
+#[test]
+fn a_matrix_unrolls_every_combination_and_star_collects_them() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        r#"name: sweep
+stages:
+  sweep:
+    matrix: { method: [d-optimal, uniform], seed: [1, 2, 3] }
+    stages:
+      cell:
+        kind: command
+        with: { cmd: "echo ${item.method} ${item.seed} ${round} > ${outputs.out}", outputs: { out: files } }
+  all:
+    kind: command
+    inputs: { runs: cell@*.out }
+    with: { cmd: "cat ${inputs.runs} > ${outputs.out}", outputs: { out: files } }
+"#,
+    );
+    let plan = ws.ok(&["plan", "p.yaml"]).stdout;
+    assert!(plan.contains("cell@d-optimal_1 (command)"), "{plan}");
+    assert!(plan.contains("cell@uniform_3 (command)"), "{plan}");
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let out = ws.ok(&["show", "p.yaml", "all.out", "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        ws.read(v["outputs"][0]["path"].as_str().unwrap()),
+        "d-optimal 1 1\nd-optimal 2 2\nd-optimal 3 3\nuniform 1 4\nuniform 2 5\nuniform 3 6\n",
+        "every combination, in the order written, collected in round order"
+    );
+    // A misspelt matrix name and a star that matches nothing are errors with a place.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml")
+            .replace("${item.method}", "${item.methd}")
+            .replace("cell@*", "cel@*"),
+    );
+    let out = ws.hone(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("the matrix has no `methd`")
+            && out.stderr.contains("did you mean `method`?")
+            && out.stderr.contains("`cel@*` matches no stage")
+            && out.stderr.contains("p.yaml:11:"),
+        "{}",
+        out.stderr
+    );
+}

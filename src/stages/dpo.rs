@@ -1,0 +1,427 @@
+//! `dpo`: direct preference optimisation on the feedback's pairs (comparisons, and
+//! rankings as all their pairs). The reference model's log-probabilities of every pair are
+//! computed once, before training, and written as the `reference_logprobs` table; the loss
+//! (sigmoid with label smoothing, or IPO) is in `rl::dpo`.
+
+use arrow::array::ArrayRef;
+use candle_core::{Device, Tensor};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::lm::{self, failed};
+use super::reward_fit::{Feedback, Pair};
+use super::sft::epoch_batches;
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::table::{
+    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
+};
+use crate::model::train::{Schedule, Trainer, token_logprobs};
+use crate::model::{CausalLm, tokenizer};
+use crate::rl::dpo::{DpoLoss, dpo_loss};
+use crate::spec::node::PathSeg;
+
+pub struct Dpo;
+
+fn default_beta() -> f64 {
+    0.1
+}
+fn default_epochs() -> usize {
+    1
+}
+fn default_batch() -> usize {
+    8
+}
+fn default_lr() -> f64 {
+    5e-5
+}
+fn default_warmup() -> usize {
+    5
+}
+fn default_clip() -> f64 {
+    1.0
+}
+fn default_template() -> String {
+    "User: {prompt}\nAssistant:".into()
+}
+fn default_checkpoint_every() -> usize {
+    50
+}
+
+/// Parameters of a `dpo` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DpoParams {
+    /// β: how far the policy may move from the reference per unit of preference.
+    #[serde(default = "default_beta")]
+    pub beta: f64,
+    /// `sigmoid` (DPO) or `ipo`.
+    #[serde(default)]
+    pub loss: DpoLoss,
+    /// The assumed share of flipped labels (conservative DPO); sigmoid loss only.
+    #[serde(default)]
+    pub label_smoothing: f64,
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default)]
+    pub max_steps: Option<usize>,
+    /// Pairs per step.
+    #[serde(default = "default_batch")]
+    pub batch_size: usize,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_warmup")]
+    pub warmup_steps: usize,
+    #[serde(default = "default_clip")]
+    pub max_grad_norm: f64,
+    /// How a prompt is put to the policy (as in `sft`); the response follows after a
+    /// space, then end-of-text.
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default = "lm::default_device")]
+    pub device: String,
+}
+
+pub static REFERENCE_LOGPROBS: TableKind = TableKind {
+    name: "reference-logprobs",
+    version: 1,
+    doc: "the reference model's summed log-probabilities of each preference pair's responses",
+    columns: &[
+        Column::new("prompt_id", Utf8, false, "prompt identifier"),
+        Column::new("prompt", Utf8, false, "the prompt text"),
+        Column::new("chosen", Utf8, false, "the preferred response"),
+        Column::new("rejected", Utf8, false, "the other response"),
+        Column::new(
+            "chosen_logprob",
+            Float64,
+            false,
+            "log π_ref(chosen | prompt), summed over tokens",
+        ),
+        Column::new(
+            "rejected_logprob",
+            Float64,
+            false,
+            "log π_ref(rejected | prompt)",
+        ),
+    ],
+};
+
+struct RefRow<'a> {
+    pair: &'a Pair,
+    chosen: f64,
+    rejected: f64,
+}
+
+impl TableRow for RefRow<'_> {
+    const KIND: &'static TableKind = &REFERENCE_LOGPROBS;
+    fn columns(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![
+            col::utf8(rows.iter().map(|r| r.pair.prompt_id.as_str())),
+            col::utf8(rows.iter().map(|r| r.pair.prompt.as_str())),
+            col::utf8(rows.iter().map(|r| r.pair.chosen.as_str())),
+            col::utf8(rows.iter().map(|r| r.pair.rejected.as_str())),
+            col::f64(rows.iter().map(|r| r.chosen)),
+            col::f64(rows.iter().map(|r| r.rejected)),
+        ]
+    }
+}
+
+impl StageKind for Dpo {
+    fn name(&self) -> &'static str {
+        "dpo"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "optimise a policy directly on preference pairs (DPO, IPO, label smoothing)"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<DpoParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: DpoParams = parse_params(params)?;
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let mut errors = Vec::new();
+        for (name, value) in [
+            ("epochs", p.epochs),
+            ("batch_size", p.batch_size),
+            ("checkpoint_every", p.checkpoint_every),
+        ] {
+            if value == 0 {
+                errors.push(ParamError::new(
+                    key(name),
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
+        }
+        if p.beta.is_nan() || p.beta <= 0.0 {
+            errors.push(ParamError::new(key("beta"), "`beta` must be > 0"));
+        }
+        if !(0.0..0.5).contains(&p.label_smoothing) {
+            errors.push(ParamError::new(
+                key("label_smoothing"),
+                "`label_smoothing` must be in [0, 0.5)",
+            ));
+        }
+        if !p.template.contains("{prompt}") {
+            errors.push(ParamError::new(
+                key("template"),
+                "`template` must contain `{prompt}`",
+            ));
+        }
+        lm::check_device(&p.device, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut reference = Port::new("reference", ArtifactType::CausalLm);
+        reference.required = false;
+        Ok(Signature {
+            inputs: vec![
+                Port::new("policy", ArtifactType::CausalLm),
+                Port::new("feedback", ArtifactType::Feedback),
+                reference,
+            ],
+            open_inputs: false,
+            outputs: vec![
+                Port::new("policy", ArtifactType::CausalLm),
+                Port::new(
+                    "reference_logprobs",
+                    ArtifactType::Table(Some("reference-logprobs".into())),
+                ),
+                Port::new("metrics", ArtifactType::Metrics),
+            ],
+            deps: Vec::new(),
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: DpoParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let device = lm::device(&p.device)?;
+        let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
+        let reference_port = if ctx.inputs.contains_key("reference") {
+            "reference"
+        } else {
+            "policy"
+        };
+        // Loaded on its own: a detached copy of the policy would share its storage.
+        let reference = lm::load_input(ctx, reference_port, &device)?
+            .0
+            .frozen()
+            .map_err(failed)?;
+        let eot = policy
+            .config
+            .eos_token_id()
+            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
+            .unwrap_or(0);
+        let context = policy.config.context_len();
+        let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
+        let pairs = Feedback::read(&feedback_dir, false)?.pairs;
+        if pairs.is_empty() {
+            return Err(failed(format!(
+                "no pairs in `{}` (comparisons and rankings)",
+                feedback_dir.display()
+            )));
+        }
+        // (tokens, first response token) of each pair's chosen and rejected answers.
+        let encode = |prompt: &str, response: &str| -> Result<(Vec<u32>, usize), StageError> {
+            let mut tokens =
+                tokenizer::encode(&tok, &p.template.replace("{prompt}", prompt)).map_err(failed)?;
+            let start = tokens.len();
+            tokens.extend(tokenizer::encode(&tok, &format!(" {response}")).map_err(failed)?);
+            tokens.push(eot);
+            tokens.truncate(context);
+            if start + 1 >= tokens.len() {
+                return Err(failed(format!(
+                    "a prompt fills the model's context of {context}: `{prompt}`"
+                )));
+            }
+            Ok((tokens, start))
+        };
+        let examples: Vec<[(Vec<u32>, usize); 2]> = pairs
+            .iter()
+            .map(|x| {
+                Ok([
+                    encode(&x.prompt, &x.chosen)?,
+                    encode(&x.prompt, &x.rejected)?,
+                ])
+            })
+            .collect::<Result<_, StageError>>()?;
+
+        // The reference's log-probabilities, once.
+        let mut reference_sums: Vec<[f64; 2]> = Vec::with_capacity(examples.len());
+        for (n, chunk) in examples.chunks(16).enumerate() {
+            if ctx.cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let seqs: Vec<&(Vec<u32>, usize)> = chunk.iter().flat_map(|e| e.iter()).collect();
+            let sums = response_logprobs(&reference, &seqs, eot, &device)?
+                .to_vec1::<f32>()
+                .map_err(failed)?;
+            reference_sums.extend(sums.chunks(2).map(|s| [f64::from(s[0]), f64::from(s[1])]));
+            ctx.report(
+                ((n + 1) * 16).min(examples.len()) as u64,
+                examples.len() as u64,
+            );
+        }
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        let mut writer: TableWriter<RefRow> = TableWriter::create(
+            &ctx.workspace.join(&ctx.outputs["reference_logprobs"]),
+            &provenance,
+        )
+        .map_err(failed)?;
+        for (pair, sums) in pairs.iter().zip(&reference_sums) {
+            writer
+                .push(RefRow {
+                    pair,
+                    chosen: sums[0],
+                    rejected: sums[1],
+                })
+                .map_err(failed)?;
+        }
+        writer.finish().map_err(failed)?;
+
+        // Batches of pairs, ordered by length within a seeded shuffle (as `sft`).
+        let by_length: Vec<(Vec<u32>, usize)> = examples
+            .iter()
+            .map(|e| (vec![0; e[0].0.len().max(e[1].0.len())], 0))
+            .collect();
+        let per_epoch = by_length.len().div_ceil(p.batch_size);
+        let total = (per_epoch * p.epochs).min(p.max_steps.unwrap_or(usize::MAX));
+        let schedule = Schedule {
+            peak_lr: p.lr,
+            warmup_steps: p.warmup_steps.min(total),
+            total_steps: total,
+            final_fraction: 0.1,
+        };
+        let mut trainer = Trainer::new(
+            Trainer::named_vars(&policy.varmap),
+            schedule,
+            0.0,
+            Some(p.max_grad_norm),
+        )
+        .map_err(failed)?;
+        let history = lm::train_with_loss(
+            ctx,
+            ctx.resume_dir,
+            &policy,
+            &mut trainer,
+            total,
+            p.checkpoint_every,
+            "dpo",
+            |step| {
+                let batch = &epoch_batches(&by_length, p.batch_size, ctx.seed, step / per_epoch)
+                    [step % per_epoch];
+                let seqs: Vec<&(Vec<u32>, usize)> =
+                    batch.iter().flat_map(|&i| examples[i].iter()).collect();
+                let sums = response_logprobs(&policy.model, &seqs, eot, &device)?
+                    .reshape((batch.len(), 2))
+                    .map_err(failed)?;
+                let column = |t: &Tensor, k: usize| {
+                    t.narrow(1, k, 1).and_then(|c| c.squeeze(1)).map_err(failed)
+                };
+                let refs: Vec<f32> = batch
+                    .iter()
+                    .flat_map(|&i| reference_sums[i].map(|v| v as f32))
+                    .collect();
+                let refs = Tensor::from_vec(refs, (batch.len(), 2), &device).map_err(failed)?;
+                let (loss, _) = dpo_loss(
+                    &column(&sums, 0)?,
+                    &column(&sums, 1)?,
+                    &column(&refs, 0)?,
+                    &column(&refs, 1)?,
+                    p.beta,
+                    p.label_smoothing,
+                    p.loss,
+                )
+                .map_err(failed)?;
+                Ok((loss, batch.len() as u64))
+            },
+        )?;
+
+        // Implicit-reward accuracy on the pairs: how often β·(log π - log π_ref) ranks the
+        // chosen response first.
+        let frozen = policy.frozen().map_err(failed)?;
+        let (mut correct, mut margin_sum) = (0usize, 0.0);
+        for (chunk, refs) in examples.chunks(16).zip(reference_sums.chunks(16)) {
+            let seqs: Vec<&(Vec<u32>, usize)> = chunk.iter().flat_map(|e| e.iter()).collect();
+            let sums = response_logprobs(&frozen, &seqs, eot, &device)?
+                .to_vec1::<f32>()
+                .map_err(failed)?;
+            for (s, r) in sums.chunks(2).zip(refs) {
+                let margin = p.beta * ((f64::from(s[0]) - r[0]) - (f64::from(s[1]) - r[1]));
+                correct += usize::from(margin > 0.0);
+                margin_sum += margin;
+            }
+        }
+        let out = ctx.workspace.join(&ctx.outputs["policy"]);
+        lm::write_model(
+            &out,
+            &policy,
+            &tok,
+            json!({"hone": {"stage": "dpo", "template": p.template}}),
+        )?;
+        let summary = json!({
+            "pairs": pairs.len(),
+            "steps": history.len(),
+            "loss": p.loss,
+            "beta": p.beta,
+            "final_loss": lm::final_loss(&history),
+            "implicit_reward_accuracy": correct as f64 / pairs.len() as f64,
+            "mean_margin": margin_sum / pairs.len() as f64,
+        });
+        lm::write_metrics(
+            &ctx.workspace.join(&ctx.outputs["metrics"]),
+            &summary,
+            &history,
+            &provenance,
+        )?;
+        Ok(())
+    }
+}
+
+/// Summed log-probabilities [n] of each sequence's response (tokens from its start index).
+fn response_logprobs(
+    model: &CausalLm,
+    sequences: &[&(Vec<u32>, usize)],
+    pad: u32,
+    device: &Device,
+) -> Result<Tensor, StageError> {
+    let len = sequences
+        .iter()
+        .map(|(t, _)| t.len())
+        .max()
+        .unwrap_or(2)
+        .max(2);
+    let mut ids = Vec::with_capacity(sequences.len() * len);
+    let mut mask = Vec::with_capacity(sequences.len() * (len - 1));
+    for (tokens, start) in sequences {
+        ids.extend(tokens.iter().copied());
+        ids.extend(std::iter::repeat_n(pad, len - tokens.len()));
+        // Index j predicts token j + 1: response tokens are start..tokens.len().
+        mask.extend((0..len - 1).map(|j| {
+            if j + 1 >= *start && j + 1 < tokens.len() {
+                1f32
+            } else {
+                0.0
+            }
+        }));
+    }
+    let n = sequences.len();
+    let ids = Tensor::from_vec(ids, (n, len), device).map_err(failed)?;
+    let mask = Tensor::from_vec(mask, (n, len - 1), device).map_err(failed)?;
+    let (logp, _) = token_logprobs(model, &ids, 1.0).map_err(failed)?;
+    (logp * mask).and_then(|t| t.sum(1)).map_err(failed)
+}

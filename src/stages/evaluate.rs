@@ -1,0 +1,713 @@
+//! `evaluate`: what training did to the policies. Each policy answers the same held-out
+//! prompts with the same random streams; hone measures the reward model's score, in the
+//! HHH world the oracle's reward, its three axes and flag rates, the KL to the reference,
+//! length, and win rates against the first policy (by the oracle and by the reward model).
+//! Metrics go to JSON and Parquet; an HTML page with charts (training curves from the
+//! stages' histories, win rates) and sample responses opens offline.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use arrow::array::ArrayRef;
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::generate::read_prompts;
+use super::lm::{self, RewardScorer, failed};
+use super::ppo::{cut_response, per_token};
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::table::{
+    self, Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
+};
+use crate::model::sample::{SampleParams, sample};
+use crate::model::tokenizer;
+use crate::report::{self, svg};
+use crate::spec::node::PathSeg;
+use crate::world::{World, oracle};
+
+pub struct Evaluate;
+
+fn default_prompts() -> String {
+    "data/hhh/eval_prompts.jsonl".into()
+}
+fn default_template() -> String {
+    "User: {prompt}\nAssistant:".into()
+}
+fn default_stop() -> Vec<String> {
+    vec!["\nUser:".into()]
+}
+fn default_max_new() -> usize {
+    24
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_samples() -> usize {
+    1
+}
+fn default_world() -> Option<String> {
+    Some("data/hhh/facts.jsonl".into())
+}
+
+/// Parameters of an `evaluate` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EvaluateParams {
+    /// The policies, by the input ports that bind them; the first is the baseline that win
+    /// rates compare with (and the KL reference, unless `reference` is bound).
+    pub policies: Vec<String>,
+    /// Held-out prompts (JSONL with `text` or `prompt`, optional `id`).
+    #[serde(default = "default_prompts")]
+    pub prompts: String,
+    #[serde(default)]
+    pub max_prompts: Option<usize>,
+    #[serde(default = "default_samples")]
+    pub samples_per_prompt: usize,
+    #[serde(default = "default_template")]
+    pub template: String,
+    #[serde(default = "default_stop")]
+    pub stop: Vec<String>,
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Sampling temperature (KL is measured under the same temperature).
+    #[serde(default = "default_one")]
+    pub temperature: f64,
+    /// The HHH world's fact table, for the oracle; `null` for no oracle (data from outside
+    /// the world).
+    #[serde(default = "default_world")]
+    pub world: Option<String>,
+    /// How the reward model reads a response (default: the one it was fitted with).
+    #[serde(default)]
+    pub reward_template: Option<String>,
+    /// How many sample responses per policy the report shows.
+    #[serde(default = "default_report_samples")]
+    pub report_samples: usize,
+    #[serde(default = "lm::default_device")]
+    pub device: String,
+}
+
+fn default_report_samples() -> usize {
+    8
+}
+
+const FIXED_PORTS: [&str; 3] = ["reward_model", "reference", "histories"];
+
+pub static EVALUATION: TableKind = TableKind {
+    name: "evaluation",
+    version: 1,
+    doc: "every evaluated response: its policy, scores and flags",
+    columns: &[
+        Column::new("policy", Utf8, false, "the policy's name (its input port)"),
+        Column::new("prompt_id", Utf8, false, "prompt identifier"),
+        Column::new("prompt", Utf8, false, "the prompt text"),
+        Column::new("sample", UInt64, false, "sample index for the prompt"),
+        Column::new("response", Utf8, false, "the response"),
+        Column::new("tokens", UInt64, false, "response length in tokens"),
+        Column::new("ended", Boolean, false, "ended by EOS or a stop string"),
+        Column::new(
+            "kl",
+            Float64,
+            false,
+            "log π - log π_ref summed over the response (nats)",
+        ),
+        Column::new(
+            "rm_score",
+            Float64,
+            true,
+            "the reward model's score, offset removed",
+        ),
+        Column::new(
+            "oracle_reward",
+            Float64,
+            true,
+            "the HHH oracle's true reward",
+        ),
+        Column::new("helpfulness", Float64, true, "oracle axis, [0, 1]"),
+        Column::new("honesty", Float64, true, "oracle axis, [0, 1]"),
+        Column::new("harmlessness", Float64, true, "oracle axis, [0, 1]"),
+        Column::new("hallucination", Boolean, true, "oracle flag"),
+        Column::new("bias", Boolean, true, "oracle flag"),
+        Column::new("unsafe", Boolean, true, "oracle flag"),
+    ],
+};
+
+#[derive(Debug, Clone)]
+struct Row {
+    policy: String,
+    prompt_id: String,
+    prompt: String,
+    sample: u64,
+    response: String,
+    tokens: u64,
+    ended: bool,
+    kl: f64,
+    rm_score: Option<f64>,
+    oracle: Option<oracle::OracleScore>,
+}
+
+impl TableRow for Row {
+    const KIND: &'static TableKind = &EVALUATION;
+    fn columns(rows: &[Self]) -> Vec<ArrayRef> {
+        let o =
+            |f: fn(&oracle::OracleScore) -> f64| rows.iter().map(move |r| r.oracle.as_ref().map(f));
+        let flag = |f: fn(&oracle::OracleScore) -> bool| {
+            rows.iter().map(move |r| r.oracle.as_ref().map(f))
+        };
+        vec![
+            col::utf8(rows.iter().map(|r| r.policy.as_str())),
+            col::utf8(rows.iter().map(|r| r.prompt_id.as_str())),
+            col::utf8(rows.iter().map(|r| r.prompt.as_str())),
+            col::u64(rows.iter().map(|r| r.sample)),
+            col::utf8(rows.iter().map(|r| r.response.as_str())),
+            col::u64(rows.iter().map(|r| r.tokens)),
+            col::bool(rows.iter().map(|r| r.ended)),
+            col::f64(rows.iter().map(|r| r.kl)),
+            col::f64_opt(rows.iter().map(|r| r.rm_score)),
+            col::f64_opt(o(|s| s.reward)),
+            col::f64_opt(o(|s| s.helpfulness)),
+            col::f64_opt(o(|s| s.honesty)),
+            col::f64_opt(o(|s| s.harmlessness)),
+            col::bool_opt(flag(|s| s.flags.hallucination)),
+            col::bool_opt(flag(|s| s.flags.bias)),
+            col::bool_opt(flag(|s| s.flags.unsafe_advice)),
+        ]
+    }
+}
+
+impl StageKind for Evaluate {
+    fn name(&self) -> &'static str {
+        "evaluate"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "compare policies on held-out prompts: reward-model score, oracle reward and axes, KL, win rates; HTML report"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<EvaluateParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: EvaluateParams = parse_params(params)?;
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let mut errors = Vec::new();
+        if p.policies.is_empty() {
+            errors.push(ParamError::new(
+                key("policies"),
+                "`policies` needs at least one name",
+            ));
+        }
+        for (i, name) in p.policies.iter().enumerate() {
+            let at = vec![PathSeg::Key("policies".into()), PathSeg::Index(i)];
+            if FIXED_PORTS.contains(&name.as_str()) {
+                errors.push(ParamError::new(
+                    at,
+                    format!("`{name}` is one of evaluate's own inputs; name the policy otherwise"),
+                ));
+            } else if !crate::spec::is_identifier(name) {
+                errors.push(ParamError::new(
+                    at,
+                    format!("`{name}` must be letters, digits, `_` or `-` (it names an input)"),
+                ));
+            } else if p.policies[..i].contains(name) {
+                errors.push(ParamError::new(at, format!("`{name}` is listed twice")));
+            }
+        }
+        for (name, value) in [
+            ("max_new_tokens", p.max_new_tokens),
+            ("samples_per_prompt", p.samples_per_prompt),
+        ] {
+            if value == 0 {
+                errors.push(ParamError::new(
+                    key(name),
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
+        }
+        if p.temperature.is_nan() || p.temperature <= 0.0 {
+            errors.push(ParamError::new(
+                key("temperature"),
+                "`temperature` must be > 0 (KL needs a sampling distribution)",
+            ));
+        }
+        if !p.template.contains("{prompt}") {
+            errors.push(ParamError::new(
+                key("template"),
+                "`template` must contain `{prompt}`",
+            ));
+        }
+        lm::check_device(&p.device, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut inputs: Vec<Port> = p
+            .policies
+            .iter()
+            .map(|name| Port::new(name, ArtifactType::CausalLm))
+            .collect();
+        let mut reward_model = Port::new("reward_model", ArtifactType::RewardModel);
+        reward_model.required = false;
+        let mut reference = Port::new("reference", ArtifactType::CausalLm);
+        reference.required = false;
+        let mut histories = Port::new("histories", ArtifactType::Metrics);
+        histories.required = false;
+        histories.many = true;
+        inputs.extend([reward_model, reference, histories]);
+        let mut deps = vec![p.prompts];
+        deps.extend(p.world);
+        Ok(Signature {
+            inputs,
+            open_inputs: false,
+            outputs: vec![
+                Port::new("metrics", ArtifactType::Metrics),
+                Port::new("report", ArtifactType::Report),
+            ],
+            deps,
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: EvaluateParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let device = lm::device(&p.device)?;
+        let world = match &p.world {
+            Some(path) => {
+                let text = std::fs::read_to_string(ctx.workspace.join(path))
+                    .map_err(|e| failed(format!("reading `{path}`: {e}")))?;
+                Some(World::from_facts_jsonl(&text).map_err(|e| failed(format!("`{path}`: {e}")))?)
+            }
+            None => None,
+        };
+        let scorer = match ctx.inputs.get("reward_model").and_then(|r| r.first()) {
+            Some(dir) => Some(RewardScorer::load(
+                &ctx.workspace.join(dir),
+                p.reward_template.as_deref(),
+                &device,
+            )?),
+            None => None,
+        };
+        let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
+        if let Some(n) = p.max_prompts {
+            prompts.truncate(n);
+        }
+        let reference_port = if ctx.inputs.contains_key("reference") {
+            "reference"
+        } else {
+            p.policies[0].as_str()
+        };
+        let reference = lm::load_input(ctx, reference_port, &device)?
+            .0
+            .frozen()
+            .map_err(failed)?;
+        let total = (p.policies.len() * prompts.len()) as u64;
+        let mut rows: Vec<Row> = Vec::new();
+        for (pi, name) in p.policies.iter().enumerate() {
+            let (policy, tok) = lm::load_input(ctx, name, &device)?;
+            let model = policy.frozen().map_err(failed)?;
+            let eos = policy
+                .config
+                .eos_token_id()
+                .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
+                .unwrap_or(0);
+            let params = SampleParams {
+                temperature: p.temperature,
+                top_k: None,
+                top_p: None,
+                max_new_tokens: p.max_new_tokens,
+                eos_token_id: Some(eos),
+            };
+            let mut responses = Vec::new();
+            let mut sequences = Vec::new();
+            for (n, (id, text)) in prompts.iter().enumerate() {
+                if ctx.cancelled() {
+                    return Err(StageError::Cancelled);
+                }
+                let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text))
+                    .map_err(failed)?;
+                if ids.len() + p.max_new_tokens > policy.config.context_len() {
+                    return Err(failed(format!(
+                        "prompt `{id}` has {} tokens; with {} new ones it exceeds `{name}`'s context of {}",
+                        ids.len(),
+                        p.max_new_tokens,
+                        policy.config.context_len()
+                    )));
+                }
+                for k in 0..p.samples_per_prompt {
+                    // The same stream for every policy: differences come from the policies.
+                    let seed = crate::spec::derive_seed(ctx.seed, &format!("{id}/{k}"));
+                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                    let s = sample(&model, &ids, &params, &mut rng, &device).map_err(failed)?;
+                    let (tokens, ended, response) = cut_response(&tok, s.tokens, eos, &p.stop)?;
+                    let mut all = ids.clone();
+                    all.extend(&tokens);
+                    sequences.push((all, ids.len()));
+                    responses.push((
+                        id.clone(),
+                        text.clone(),
+                        k,
+                        response,
+                        tokens.len(),
+                        ended || s.stopped_at_eos,
+                    ));
+                }
+                ctx.report((pi * prompts.len() + n + 1) as u64, total);
+            }
+            let own = per_token(&model, None, &sequences, eos, p.temperature, &device)?;
+            let against = per_token(&reference, None, &sequences, eos, p.temperature, &device)?;
+            let scores: Option<Vec<f64>> = match &scorer {
+                Some(s) => Some(
+                    s.score(
+                        &responses
+                            .iter()
+                            .map(|r| (r.1.as_str(), r.3.as_str()))
+                            .collect::<Vec<_>>(),
+                        false,
+                    )?
+                    .into_iter()
+                    .map(|x| x.score)
+                    .collect(),
+                ),
+                None => None,
+            };
+            for (k, (id, text, sample_index, response, n_tokens, ended)) in
+                responses.into_iter().enumerate()
+            {
+                let kl: f64 = own[k].0.iter().zip(&against[k].0).map(|(a, b)| a - b).sum();
+                rows.push(Row {
+                    policy: name.clone(),
+                    oracle: world.as_ref().map(|w| oracle::score(w, &text, &response)),
+                    prompt_id: id,
+                    prompt: text,
+                    sample: sample_index as u64,
+                    response,
+                    tokens: n_tokens as u64,
+                    ended,
+                    kl,
+                    rm_score: scores.as_ref().map(|s| s[k]),
+                });
+            }
+            tracing::info!(policy = %name, "evaluated");
+        }
+
+        // Per-policy summaries and win rates against the baseline.
+        let baseline = &p.policies[0];
+        let by_policy = |name: &str| rows.iter().filter(|r| r.policy == name).collect::<Vec<_>>();
+        let stat = |values: Vec<f64>| {
+            let (mean, se) = report::mean_se(&values);
+            json!({"mean": mean, "se": if se.is_finite() { json!(se) } else { json!(null) }})
+        };
+        let win_rate =
+            |mine: &[&Row], base: &[&Row], f: &dyn Fn(&Row) -> Option<f64>| -> Option<f64> {
+                let pairs: Vec<(f64, f64)> = mine
+                    .iter()
+                    .zip(base)
+                    .filter_map(|(a, b)| Some((f(a)?, f(b)?)))
+                    .collect();
+                if pairs.is_empty() {
+                    return None;
+                }
+                let wins: f64 = pairs
+                    .iter()
+                    .map(|(a, b)| {
+                        if a > b {
+                            1.0
+                        } else if a == b {
+                            0.5
+                        } else {
+                            0.0
+                        }
+                    })
+                    .sum();
+                Some(wins / pairs.len() as f64)
+            };
+        let base_rows = by_policy(baseline);
+        let mut policies = serde_json::Map::new();
+        for name in &p.policies {
+            let mine = by_policy(name);
+            let values = |f: fn(&Row) -> Option<f64>| -> Vec<f64> {
+                mine.iter().filter_map(|r| f(r)).collect()
+            };
+            let rate = |f: fn(&oracle::OracleScore) -> bool| -> Value {
+                let flags: Vec<bool> = mine
+                    .iter()
+                    .filter_map(|r| r.oracle.as_ref().map(f))
+                    .collect();
+                if flags.is_empty() {
+                    json!(null)
+                } else {
+                    json!(flags.iter().filter(|&&b| b).count() as f64 / flags.len() as f64)
+                }
+            };
+            let mut entry = json!({
+                "responses": mine.len(),
+                "kl": stat(values(|r| Some(r.kl))),
+                "tokens": stat(values(|r| Some(r.tokens as f64))),
+                "ended_rate": mine.iter().filter(|r| r.ended).count() as f64 / mine.len().max(1) as f64,
+            });
+            if scorer.is_some() {
+                entry["rm_score"] = stat(values(|r| r.rm_score));
+                entry["win_rate_rm"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r.rm_score));
+            }
+            if world.is_some() {
+                entry["oracle_reward"] = stat(values(|r| r.oracle.as_ref().map(|o| o.reward)));
+                entry["helpfulness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.helpfulness)));
+                entry["honesty"] = stat(values(|r| r.oracle.as_ref().map(|o| o.honesty)));
+                entry["harmlessness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.harmlessness)));
+                entry["hallucination_rate"] = rate(|o| o.flags.hallucination);
+                entry["bias_rate"] = rate(|o| o.flags.bias);
+                entry["unsafe_rate"] = rate(|o| o.flags.unsafe_advice);
+                entry["win_rate_oracle"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r
+                    .oracle
+                    .as_ref()
+                    .map(|o| o.reward)));
+            }
+            policies.insert(name.clone(), entry);
+        }
+        let summary = json!({
+            "baseline": baseline,
+            "prompts": prompts.len(),
+            "samples_per_prompt": p.samples_per_prompt,
+            "temperature": p.temperature,
+            "policies": policies,
+        });
+
+        let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
+        std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
+        std::fs::write(
+            metrics_dir.join("summary.json"),
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&summary).map_err(failed)?
+            ),
+        )
+        .map_err(failed)?;
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        let mut writer: TableWriter<Row> =
+            TableWriter::create(&metrics_dir.join("samples.parquet"), &provenance)
+                .map_err(failed)?;
+        for row in &rows {
+            writer.push(row.clone()).map_err(failed)?;
+        }
+        writer.finish().map_err(failed)?;
+
+        let histories: Vec<(String, Vec<serde_json::Map<String, Value>>)> = ctx
+            .inputs
+            .get("histories")
+            .map(|dirs| {
+                dirs.iter()
+                    .filter_map(|d| {
+                        let path = ctx.workspace.join(d).join("history.parquet");
+                        let rows = table::read_rows(&path).ok()?;
+                        Some((
+                            table::written_by(&path).unwrap_or_else(|| d.display().to_string()),
+                            rows,
+                        ))
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let report_dir = ctx.workspace.join(&ctx.outputs["report"]);
+        std::fs::create_dir_all(&report_dir).map_err(failed)?;
+        std::fs::write(
+            report_dir.join("index.html"),
+            html(&p, &summary, &rows, &histories),
+        )
+        .map_err(failed)?;
+        Ok(())
+    }
+}
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+}
+
+fn cell(v: &Value) -> String {
+    match v {
+        Value::Object(m) if m.contains_key("mean") => {
+            let mean = m["mean"].as_f64().unwrap_or(f64::NAN);
+            match m["se"].as_f64() {
+                Some(se) => format!("{mean:.3} ± {:.3}", 2.0 * se),
+                None => format!("{mean:.3}"),
+            }
+        }
+        Value::Number(n) => format!("{:.3}", n.as_f64().unwrap_or(f64::NAN)),
+        Value::Null => "—".into(),
+        other => esc(&other.to_string()),
+    }
+}
+
+/// Training curves: one chart per measure found in the histories (PPO's score and KL per
+/// iteration; a loss per step otherwise).
+fn curves(histories: &[(String, Vec<serde_json::Map<String, Value>>)]) -> String {
+    let mut charts: BTreeMap<(&str, &str), Vec<svg::Series>> = BTreeMap::new();
+    for (stage, rows) in histories {
+        let x_key = if rows.first().is_some_and(|r| r.contains_key("iteration")) {
+            "iteration"
+        } else {
+            "step"
+        };
+        let measures: &[&str] = if x_key == "iteration" {
+            &["score", "kl"]
+        } else {
+            &["loss"]
+        };
+        for &m in measures {
+            let points = rows
+                .iter()
+                .filter_map(|r| {
+                    let (x, y) = (r.get(x_key)?.as_f64()?, r.get(m)?.as_f64()?);
+                    Some(svg::Point {
+                        x,
+                        y,
+                        lo: f64::NAN,
+                        hi: f64::NAN,
+                    })
+                })
+                .collect();
+            charts.entry((m, x_key)).or_default().push(svg::Series {
+                name: stage.clone(),
+                points,
+            });
+        }
+    }
+    let mut out = String::new();
+    for ((measure, x_key), series) in charts {
+        let title = match measure {
+            "score" => "reward-model score of the rollouts",
+            "kl" => "KL to the reference (nats per response)",
+            _ => "training loss",
+        };
+        out.push_str(&svg::render(&svg::Chart {
+            title: title.into(),
+            x_label: x_key.into(),
+            y_label: measure.into(),
+            panels: vec![svg::Panel {
+                title: String::new(),
+                series,
+            }],
+            log_x: false,
+            reference: None,
+        }));
+    }
+    out
+}
+
+fn html(
+    p: &EvaluateParams,
+    summary: &Value,
+    rows: &[Row],
+    histories: &[(String, Vec<serde_json::Map<String, Value>>)],
+) -> String {
+    let mut out = String::from(
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>hone evaluation</title>\n<style>body{font-family:sans-serif;margin:2em;max-width:80em}table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:3px 8px;vertical-align:top}td.n{text-align:right}svg{margin:0.5em 1em 0.5em 0}</style></head><body>\n<h1>Evaluation</h1>\n",
+    );
+    let _ = writeln!(
+        out,
+        "<p>{} held-out prompts × {} sample(s) per policy at temperature {}; baseline <b>{}</b>. Intervals are ± 2 standard errors.</p>",
+        summary["prompts"],
+        p.samples_per_prompt,
+        p.temperature,
+        esc(&p.policies[0])
+    );
+    let columns = [
+        ("oracle_reward", "oracle reward"),
+        ("helpfulness", "helpful"),
+        ("honesty", "honest"),
+        ("harmlessness", "harmless"),
+        ("rm_score", "RM score"),
+        ("kl", "KL to ref"),
+        ("win_rate_oracle", "win rate (oracle)"),
+        ("win_rate_rm", "win rate (RM)"),
+        ("tokens", "tokens"),
+        ("hallucination_rate", "hallucination"),
+        ("bias_rate", "bias"),
+        ("unsafe_rate", "unsafe"),
+    ];
+    out.push_str("<table><tr><th>policy</th>");
+    for (_, title) in columns {
+        let _ = write!(out, "<th>{title}</th>");
+    }
+    out.push_str("</tr>\n");
+    for name in &p.policies {
+        let entry = &summary["policies"][name];
+        let _ = write!(out, "<tr><td>{}</td>", esc(name));
+        for (key, _) in columns {
+            let _ = write!(
+                out,
+                "<td class=\"n\">{}</td>",
+                cell(entry.get(key).unwrap_or(&Value::Null))
+            );
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n");
+    for (key, title) in [
+        ("win_rate_oracle", "win rate against the baseline (oracle)"),
+        (
+            "win_rate_rm",
+            "win rate against the baseline (reward model)",
+        ),
+    ] {
+        let bars: Vec<(String, f64, Option<(f64, f64)>)> = p
+            .policies
+            .iter()
+            .skip(1)
+            .filter_map(|name| Some((name.clone(), summary["policies"][name][key].as_f64()?, None)))
+            .collect();
+        if !bars.is_empty() {
+            out.push_str(&svg::bars(title, &bars, 0.0, 1.0, Some(0.5)));
+        }
+    }
+    out.push_str(&curves(histories));
+    out.push_str("<h2>Sample responses</h2>\n<table><tr><th>prompt</th>");
+    for name in &p.policies {
+        let _ = write!(out, "<th>{}</th>", esc(name));
+    }
+    out.push_str("</tr>\n");
+    let shown: Vec<(&str, u64)> = rows
+        .iter()
+        .filter(|r| r.policy == p.policies[0])
+        .take(p.report_samples)
+        .map(|r| (r.prompt_id.as_str(), r.sample))
+        .collect();
+    for (id, k) in shown {
+        let prompt = rows
+            .iter()
+            .find(|r| r.prompt_id == id)
+            .map_or("", |r| r.prompt.as_str());
+        let _ = write!(out, "<tr><td>{}</td>", esc(prompt));
+        for name in &p.policies {
+            match rows
+                .iter()
+                .find(|r| &r.policy == name && r.prompt_id == id && r.sample == k)
+            {
+                Some(r) => {
+                    let score = r
+                        .oracle
+                        .as_ref()
+                        .map(|o| format!(" <small>(oracle {:.2})</small>", o.reward))
+                        .unwrap_or_default();
+                    let _ = write!(out, "<td>{}{score}</td>", esc(&r.response));
+                }
+                None => out.push_str("<td></td>"),
+            }
+        }
+        out.push_str("</tr>\n");
+    }
+    out.push_str("</table>\n</body></html>\n");
+    out
+}

@@ -1,0 +1,905 @@
+//! `ppo`: the policy learns from the reward model. Each iteration samples responses to a
+//! batch of prompts with the KV cache, scores them with the reward model (offset removed,
+//! clipped, a penalty without EOS), places the score on the tokens (`credit`), subtracts a
+//! per-token KL penalty to the frozen reference, estimates advantages with GAE and whitens
+//! them, then runs a few epochs of clipped policy and value updates over minibatches. The
+//! value head sits on the policy's last hidden state. The math is in `rl::ppo`; this file
+//! is the loop, its checkpoints and its metrics.
+
+use arrow::array::ArrayRef;
+use candle_core::{DType, Device, Tensor, Var};
+use candle_nn::{Init, VarBuilder};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use rand_chacha::ChaCha8Rng;
+use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use super::generate::read_prompts;
+use super::lm::{self, RewardScorer, failed};
+use super::{
+    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+};
+use crate::artifact::ArtifactType;
+use crate::artifact::table::{
+    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
+};
+use crate::model::sample::{SampleParams, sample};
+use crate::model::train::{Schedule, Trainer, token_logprobs};
+use crate::model::{CausalLm, tokenizer};
+use crate::rl::ppo::{self, AdaptiveKl, Credit, KlEstimator};
+use crate::spec::node::PathSeg;
+
+pub struct Ppo;
+
+fn default_prompts() -> String {
+    "data/hhh/prompts.jsonl".into()
+}
+fn default_template() -> String {
+    "User: {prompt}\nAssistant:".into()
+}
+fn default_stop() -> Vec<String> {
+    vec!["\nUser:".into()]
+}
+fn default_iterations() -> usize {
+    20
+}
+fn default_rollouts() -> usize {
+    16
+}
+fn default_minibatch() -> usize {
+    8
+}
+fn default_epochs() -> usize {
+    2
+}
+fn default_max_new() -> usize {
+    24
+}
+fn default_one() -> f64 {
+    1.0
+}
+fn default_lr() -> f64 {
+    1e-4
+}
+fn default_clip() -> f64 {
+    0.2
+}
+fn default_vf_coef() -> f64 {
+    0.1
+}
+fn default_lambda() -> f64 {
+    0.95
+}
+fn default_kl_coef() -> f64 {
+    0.05
+}
+fn default_horizon() -> f64 {
+    10_000.0
+}
+fn default_reward_clip() -> f64 {
+    5.0
+}
+fn default_abc_beta() -> f64 {
+    0.8
+}
+fn default_checkpoint_every() -> usize {
+    5
+}
+
+/// Parameters of a `ppo` stage.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PpoParams {
+    /// Prompts: a JSONL file with `text` (or `prompt`) and optional `id` per line.
+    #[serde(default = "default_prompts")]
+    pub prompts: String,
+    /// Only the first this many prompts.
+    #[serde(default)]
+    pub max_prompts: Option<usize>,
+    /// How a prompt is put to the policy; `{prompt}` is replaced by its text.
+    #[serde(default = "default_template")]
+    pub template: String,
+    /// A response ends at the first of these strings, like at EOS.
+    #[serde(default = "default_stop")]
+    pub stop: Vec<String>,
+    /// PPO iterations: each samples `rollouts` responses and updates on them.
+    #[serde(default = "default_iterations")]
+    pub iterations: usize,
+    /// Responses sampled per iteration (one per prompt).
+    #[serde(default = "default_rollouts")]
+    pub rollouts: usize,
+    /// Responses per optimiser step.
+    #[serde(default = "default_minibatch")]
+    pub minibatch_size: usize,
+    /// Passes over each iteration's responses.
+    #[serde(default = "default_epochs")]
+    pub epochs: usize,
+    #[serde(default = "default_max_new")]
+    pub max_new_tokens: usize,
+    /// Sampling temperature of the rollouts; log-probabilities (policy and reference) are
+    /// taken under the same temperature.
+    #[serde(default = "default_one")]
+    pub temperature: f64,
+    #[serde(default = "default_lr")]
+    pub lr: f64,
+    #[serde(default = "default_one")]
+    pub max_grad_norm: f64,
+    /// ε of the clipped policy loss.
+    #[serde(default = "default_clip")]
+    pub clip: f64,
+    /// ε of the clipped value loss.
+    #[serde(default = "default_clip")]
+    pub value_clip: f64,
+    /// Weight of the value loss.
+    #[serde(default = "default_vf_coef")]
+    pub vf_coef: f64,
+    #[serde(default = "default_one")]
+    pub gamma: f64,
+    #[serde(default = "default_lambda")]
+    pub lambda: f64,
+    /// β of the per-token KL penalty (0 turns it off).
+    #[serde(default = "default_kl_coef")]
+    pub kl_coef: f64,
+    #[serde(default)]
+    pub kl_estimator: KlEstimator,
+    /// A target KL (nats per response): the coefficient adapts to keep it (Ziegler et al.).
+    #[serde(default)]
+    pub kl_target: Option<f64>,
+    #[serde(default = "default_horizon")]
+    pub kl_horizon: f64,
+    /// Scores are clipped to ±this after the reward model's offset is removed.
+    #[serde(default = "default_reward_clip")]
+    pub reward_clip: f64,
+    /// Whiten the scores of each iteration (mean kept).
+    #[serde(default)]
+    pub whiten_rewards: bool,
+    /// Subtracted from the score of a response that ends without EOS or a stop string.
+    #[serde(default = "default_one")]
+    pub missing_eos_penalty: f64,
+    /// Where the score goes among the tokens: `sparse` (last token), `abc` (the reward
+    /// model's attention) or `uniform`.
+    #[serde(default)]
+    pub credit: Credit,
+    /// ABC's share of the score given by attention.
+    #[serde(default = "default_abc_beta")]
+    pub abc_beta: f64,
+    /// How the reward model reads a response (as in `reward-fit`; default: the one it was
+    /// fitted with).
+    #[serde(default)]
+    pub reward_template: Option<String>,
+    #[serde(default = "default_checkpoint_every")]
+    pub checkpoint_every: usize,
+    #[serde(default = "lm::default_device")]
+    pub device: String,
+}
+
+pub static PPO_HISTORY: TableKind = TableKind {
+    name: "ppo-history",
+    version: 1,
+    doc: "per-iteration statistics of a `ppo` stage",
+    columns: &[
+        Column::new("iteration", UInt64, false, "1-based iteration"),
+        Column::new(
+            "score",
+            Float64,
+            false,
+            "mean reward-model score of the rollouts (offset removed, before penalties)",
+        ),
+        Column::new(
+            "reward",
+            Float64,
+            false,
+            "mean total reward: score with penalties - β·KL",
+        ),
+        Column::new(
+            "kl",
+            Float64,
+            false,
+            "mean KL to the reference per response (sum over tokens, nats)",
+        ),
+        Column::new("kl_coef", Float64, false, "β used in this iteration"),
+        Column::new(
+            "policy_loss",
+            Float64,
+            false,
+            "mean clipped policy loss over the updates",
+        ),
+        Column::new(
+            "value_loss",
+            Float64,
+            false,
+            "mean clipped value loss over the updates",
+        ),
+        Column::new(
+            "clip_fraction",
+            Float64,
+            false,
+            "share of tokens where the ratio was clipped",
+        ),
+        Column::new(
+            "approx_kl",
+            Float64,
+            false,
+            "mean approximate KL between successive policies",
+        ),
+        Column::new(
+            "response_length",
+            Float64,
+            false,
+            "mean response length (tokens)",
+        ),
+        Column::new(
+            "eos_rate",
+            Float64,
+            false,
+            "share of responses that ended by themselves",
+        ),
+        Column::new(
+            "grad_norm",
+            Float64,
+            false,
+            "mean gradient norm before clipping",
+        ),
+        Column::new("lr", Float64, false, "learning rate"),
+    ],
+};
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct IterationRow {
+    pub iteration: u64,
+    pub score: f64,
+    pub reward: f64,
+    pub kl: f64,
+    pub kl_coef: f64,
+    pub policy_loss: f64,
+    pub value_loss: f64,
+    pub clip_fraction: f64,
+    pub approx_kl: f64,
+    pub response_length: f64,
+    pub eos_rate: f64,
+    pub grad_norm: f64,
+    pub lr: f64,
+}
+
+impl TableRow for IterationRow {
+    const KIND: &'static TableKind = &PPO_HISTORY;
+    fn columns(rows: &[Self]) -> Vec<ArrayRef> {
+        vec![
+            col::u64(rows.iter().map(|r| r.iteration)),
+            col::f64(rows.iter().map(|r| r.score)),
+            col::f64(rows.iter().map(|r| r.reward)),
+            col::f64(rows.iter().map(|r| r.kl)),
+            col::f64(rows.iter().map(|r| r.kl_coef)),
+            col::f64(rows.iter().map(|r| r.policy_loss)),
+            col::f64(rows.iter().map(|r| r.value_loss)),
+            col::f64(rows.iter().map(|r| r.clip_fraction)),
+            col::f64(rows.iter().map(|r| r.approx_kl)),
+            col::f64(rows.iter().map(|r| r.response_length)),
+            col::f64(rows.iter().map(|r| r.eos_rate)),
+            col::f64(rows.iter().map(|r| r.grad_norm)),
+            col::f64(rows.iter().map(|r| r.lr)),
+        ]
+    }
+}
+
+/// One sampled response with everything the update needs, per response token.
+struct Rollout {
+    /// Prompt then response tokens.
+    tokens: Vec<u32>,
+    prompt_len: usize,
+    old_logp: Vec<f64>,
+    values: Vec<f64>,
+    advantages: Vec<f64>,
+    returns: Vec<f64>,
+}
+
+/// What `ppo` keeps across a resume besides model and optimiser.
+#[derive(Debug, Serialize, Deserialize)]
+struct PpoState {
+    iteration: usize,
+    kl_coef: f64,
+    rows: Vec<IterationRow>,
+}
+
+impl StageKind for Ppo {
+    fn name(&self) -> &'static str {
+        "ppo"
+    }
+
+    fn version(&self) -> u32 {
+        1
+    }
+
+    fn summary(&self) -> &'static str {
+        "optimise a policy against a reward model with PPO (KL penalty, GAE, clipping; sparse, ABC or uniform credit)"
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        schema_of::<PpoParams>(generator)
+    }
+
+    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
+        let p: PpoParams = parse_params(params)?;
+        let key = |k: &str| vec![PathSeg::Key(k.into())];
+        let mut errors = Vec::new();
+        for (name, value) in [
+            ("iterations", p.iterations),
+            ("rollouts", p.rollouts),
+            ("minibatch_size", p.minibatch_size),
+            ("epochs", p.epochs),
+            ("max_new_tokens", p.max_new_tokens),
+            ("checkpoint_every", p.checkpoint_every),
+        ] {
+            if value == 0 {
+                errors.push(ParamError::new(
+                    key(name),
+                    format!("`{name}` must be at least 1"),
+                ));
+            }
+        }
+        for (name, value, lo, hi) in [
+            ("gamma", p.gamma, 0.0, 1.0),
+            ("lambda", p.lambda, 0.0, 1.0),
+            ("abc_beta", p.abc_beta, 0.0, 1.0),
+        ] {
+            if !(lo..=hi).contains(&value) {
+                errors.push(ParamError::new(
+                    key(name),
+                    format!("`{name}` must be in [{lo}, {hi}]"),
+                ));
+            }
+        }
+        for (name, value) in [
+            ("clip", p.clip),
+            ("value_clip", p.value_clip),
+            ("temperature", p.temperature),
+            ("reward_clip", p.reward_clip),
+            ("kl_horizon", p.kl_horizon),
+        ] {
+            if value.is_nan() || value <= 0.0 {
+                errors.push(ParamError::new(key(name), format!("`{name}` must be > 0")));
+            }
+        }
+        if p.kl_coef.is_nan() || p.kl_coef < 0.0 {
+            errors.push(ParamError::new(key("kl_coef"), "`kl_coef` must be >= 0"));
+        }
+        if let Some(t) = p.kl_target
+            && (t.is_nan() || t <= 0.0 || p.kl_coef == 0.0)
+        {
+            errors.push(ParamError::new(
+                key("kl_target"),
+                "`kl_target` must be > 0 and needs a `kl_coef` > 0 to adapt",
+            ));
+        }
+        if !p.template.contains("{prompt}") {
+            errors.push(ParamError::new(
+                key("template"),
+                "`template` must contain `{prompt}`",
+            ));
+        }
+        lm::check_device(&p.device, &mut errors);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let mut reference = Port::new("reference", ArtifactType::CausalLm);
+        reference.required = false;
+        Ok(Signature {
+            inputs: vec![
+                Port::new("policy", ArtifactType::CausalLm),
+                Port::new("reward_model", ArtifactType::RewardModel),
+                reference,
+            ],
+            open_inputs: false,
+            outputs: vec![
+                Port::new("policy", ArtifactType::CausalLm),
+                Port::new("metrics", ArtifactType::Metrics),
+            ],
+            deps: vec![p.prompts],
+        })
+    }
+
+    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let p: PpoParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+        let device = lm::device(&p.device)?;
+        let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
+        // The reference is loaded on its own: a detached copy of the policy would share
+        // its storage, and the optimiser updates variables in place.
+        let reference_port = if ctx.inputs.contains_key("reference") {
+            "reference"
+        } else {
+            "policy"
+        };
+        let reference = lm::load_input(ctx, reference_port, &device)?
+            .0
+            .frozen()
+            .map_err(failed)?;
+        let scorer = RewardScorer::load(
+            &ctx.workspace.join(&ctx.inputs["reward_model"][0]),
+            p.reward_template.as_deref(),
+            &device,
+        )?;
+        let eos = policy
+            .config
+            .eos_token_id()
+            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
+            .unwrap_or(0);
+        let context = policy.config.context_len();
+        let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
+        if let Some(n) = p.max_prompts {
+            prompts.truncate(n);
+        }
+        if prompts.is_empty() {
+            return Err(failed(format!("`{}` has no prompts", p.prompts)));
+        }
+        let encoded: Vec<Vec<u32>> = prompts
+            .iter()
+            .map(|(id, text)| {
+                let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text))
+                    .map_err(failed)?;
+                if ids.len() + p.max_new_tokens > context {
+                    return Err(failed(format!(
+                        "prompt `{id}` has {} tokens; with {} new ones it exceeds the model's context of {context}",
+                        ids.len(),
+                        p.max_new_tokens
+                    )));
+                }
+                Ok(ids)
+            })
+            .collect::<Result<_, StageError>>()?;
+
+        // The value head: one linear map of the policy's last hidden state, trained with it
+        // and left out of the saved policy.
+        let hidden = policy.config.hidden_size();
+        let vb = VarBuilder::from_varmap(&policy.varmap, DType::F32, &device);
+        let value_head = vb
+            .get_with_hints((1, hidden), "hone_value.weight", Init::Const(0.0))
+            .map_err(failed)?;
+        let value_bias = vb
+            .get_with_hints(1, "hone_value.bias", Init::Const(0.0))
+            .map_err(failed)?;
+        let vars: Vec<(String, Var)> = Trainer::named_vars(&policy.varmap);
+        let steps_per_iteration = p.epochs * p.rollouts.div_ceil(p.minibatch_size);
+        let schedule = Schedule {
+            peak_lr: p.lr,
+            warmup_steps: 0,
+            total_steps: p.iterations * steps_per_iteration,
+            final_fraction: 1.0,
+        };
+        let mut trainer =
+            Trainer::new(vars, schedule, 0.0, Some(p.max_grad_norm)).map_err(failed)?;
+        let resume = lm::ResumeState::new(ctx.resume_dir);
+        let mut state = match resume.restore_with(&policy, &mut trainer)? {
+            Some((_, extra)) => serde_json::from_value(extra).map_err(failed)?,
+            None => PpoState {
+                iteration: 0,
+                kl_coef: p.kl_coef,
+                rows: Vec::new(),
+            },
+        };
+        let mut adaptive = p.kl_target.map(|target| AdaptiveKl {
+            coef: state.kl_coef,
+            target,
+            horizon: p.kl_horizon,
+        });
+        let sample_params = SampleParams {
+            temperature: p.temperature,
+            top_k: None,
+            top_p: None,
+            max_new_tokens: p.max_new_tokens,
+            eos_token_id: Some(eos),
+        };
+        let started = std::time::Instant::now();
+        while state.iteration < p.iterations {
+            if ctx.cancelled() {
+                return Err(StageError::Cancelled);
+            }
+            let iteration = state.iteration;
+            let kl_coef = adaptive.map_or(state.kl_coef, |a| a.coef);
+            // This iteration's prompts: a seeded permutation per pass over the prompts.
+            let per_pass = prompts.len();
+            let batch: Vec<usize> = (0..p.rollouts)
+                .map(|k| {
+                    let global = iteration * p.rollouts + k;
+                    let pass = global / per_pass;
+                    let mut order: Vec<usize> = (0..per_pass).collect();
+                    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                        ctx.seed ^ (pass as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+                    ));
+                    order[global % per_pass]
+                })
+                .collect();
+
+            // 1. Rollouts with the KV cache from a detached copy of the policy.
+            let frozen = policy.frozen().map_err(failed)?;
+            let mut responses: Vec<(Vec<u32>, bool, String)> = Vec::with_capacity(batch.len());
+            for (k, &i) in batch.iter().enumerate() {
+                let seed = crate::spec::derive_seed(ctx.seed, &format!("rollout-{iteration}-{k}"));
+                let mut rng = ChaCha8Rng::seed_from_u64(seed);
+                let s = sample(&frozen, &encoded[i], &sample_params, &mut rng, &device)
+                    .map_err(failed)?;
+                let (tokens, ended, text) = cut_response(&tok, s.tokens, eos, &p.stop)?;
+                responses.push((tokens, ended || s.stopped_at_eos, text));
+            }
+
+            // 2. Scores, penalties and per-token KL.
+            let items: Vec<(&str, &str)> = batch
+                .iter()
+                .zip(&responses)
+                .map(|(&i, (_, _, text))| (prompts[i].1.as_str(), text.as_str()))
+                .collect();
+            let need_attention = p.credit == Credit::Abc;
+            let scored = scorer.score(&items, need_attention)?;
+            let raw_scores: Vec<f64> = scored.iter().map(|s| s.score).collect();
+            let mut scores: Vec<f64> = raw_scores
+                .iter()
+                .zip(&responses)
+                .map(|(s, (_, ended, _))| {
+                    let penalised = if *ended {
+                        *s
+                    } else {
+                        s - p.missing_eos_penalty
+                    };
+                    penalised.clamp(-p.reward_clip, p.reward_clip)
+                })
+                .collect();
+            if p.whiten_rewards {
+                scores = ppo::whiten(&scores, false);
+            }
+            let sequences: Vec<(Vec<u32>, usize)> = batch
+                .iter()
+                .zip(&responses)
+                .map(|(&i, (tokens, _, _))| {
+                    let mut all = encoded[i].clone();
+                    all.extend(tokens);
+                    (all, encoded[i].len())
+                })
+                .collect();
+            let old = per_token(
+                &frozen,
+                Some((&value_head, &value_bias)),
+                &sequences,
+                eos,
+                p.temperature,
+                &device,
+            )?;
+            let reference_logp =
+                per_token(&reference, None, &sequences, eos, p.temperature, &device)?;
+            let mut rollouts = Vec::with_capacity(batch.len());
+            let (mut kl_sum, mut reward_sum) = (0.0, 0.0);
+            for (k, ((tokens, prompt_len), score)) in sequences.iter().zip(&scores).enumerate() {
+                let (logp, values) = (&old[k].0, &old[k].1);
+                let kl = ppo::kl_per_token(logp, &reference_logp[k].0, p.kl_estimator);
+                let n = logp.len();
+                // ABC: the reward model's attention over its own tokens of the response,
+                // spread onto the policy's tokens in proportion to position.
+                let attention = scored[k]
+                    .attention
+                    .as_deref()
+                    .map(|a| ppo::resample_weights(a, n));
+                let shaped =
+                    ppo::shape_score(*score, n, p.credit, attention.as_deref(), p.abc_beta);
+                let rewards: Vec<f64> = shaped
+                    .iter()
+                    .zip(&kl)
+                    .map(|(r, k)| r - kl_coef * k)
+                    .collect();
+                kl_sum += kl.iter().sum::<f64>();
+                reward_sum += rewards.iter().sum::<f64>();
+                let (advantages, returns) = ppo::gae(&rewards, values, p.gamma, p.lambda);
+                rollouts.push(Rollout {
+                    tokens: tokens.clone(),
+                    prompt_len: *prompt_len,
+                    old_logp: logp.clone(),
+                    values: values.clone(),
+                    advantages,
+                    returns,
+                });
+            }
+            // Advantages whitened over every token of the iteration.
+            let flat: Vec<f64> = rollouts.iter().flat_map(|r| r.advantages.clone()).collect();
+            let whitened = ppo::whiten(&flat, true);
+            let mut offset = 0;
+            for r in &mut rollouts {
+                let n = r.advantages.len();
+                r.advantages.copy_from_slice(&whitened[offset..offset + n]);
+                offset += n;
+            }
+
+            // 3. Updates: epochs of shuffled minibatches.
+            let (mut pg_sum, mut vf_sum, mut clip_sum, mut approx_sum, mut norm_sum) =
+                (0.0, 0.0, 0.0, 0.0, 0.0);
+            let mut updates = 0usize;
+            let lr = trainer.lr();
+            for epoch in 0..p.epochs {
+                let mut order: Vec<usize> = (0..rollouts.len()).collect();
+                order.shuffle(&mut ChaCha8Rng::seed_from_u64(crate::spec::derive_seed(
+                    ctx.seed,
+                    &format!("minibatch-{iteration}-{epoch}"),
+                )));
+                for chunk in order.chunks(p.minibatch_size) {
+                    let picked: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
+                    let mb = Minibatch::new(&picked, eos, &device)?;
+                    let (logp, hidden) =
+                        token_logprobs(&policy.model, &mb.ids, p.temperature).map_err(failed)?;
+                    let values = value_of(
+                        &hidden,
+                        &value_head,
+                        &value_bias,
+                        mb.ids.dim(1).map_err(failed)? - 1,
+                    )?;
+                    let (pg, clip_fraction, approx_kl) =
+                        ppo::policy_loss(&logp, &mb.old_logp, &mb.advantages, &mb.mask, p.clip)
+                            .map_err(failed)?;
+                    let vf = ppo::value_loss(
+                        &values,
+                        &mb.old_values,
+                        &mb.returns,
+                        &mb.mask,
+                        p.value_clip,
+                    )
+                    .map_err(failed)?;
+                    let loss = (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
+                    let norm = trainer.step(&loss).map_err(failed)?;
+                    pg_sum += f64::from(pg.to_scalar::<f32>().map_err(failed)?);
+                    vf_sum += f64::from(vf.to_scalar::<f32>().map_err(failed)?);
+                    clip_sum += clip_fraction;
+                    approx_sum += approx_kl;
+                    norm_sum += norm;
+                    updates += 1;
+                }
+            }
+            let n = rollouts.len() as f64;
+            let mean_kl = kl_sum / n;
+            let row = IterationRow {
+                iteration: iteration as u64 + 1,
+                score: raw_scores.iter().sum::<f64>() / n,
+                reward: reward_sum / n,
+                kl: mean_kl,
+                kl_coef,
+                policy_loss: pg_sum / updates as f64,
+                value_loss: vf_sum / updates as f64,
+                clip_fraction: clip_sum / updates as f64,
+                approx_kl: approx_sum / updates as f64,
+                response_length: rollouts
+                    .iter()
+                    .map(|r| r.old_logp.len() as f64)
+                    .sum::<f64>()
+                    / n,
+                eos_rate: responses.iter().filter(|r| r.1).count() as f64 / n,
+                grad_norm: norm_sum / updates as f64,
+                lr,
+            };
+            tracing::info!(
+                iteration = row.iteration,
+                of = p.iterations,
+                score = row.score,
+                kl = row.kl,
+                secs = started.elapsed().as_secs(),
+                "ppo"
+            );
+            state.rows.push(row);
+            if let Some(a) = &mut adaptive {
+                a.update(mean_kl, rollouts.len());
+            }
+            state.iteration += 1;
+            state.kl_coef = adaptive.map_or(state.kl_coef, |a| a.coef);
+            ctx.report(state.iteration as u64, p.iterations as u64);
+            if state.iteration.is_multiple_of(p.checkpoint_every) && state.iteration < p.iterations
+            {
+                resume.save_with(
+                    &policy,
+                    &trainer,
+                    &[],
+                    serde_json::to_value(&state).map_err(failed)?,
+                )?;
+            }
+        }
+
+        // The policy, without the value head.
+        let out = ctx.workspace.join(&ctx.outputs["policy"]);
+        policy
+            .save_filtered(&out, |name| !name.starts_with("hone_value."))
+            .map_err(failed)?;
+        tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+        std::fs::write(
+            out.join("hone.json"),
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(
+                    &json!({"hone": {"stage": "ppo", "template": p.template}})
+                )
+                .map_err(failed)?
+            ),
+        )
+        .map_err(failed)?;
+        let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
+        std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
+        let last = |k: usize| -> Vec<&IterationRow> { state.rows.iter().rev().take(k).collect() };
+        let mean = |rows: &[&IterationRow], f: fn(&IterationRow) -> f64| {
+            rows.iter().map(|r| f(r)).sum::<f64>() / rows.len().max(1) as f64
+        };
+        let tail = last(3);
+        let head: Vec<&IterationRow> = state.rows.iter().take(3).collect();
+        let summary = json!({
+            "iterations": p.iterations,
+            "rollouts": p.iterations * p.rollouts,
+            "credit": p.credit,
+            "kl_estimator": p.kl_estimator,
+            "first_score": mean(&head, |r| r.score),
+            "final_score": mean(&tail, |r| r.score),
+            "final_kl": mean(&tail, |r| r.kl),
+            "final_kl_coef": state.kl_coef,
+            "final_response_length": mean(&tail, |r| r.response_length),
+            "final_eos_rate": mean(&tail, |r| r.eos_rate),
+        });
+        std::fs::write(
+            metrics_dir.join("summary.json"),
+            format!(
+                "{}\n",
+                serde_json::to_string_pretty(&summary).map_err(failed)?
+            ),
+        )
+        .map_err(failed)?;
+        let provenance = Provenance {
+            stage: ctx.stage_id.to_string(),
+            fingerprint: ctx.fingerprint.to_string(),
+        };
+        let mut writer: TableWriter<IterationRow> =
+            TableWriter::create(&metrics_dir.join("history.parquet"), &provenance)
+                .map_err(failed)?;
+        for row in &state.rows {
+            writer.push(row.clone()).map_err(failed)?;
+        }
+        writer.finish().map_err(failed)?;
+        Ok(())
+    }
+}
+
+/// Cuts a sampled response at the first stop string (as if it were EOS) and drops EOS.
+/// Returns (tokens kept, whether the response ended by itself, its text).
+pub fn cut_response(
+    tok: &tokenizers::Tokenizer,
+    tokens: Vec<u32>,
+    eos: u32,
+    stops: &[String],
+) -> Result<(Vec<u32>, bool, String), StageError> {
+    let mut kept: Vec<u32> = Vec::with_capacity(tokens.len());
+    let mut ended = false;
+    for &t in &tokens {
+        if t == eos {
+            kept.push(t);
+            ended = true;
+            break;
+        }
+        kept.push(t);
+        if !stops.is_empty() {
+            let text = tokenizer::decode(tok, &kept).map_err(failed)?;
+            if stops.iter().any(|s| text.contains(s.as_str())) {
+                ended = true;
+                break;
+            }
+        }
+    }
+    let body: Vec<u32> = kept.iter().copied().filter(|&t| t != eos).collect();
+    let decoded = tokenizer::decode(tok, &body).map_err(failed)?;
+    let end = stops
+        .iter()
+        .filter_map(|s| decoded.find(s.as_str()))
+        .min()
+        .unwrap_or(decoded.len());
+    Ok((kept, ended, decoded[..end].trim().to_string()))
+}
+
+/// For each (tokens, prompt length): the response tokens' log-probabilities and, with a
+/// value head, the values of the states before them. Batched forward passes of a detached
+/// model.
+pub(super) fn per_token(
+    model: &CausalLm,
+    head: Option<(&Tensor, &Tensor)>,
+    sequences: &[(Vec<u32>, usize)],
+    pad: u32,
+    temperature: f64,
+    device: &Device,
+) -> Result<Vec<(Vec<f64>, Vec<f64>)>, StageError> {
+    let mut out = Vec::with_capacity(sequences.len());
+    for chunk in sequences.chunks(16) {
+        let len = chunk.iter().map(|(t, _)| t.len()).max().unwrap_or(2).max(2);
+        let mut ids = Vec::with_capacity(chunk.len() * len);
+        for (tokens, _) in chunk {
+            ids.extend(tokens.iter().copied());
+            ids.extend(std::iter::repeat_n(pad, len - tokens.len()));
+        }
+        let ids = Tensor::from_vec(ids, (chunk.len(), len), device).map_err(failed)?;
+        let (logp, hidden) = token_logprobs(model, &ids, temperature).map_err(failed)?;
+        let logp: Vec<Vec<f32>> = logp.to_vec2().map_err(failed)?;
+        let values: Option<Vec<Vec<f32>>> = match head {
+            Some((w, b)) => Some(
+                value_of(&hidden, &w.detach(), &b.detach(), len - 1)?
+                    .to_vec2()
+                    .map_err(failed)?,
+            ),
+            None => None,
+        };
+        for (k, (tokens, prompt_len)) in chunk.iter().enumerate() {
+            // Response token j sits at position prompt_len + j; its log-probability and
+            // its state's value are at index prompt_len + j - 1.
+            let range = prompt_len - 1..tokens.len() - 1;
+            let lp = logp[k][range.clone()]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let v = values
+                .as_ref()
+                .map(|v| v[k][range].iter().map(|&x| f64::from(x)).collect())
+                .unwrap_or_default();
+            out.push((lp, v));
+        }
+    }
+    Ok(out)
+}
+
+/// Values [b, n] of the first `n` positions from hidden states [b, t, h].
+fn value_of(
+    hidden: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    n: usize,
+) -> Result<Tensor, StageError> {
+    hidden
+        .narrow(1, 0, n)
+        .and_then(|h| h.broadcast_matmul(&weight.t()?))
+        .and_then(|v| v.squeeze(2))
+        .and_then(|v| v.broadcast_add(bias))
+        .map_err(failed)
+}
+
+/// A minibatch laid out as the policy's [b, t - 1] outputs: values at the response
+/// positions, zeros (and mask 0) elsewhere.
+struct Minibatch {
+    ids: Tensor,
+    mask: Tensor,
+    old_logp: Tensor,
+    old_values: Tensor,
+    advantages: Tensor,
+    returns: Tensor,
+}
+
+impl Minibatch {
+    fn new(rollouts: &[&Rollout], pad: u32, device: &Device) -> Result<Self, StageError> {
+        let len = rollouts
+            .iter()
+            .map(|r| r.tokens.len())
+            .max()
+            .unwrap_or(2)
+            .max(2);
+        let b = rollouts.len();
+        let mut ids = Vec::with_capacity(b * len);
+        let width = len - 1;
+        let mut fields = vec![vec![0f32; b * width]; 5];
+        for (k, r) in rollouts.iter().enumerate() {
+            ids.extend(r.tokens.iter().copied());
+            ids.extend(std::iter::repeat_n(pad, len - r.tokens.len()));
+            for j in 0..r.old_logp.len() {
+                let at = k * width + r.prompt_len - 1 + j;
+                fields[0][at] = 1.0;
+                fields[1][at] = r.old_logp[j] as f32;
+                fields[2][at] = r.values[j] as f32;
+                fields[3][at] = r.advantages[j] as f32;
+                fields[4][at] = r.returns[j] as f32;
+            }
+        }
+        let tensor = |v: Vec<f32>| Tensor::from_vec(v, (b, width), device).map_err(failed);
+        let mut fields = fields.into_iter();
+        let mut next = || tensor(fields.next().expect("five fields"));
+        Ok(Minibatch {
+            ids: Tensor::from_vec(ids, (b, len), device).map_err(failed)?,
+            mask: next()?,
+            old_logp: next()?,
+            old_values: next()?,
+            advantages: next()?,
+            returns: next()?,
+        })
+    }
+}
