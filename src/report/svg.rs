@@ -306,15 +306,12 @@ pub fn render(chart: &Chart) -> String {
     svg
 }
 
+/// One bar: its label, value and optional interval.
+pub type Bar = (String, f64, Option<(f64, f64)>);
+
 /// Horizontal bars with optional intervals, one per (label, value, lo, hi), on a shared
 /// scale from `min` to `max` (win rates: 0 to 1, with a reference line at 0.5, say).
-pub fn bars(
-    title: &str,
-    rows: &[(String, f64, Option<(f64, f64)>)],
-    min: f64,
-    max: f64,
-    reference: Option<f64>,
-) -> String {
+pub fn bars(title: &str, rows: &[Bar], min: f64, max: f64, reference: Option<f64>) -> String {
     let row_h = 26.0;
     let (left, width) = (170.0, 300.0);
     let height = 40.0 + row_h * rows.len() as f64 + 24.0;

@@ -290,7 +290,7 @@ impl Resolver<'_> {
             return;
         }
         // Each round's item and the pieces of its stage-id suffix.
-        let items: Vec<(Value, Vec<(Value, Vec<PathSeg>)>)> = if let Some(n) = group.rounds {
+        let items: Vec<(Value, Vec<SuffixPiece>)> = if let Some(n) = group.rounds {
             if n == 0 {
                 self.error_at_value(&with(at, "rounds"), "`rounds` must be at least 1", None);
                 return;
@@ -818,6 +818,9 @@ impl Resolver<'_> {
         None
     }
 }
+
+/// A value that becomes part of a round's stage-id suffix, and where it is written.
+type SuffixPiece = (Value, Vec<PathSeg>);
 
 /// A `stages` entry that is a group rather than a stage.
 fn is_group(node: &Node) -> bool {

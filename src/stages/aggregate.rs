@@ -114,6 +114,9 @@ impl TableRow for Row {
     }
 }
 
+/// The values of one (panel, series) line: x (by its bits) -> (x, y of every run).
+type ByX = BTreeMap<u64, (f64, Vec<f64>)>;
+
 fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
     path.split('.').try_fold(value, |v, key| v.get(key))
 }
@@ -185,7 +188,7 @@ impl StageKind for Aggregate {
         // (panel, series) in order of first appearance, then x -> values.
         let mut panels: Vec<String> = Vec::new();
         let mut series: Vec<String> = Vec::new();
-        let mut values: BTreeMap<(usize, usize), BTreeMap<u64, (f64, Vec<f64>)>> = BTreeMap::new();
+        let mut values: BTreeMap<(usize, usize), ByX> = BTreeMap::new();
         let runs = ctx.inputs.get("runs").cloned().unwrap_or_default();
         if runs.is_empty() {
             return Err(failed("no runs to aggregate"));

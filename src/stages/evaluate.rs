@@ -662,7 +662,7 @@ fn html(
             "win rate against the baseline (reward model)",
         ),
     ] {
-        let bars: Vec<(String, f64, Option<(f64, f64)>)> = p
+        let bars: Vec<svg::Bar> = p
             .policies
             .iter()
             .skip(1)

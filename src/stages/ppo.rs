@@ -792,6 +792,9 @@ pub fn cut_response(
     Ok((kept, ended, decoded[..end].trim().to_string()))
 }
 
+/// A response's per-token log-probabilities and values (empty without a value head).
+pub(super) type TokenValues = (Vec<f64>, Vec<f64>);
+
 /// For each (tokens, prompt length): the response tokens' log-probabilities and, with a
 /// value head, the values of the states before them. Batched forward passes of a detached
 /// model.
@@ -802,7 +805,7 @@ pub(super) fn per_token(
     pad: u32,
     temperature: f64,
     device: &Device,
-) -> Result<Vec<(Vec<f64>, Vec<f64>)>, StageError> {
+) -> Result<Vec<TokenValues>, StageError> {
     let mut out = Vec::with_capacity(sequences.len());
     for chunk in sequences.chunks(16) {
         let len = chunk.iter().map(|(t, _)| t.len()).max().unwrap_or(2).max(2);

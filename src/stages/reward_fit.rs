@@ -438,7 +438,7 @@ impl StageKind for RewardFit {
             summary["oracle_rows"] = json!(rows.len());
             summary["oracle_pairs"] = json!(compared);
             summary["oracle_pair_accuracy"] = if compared > 0 {
-                json!(correct as f64 / compared as f64)
+                json!(correct / compared as f64)
             } else {
                 json!(null)
             };
