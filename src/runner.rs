@@ -561,7 +561,19 @@ fn execute_stage(
     let span = tracing::info_span!("stage", id = %stage.id, kind = stage.kind.name());
     let _enter = span.enter();
     tracing::info!("running");
-    let result = stage.kind.run(&ctx);
+    // A panic is a bug in hone, but it must fail the stage, not the run: caught here it
+    // becomes the stage's error (and the scheduler goes on to what does not depend on it).
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
+        .unwrap_or_else(|payload| {
+            let message = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(StageError::Failed(format!(
+                "internal error (a bug in hone, please report it): {message}"
+            )))
+        });
     // The latest log of each stage stays readable, whatever happened.
     let log_dest = store.log_path(&stage.id);
     if log_path.exists() {

@@ -109,7 +109,12 @@ pub fn run<J: Send>(
                         running.insert(i, need);
                         let tx = tx.clone();
                         scope.spawn(move || {
-                            let ok = execute(i, job);
+                            // Whatever happens in `execute`, the scheduler hears of it: a
+                            // worker that died silently would leave it waiting forever.
+                            let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                                execute(i, job)
+                            }))
+                            .unwrap_or(false);
                             let _ = tx.send((i, ok));
                         });
                     }
@@ -186,6 +191,11 @@ mod tests {
 
     /// a -> b -> d, a -> c -> d, e alone. Returns the event log.
     fn check(fail: &[usize], keep_going: bool, jobs: usize) -> Vec<String> {
+        check_with(fail, &[], keep_going, jobs)
+    }
+
+    /// As `check`, with stages in `panic` panicking instead of returning.
+    fn check_with(fail: &[usize], panic: &[usize], keep_going: bool, jobs: usize) -> Vec<String> {
         let deps = |i: usize| match i {
             1 | 2 => vec![0],
             3 => vec![1, 2],
@@ -206,7 +216,12 @@ mod tests {
                     Step::Run(i)
                 }
             },
-            |i, _| !fail.contains(&i),
+            |i, _| {
+                if panic.contains(&i) {
+                    panic!("stage {i} panics");
+                }
+                !fail.contains(&i)
+            },
             |i, ok| log.lock().unwrap().push(format!("{i}:{ok}")),
             |i, why| log.lock().unwrap().push(format!("{i}:skip:{why:?}")),
         );
@@ -246,6 +261,14 @@ mod tests {
                 "3:skip:UpstreamFailed(0)",
                 "4:skip:Stopped"
             ]
+        );
+    }
+
+    #[test]
+    fn a_panicking_stage_fails_instead_of_hanging_the_run() {
+        assert_eq!(
+            check_with(&[], &[1], true, 2),
+            vec!["0:true", "1:false", "2:true", "3:skip:UpstreamFailed(1)"]
         );
     }
 }

@@ -552,8 +552,10 @@ fn fit_member(
         }
         batches
     };
-    let per_epoch = epoch_batches(0).len();
-    let total = (per_epoch * p.epochs).min(p.max_steps.unwrap_or(usize::MAX));
+    // Every epoch's batches, in order (epochs can pack prompt groups into different
+    // numbers of batches).
+    let all_batches: Vec<Vec<usize>> = (0..p.epochs).flat_map(epoch_batches).collect();
+    let total = all_batches.len().min(p.max_steps.unwrap_or(usize::MAX));
     let schedule = Schedule {
         peak_lr: p.lr,
         warmup_steps: p.warmup_steps.min(total),
@@ -579,7 +581,7 @@ fn fit_member(
         p.checkpoint_every,
         "fitting the reward model",
         |step| {
-            let batch = &epoch_batches(step / per_epoch)[step % per_epoch];
+            let batch = &all_batches[step];
             let mut sequences = Vec::with_capacity(batch.len() * 2);
             for &i in batch {
                 sequences.push(encode(&train_pairs[i].prompt, &train_pairs[i].chosen)?);
