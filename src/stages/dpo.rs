@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::lm::{self, failed};
-use super::reward_fit::{Feedback, Pair};
+use super::reward_fit::{Feedback, Pair, feedback_port};
 use super::sft::epoch_batches;
 use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
@@ -188,7 +188,7 @@ impl StageKind for Dpo {
         Ok(Signature {
             inputs: vec![
                 Port::new("policy", ArtifactType::CausalLm),
-                Port::new("feedback", ArtifactType::Feedback),
+                feedback_port(),
                 reference,
             ],
             open_inputs: false,
@@ -225,7 +225,7 @@ impl StageKind for Dpo {
             .unwrap_or(0);
         let context = policy.config.context_len();
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
-        let pairs = Feedback::read(&feedback_dir, false)?.pairs;
+        let pairs = Feedback::read_all(ctx, false)?.pairs;
         if pairs.is_empty() {
             return Err(failed(format!(
                 "no pairs in `{}` (comparisons and rankings)",

@@ -210,12 +210,7 @@ impl StageKind for RewardFit {
         let mut init = Port::new("init", ArtifactType::RewardModel);
         init.required = false;
         Ok(Signature {
-            inputs: vec![
-                model,
-                init,
-                Port::new("feedback", ArtifactType::Feedback),
-                oracle,
-            ],
+            inputs: vec![model, init, feedback_port(), oracle],
             open_inputs: false,
             outputs: vec![
                 Port::new("reward_model", ArtifactType::RewardModel),
@@ -235,8 +230,8 @@ impl StageKind for RewardFit {
             .eos_token_id()
             .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
             .unwrap_or(0);
+        let data = Feedback::read_all(ctx, p.use_margin)?;
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
-        let data = Feedback::read(&feedback_dir, p.use_margin)?;
         let held_out = |prompt_id: &str| {
             let h = blake3::hash(prompt_id.as_bytes());
             (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64
@@ -835,7 +830,31 @@ pub(super) struct Feedback {
     flags: Vec<FlagItem>,
 }
 
+/// `feedback`: one directory, or a list of them (feedback gathered over rounds or from
+/// several sources), read as one.
+pub(super) fn feedback_port() -> Port {
+    let mut port = Port::new("feedback", ArtifactType::Feedback);
+    port.many = true;
+    port
+}
+
 impl Feedback {
+    /// Every directory bound to the stage's `feedback` input, in order, as one.
+    pub fn read_all(ctx: &StageContext<'_>, use_margin: bool) -> Result<Feedback, StageError> {
+        let mut all = Feedback {
+            pairs: Vec::new(),
+            scores: Vec::new(),
+            flags: Vec::new(),
+        };
+        for dir in ctx.inputs.get("feedback").into_iter().flatten() {
+            let one = Feedback::read(&ctx.workspace.join(dir), use_margin)?;
+            all.pairs.extend(one.pairs);
+            all.scores.extend(one.scores);
+            all.flags.extend(one.flags);
+        }
+        Ok(all)
+    }
+
     pub fn read(dir: &std::path::Path, use_margin: bool) -> Result<Feedback, StageError> {
         let rows = |name: &str| {
             table::read_rows(&dir.join(format!("{name}.parquet")))

@@ -45,7 +45,7 @@ seed: 3
 stages:
   base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 8 }} }}
   label: {{ kind: annotate, with: {{ candidates_path: data/hhh/candidates.jsonl, max_prompts: 24, pairs_per_prompt: 2 }} }}
-  reward: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: label.feedback }}, with: {{ max_steps: 3, batch_size: 4, device: cpu }} }}
+  reward: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: label.feedback }}, with: {{ epochs: 3, batch_size: 8, device: cpu }} }}
   ppo:
     kind: ppo
     inputs: {{ policy: base.model, reward_model: reward.reward_model }}
