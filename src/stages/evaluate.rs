@@ -88,6 +88,9 @@ pub struct EvaluateParams {
     /// How many sample responses per policy the report shows.
     #[serde(default = "default_report_samples")]
     pub report_samples: usize,
+    /// Free-form labels copied into `summary.json` (`tags`), for `aggregate`.
+    #[serde(default)]
+    pub tags: BTreeMap<String, Value>,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
@@ -477,6 +480,7 @@ impl StageKind for Evaluate {
             "prompts": prompts.len(),
             "samples_per_prompt": p.samples_per_prompt,
             "temperature": p.temperature,
+            "tags": p.tags,
             "policies": policies,
         });
 
