@@ -96,7 +96,8 @@ fn label(v: f64) -> String {
 /// The chart as an SVG document.
 pub fn render(chart: &Chart) -> String {
     let panels = chart.panels.len().max(1);
-    let width = PANEL_W * panels as f64;
+    // Wide enough for the title at 15 px (about 8 px a character).
+    let width = (PANEL_W * panels as f64).max(8.0 * chart.title.chars().count() as f64 + 40.0);
     let height = PANEL_H + LEGEND_H;
     let mut svg = String::new();
     let _ = write!(
