@@ -53,6 +53,7 @@ pub fn resolve(
         diags,
         stages: Vec::new(),
         invalid: BTreeSet::new(),
+        group_stages: BTreeSet::new(),
         params: BTreeMap::new(),
         seed: 0,
     };
@@ -89,6 +90,8 @@ struct Resolver<'a> {
     diags: &'a mut Vec<Diagnostic>,
     stages: Vec<StageDecl>,
     invalid: BTreeSet<String>,
+    /// The names of the stages declared inside groups (what `name@*` may refer to).
+    group_stages: BTreeSet<String>,
     params: BTreeMap<String, Value>,
     seed: u64,
 }
@@ -217,7 +220,10 @@ impl Resolver<'_> {
                             ),
                             None,
                         );
-                    } else if let Some(other) = group_names.insert(name.clone(), id.clone()) {
+                    } else if let Some(other) = {
+                        self.group_stages.insert(name.clone());
+                        group_names.insert(name.clone(), id.clone())
+                    } {
                         let inner_at = path(&["stages", &id, "stages", &name]);
                         self.error(&inner_at, format!("duplicate stage id `{name}`: group `{other}` has a stage of the same name"), None);
                     }
@@ -245,7 +251,7 @@ impl Resolver<'_> {
                     let prefix = format!("{base}@");
                     let copies: Vec<&String> =
                         ids.iter().filter(|id| id.starts_with(&prefix)).collect();
-                    if copies.is_empty() && !self.invalid.iter().any(|id| id.starts_with(&prefix)) {
+                    if copies.is_empty() && !self.group_stages.contains(base) {
                         unmatched.push((r.node_path.clone(), base.to_string()));
                     }
                     expanded.extend(copies.into_iter().map(|id| InputRef {
@@ -405,15 +411,8 @@ impl Resolver<'_> {
                     Value::Number(n) if n.is_i64() || n.is_u64() => parts.push(n.to_string()),
                     // A mapping names itself by its `id`; its other fields are
                     // `${item.NAME.FIELD}` (a noise level with its temperature, say).
-                    Value::Object(map)
-                        if group.matrix.is_some()
-                            && map.get("id").and_then(Value::as_str).is_some_and(|s| {
-                                !s.is_empty()
-                                    && s.chars()
-                                        .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-                            }) =>
-                    {
-                        parts.push(map["id"].as_str().unwrap_or_default().to_string())
+                    Value::Object(map) if group.matrix.is_some() && map_id(map).is_some() => {
+                        parts.push(map_id(map).unwrap_or_default())
                     }
                     other => {
                         let what = if group.matrix.is_some() {
@@ -816,6 +815,20 @@ impl Resolver<'_> {
             help,
         );
         None
+    }
+}
+
+/// The `id` of a matrix value that is a mapping: a string of id characters or an integer.
+fn map_id(map: &serde_json::Map<String, Value>) -> Option<String> {
+    match map.get("id")? {
+        Value::String(s)
+            if !s.is_empty()
+                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+        {
+            Some(s.clone())
+        }
+        Value::Number(n) if n.is_i64() || n.is_u64() => Some(n.to_string()),
+        _ => None,
     }
 }
 
