@@ -823,7 +823,8 @@ fn map_id(map: &serde_json::Map<String, Value>) -> Option<String> {
     match map.get("id")? {
         Value::String(s)
             if !s.is_empty()
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
+                && s.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') =>
         {
             Some(s.clone())
         }

@@ -256,3 +256,43 @@ stages:
         out.stderr
     );
 }
+
+#[test]
+fn matrix_values_may_be_mappings_named_by_their_id() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        r#"name: levels
+stages:
+  sweep:
+    matrix: { level: [{ id: 1, kl: 0.5 }, { id: low, kl: 2 }] }
+    stages:
+      cell:
+        kind: command
+        with: { cmd: "echo ${item.level.kl} > ${outputs.out}", outputs: { out: files } }
+  all:
+    kind: command
+    inputs: { runs: cell@*.out }
+    with: { cmd: "cat ${inputs.runs} > ${outputs.out}", outputs: { out: files } }
+"#,
+    );
+    let plan = ws.ok(&["plan", "p.yaml"]).stdout;
+    assert!(
+        plan.contains("cell@1 (command)") && plan.contains("cell@low (command)"),
+        "{plan}"
+    );
+    // A mapping without a usable id is one error; `cell@*` adds none of its own.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml")
+            .replace("{ id: 1, kl: 0.5 }", "{ kl: 0.5 }"),
+    );
+    let out = ws.hone(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 2);
+    assert!(
+        out.stderr.contains("or mappings with such an `id`"),
+        "{}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("matches no stage"), "{}", out.stderr);
+}
