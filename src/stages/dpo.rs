@@ -208,21 +208,8 @@ impl StageKind for Dpo {
         let p: DpoParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
         let device = lm::device(&p.device)?;
         let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
-        let reference_port = if ctx.inputs.contains_key("reference") {
-            "reference"
-        } else {
-            "policy"
-        };
-        // Loaded on its own: a detached copy of the policy would share its storage.
-        let reference = lm::load_input(ctx, reference_port, &device)?
-            .0
-            .frozen()
-            .map_err(failed)?;
-        let eot = policy
-            .config
-            .eos_token_id()
-            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
-            .unwrap_or(0);
+        let reference = lm::load_reference(ctx, "policy", &device)?;
+        let eot = lm::end_of_text(&policy.config, &tok);
         let context = policy.config.context_len();
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
         let pairs = Feedback::read_all(ctx, false)?.pairs;

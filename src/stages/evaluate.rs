@@ -302,25 +302,13 @@ impl StageKind for Evaluate {
         if let Some(n) = p.max_prompts {
             prompts.truncate(n);
         }
-        let reference_port = if ctx.inputs.contains_key("reference") {
-            "reference"
-        } else {
-            p.policies[0].as_str()
-        };
-        let reference = lm::load_input(ctx, reference_port, &device)?
-            .0
-            .frozen()
-            .map_err(failed)?;
+        let reference = lm::load_reference(ctx, p.policies[0].as_str(), &device)?;
         let total = (p.policies.len() * prompts.len()) as u64;
         let mut rows: Vec<Row> = Vec::new();
         for (pi, name) in p.policies.iter().enumerate() {
             let (policy, tok) = lm::load_input(ctx, name, &device)?;
             let model = policy.frozen().map_err(failed)?;
-            let eos = policy
-                .config
-                .eos_token_id()
-                .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
-                .unwrap_or(0);
+            let eos = lm::end_of_text(&policy.config, &tok);
             let params = SampleParams {
                 temperature: p.temperature,
                 top_k: None,

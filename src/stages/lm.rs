@@ -69,6 +69,31 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Trainable, Tokenizer), S
     Ok((trainable, tok))
 }
 
+/// The end-of-text id a stage appends and stops at: the model's EOS, else the tokenizer's
+/// end-of-text token, else 0.
+pub fn end_of_text(config: &model::ModelConfig, tok: &Tokenizer) -> u32 {
+    config
+        .eos_token_id()
+        .or_else(|| tokenizer::token_id(tok, tokenizer::END_OF_TEXT))
+        .unwrap_or(0)
+}
+
+/// A fixed reference model for inference: the `reference` input when bound, else the
+/// `fallback` input. Loaded from its checkpoint on its own: a detached copy of a model being
+/// trained would share its storage, which the optimiser updates in place.
+pub fn load_reference(
+    ctx: &StageContext<'_>,
+    fallback: &str,
+    device: &Device,
+) -> Result<model::CausalLm, StageError> {
+    let port = if ctx.inputs.contains_key("reference") {
+        "reference"
+    } else {
+        fallback
+    };
+    load_input(ctx, port, device)?.0.frozen().map_err(failed)
+}
+
 /// Writes a model directory a Hugging Face user recognises, plus `hone.json` (how it was
 /// made).
 pub fn write_model(
@@ -417,12 +442,7 @@ impl RewardScorer {
                 dir.display()
             )));
         }
-        let eot = rm
-            .base
-            .config
-            .eos_token_id()
-            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
-            .unwrap_or(0);
+        let eot = end_of_text(&rm.base.config, &tok);
         Ok(RewardScorer {
             model: model::CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)
                 .map_err(failed)?,

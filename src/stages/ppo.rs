@@ -404,27 +404,13 @@ impl StageKind for Ppo {
         let p: PpoParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
         let device = lm::device(&p.device)?;
         let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
-        // The reference is loaded on its own: a detached copy of the policy would share
-        // its storage, and the optimiser updates variables in place.
-        let reference_port = if ctx.inputs.contains_key("reference") {
-            "reference"
-        } else {
-            "policy"
-        };
-        let reference = lm::load_input(ctx, reference_port, &device)?
-            .0
-            .frozen()
-            .map_err(failed)?;
+        let reference = lm::load_reference(ctx, "policy", &device)?;
         let scorer = RewardScorer::load(
             &ctx.workspace.join(&ctx.inputs["reward_model"][0]),
             p.reward_template.as_deref(),
             &device,
         )?;
-        let eos = policy
-            .config
-            .eos_token_id()
-            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
-            .unwrap_or(0);
+        let eos = lm::end_of_text(&policy.config, &tok);
         let context = policy.config.context_len();
         let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
         if let Some(n) = p.max_prompts {

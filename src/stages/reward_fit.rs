@@ -224,12 +224,7 @@ impl StageKind for RewardFit {
         let p: RewardFitParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
         let device = lm::device(&p.device)?;
         let (rm, tok) = start_model(ctx, ctx.seed, &device)?;
-        let eot = rm
-            .base
-            .config
-            .eos_token_id()
-            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
-            .unwrap_or(0);
+        let eot = lm::end_of_text(&rm.base.config, &tok);
         let data = Feedback::read_all(ctx, p.use_margin)?;
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
         let held_out = |prompt_id: &str| {
@@ -498,12 +493,7 @@ fn fit_member(
     device: &candle_core::Device,
 ) -> Result<Trained, StageError> {
     let device = device.clone();
-    let eot = rm
-        .base
-        .config
-        .eos_token_id()
-        .or_else(|| tokenizer::token_id(tok, tokenizer::END_OF_TEXT))
-        .unwrap_or(0);
+    let eot = lm::end_of_text(&rm.base.config, tok);
     let context = rm.base.config.context_len();
     let encode = |prompt: &str, response: &str| {
         lm::reward_input(tok, &p.template, prompt, response, context, eot)

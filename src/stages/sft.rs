@@ -141,11 +141,7 @@ impl StageKind for Sft {
         let p: SftParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
         let device = lm::device(&p.device)?;
         let (trainable, tok) = lm::load_input(ctx, "model", &device)?;
-        let eot = trainable
-            .config
-            .eos_token_id()
-            .or_else(|| tokenizer::token_id(&tok, tokenizer::END_OF_TEXT))
-            .unwrap_or(0);
+        let eot = lm::end_of_text(&trainable.config, &tok);
         let context = trainable.config.context_len();
         // (tokens, index of the first completion token), cut to the context.
         let mut examples: Vec<(Vec<u32>, usize)> = Vec::new();
