@@ -44,9 +44,6 @@ fn default_warmup() -> usize {
 fn default_clip() -> f64 {
     1.0
 }
-fn default_template() -> String {
-    "User: {prompt}\nAssistant:".into()
-}
 fn default_checkpoint_every() -> usize {
     50
 }
@@ -79,7 +76,7 @@ pub struct DpoParams {
     pub max_grad_norm: f64,
     /// How a prompt is put to the policy (as in `sft`); the response follows after a
     /// space, then end-of-text.
-    #[serde(default = "default_template")]
+    #[serde(default = "lm::default_template")]
     pub template: String,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,

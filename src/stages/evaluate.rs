@@ -36,12 +36,6 @@ pub struct Evaluate;
 fn default_prompts() -> String {
     "data/hhh/eval_prompts.jsonl".into()
 }
-fn default_template() -> String {
-    "User: {prompt}\nAssistant:".into()
-}
-fn default_stop() -> Vec<String> {
-    vec!["\nUser:".into()]
-}
 fn default_max_new() -> usize {
     24
 }
@@ -69,9 +63,9 @@ pub struct EvaluateParams {
     pub max_prompts: Option<usize>,
     #[serde(default = "default_samples")]
     pub samples_per_prompt: usize,
-    #[serde(default = "default_template")]
+    #[serde(default = "lm::default_template")]
     pub template: String,
-    #[serde(default = "default_stop")]
+    #[serde(default = "lm::default_stop")]
     pub stop: Vec<String>,
     #[serde(default = "default_max_new")]
     pub max_new_tokens: usize,

@@ -31,12 +31,6 @@ fn default_temperature() -> f64 {
 fn default_max_new() -> usize {
     48
 }
-fn default_template() -> String {
-    "User: {prompt}\nAssistant:".into()
-}
-fn default_stop() -> Vec<String> {
-    vec!["\nUser:".into()]
-}
 
 /// Parameters of a `generate` stage.
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -61,10 +55,10 @@ pub struct GenerateParams {
     #[serde(default = "default_max_new")]
     pub max_new_tokens: usize,
     /// How a prompt is put to the model; `{prompt}` is replaced by its text.
-    #[serde(default = "default_template")]
+    #[serde(default = "lm::default_template")]
     pub template: String,
     /// The response ends before the first of these strings (the model's next turn).
-    #[serde(default = "default_stop")]
+    #[serde(default = "lm::default_stop")]
     pub stop: Vec<String>,
     #[serde(default = "lm::default_device")]
     pub device: String,

@@ -21,6 +21,16 @@ pub fn failed(e: impl std::fmt::Display) -> StageError {
 }
 
 /// The default of every model stage's `device` parameter.
+/// How a prompt is put to a policy by default (the chat format of the HHH world's demos).
+pub fn default_template() -> String {
+    "User: {prompt}\nAssistant:".into()
+}
+
+/// Where a sampled response ends by default, besides EOS: the next user turn.
+pub fn default_stop() -> Vec<String> {
+    vec!["\nUser:".into()]
+}
+
 pub fn default_device() -> String {
     "auto".into()
 }

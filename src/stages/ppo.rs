@@ -36,12 +36,6 @@ pub struct Ppo;
 fn default_prompts() -> String {
     "data/hhh/prompts.jsonl".into()
 }
-fn default_template() -> String {
-    "User: {prompt}\nAssistant:".into()
-}
-fn default_stop() -> Vec<String> {
-    vec!["\nUser:".into()]
-}
 fn default_iterations() -> usize {
     20
 }
@@ -99,10 +93,10 @@ pub struct PpoParams {
     #[serde(default)]
     pub max_prompts: Option<usize>,
     /// How a prompt is put to the policy; `{prompt}` is replaced by its text.
-    #[serde(default = "default_template")]
+    #[serde(default = "lm::default_template")]
     pub template: String,
     /// A response ends at the first of these strings, like at EOS.
-    #[serde(default = "default_stop")]
+    #[serde(default = "lm::default_stop")]
     pub stop: Vec<String>,
     /// PPO iterations: each samples `rollouts` responses and updates on them.
     #[serde(default = "default_iterations")]

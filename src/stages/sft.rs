@@ -43,9 +43,6 @@ fn default_wd() -> f64 {
 fn default_clip() -> f64 {
     1.0
 }
-fn default_template() -> String {
-    "User: {prompt}\nAssistant:".into()
-}
 fn default_checkpoint_every() -> usize {
     50
 }
@@ -74,7 +71,7 @@ pub struct SftParams {
     pub max_grad_norm: f64,
     /// How a prompt is put to the model; `{prompt}` is replaced by its text. The completion
     /// follows after a space, then end-of-text.
-    #[serde(default = "default_template")]
+    #[serde(default = "lm::default_template")]
     pub template: String,
     #[serde(default = "default_checkpoint_every")]
     pub checkpoint_every: usize,
