@@ -127,7 +127,7 @@ pub static REJECTS: TableKind = TableKind {
 };
 
 /// Every table kind hone writes, for `hone schema`.
-pub fn table_kinds() -> [&'static TableKind; 13] {
+pub fn table_kinds() -> [&'static TableKind; 14] {
     [
         &COMPARISONS,
         &RANKINGS,
@@ -142,6 +142,7 @@ pub fn table_kinds() -> [&'static TableKind; 13] {
         &crate::stages::PPO_HISTORY,
         &crate::stages::EVALUATION,
         &crate::stages::REFERENCE_LOGPROBS,
+        &crate::stages::METARM_HISTORY,
     ]
 }
 

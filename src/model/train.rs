@@ -83,7 +83,12 @@ impl Trainer {
 
     /// One optimiser step on `loss`; returns the gradient norm before clipping.
     pub fn step(&mut self, loss: &Tensor) -> Result<f64> {
-        let mut grads = loss.backward()?;
+        self.step_with(loss.backward()?)
+    }
+
+    /// One optimiser step on gradients computed elsewhere (MetaRM's meta-gradient); returns
+    /// their norm before clipping.
+    pub fn step_with(&mut self, mut grads: GradStore) -> Result<f64> {
         let plain: Vec<Var> = self.vars.iter().map(|(_, v)| v.clone()).collect();
         let norm = clip_gradients(&mut grads, &plain, self.max_grad_norm)?;
         let lr = self.schedule.lr(self.step);

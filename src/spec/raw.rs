@@ -51,9 +51,13 @@ pub struct RawStage {
     /// their threads fit in `--jobs`.
     #[serde(default)]
     pub threads: Option<u32>,
-    /// This stage's seed, instead of the one derived from the pipeline seed.
+    /// This stage's seed, instead of the one derived from the pipeline seed and the stage
+    /// id: an integer is used as it is; a string names a random stream, and the seed is
+    /// derived from the pipeline seed and that name (`seed: "sample-${item.seed}"`: copies
+    /// with the same name draw the same numbers, so two arms of an experiment can share
+    /// their samples).
     #[serde(default)]
-    pub seed: Option<u64>,
+    pub seed: Option<StageSeed>,
     /// What the stage is for.
     #[serde(default)]
     pub description: Option<String>,
@@ -67,7 +71,8 @@ pub struct RawStage {
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawGroup {
-    /// The number of rounds.
+    /// The number of rounds. With `foreach` or `matrix`, each value (or combination) runs
+    /// its own rounds, `name@VALUE_rN`, the carried inputs starting afresh for each.
     #[serde(default)]
     pub rounds: Option<u32>,
     /// The values to iterate over (strings or integers; they become part of stage ids).
@@ -88,6 +93,14 @@ pub struct RawGroup {
     /// What the group is for.
     #[serde(default)]
     pub description: Option<String>,
+}
+
+/// A stage's `seed`: a number, or the name of a random stream.
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum StageSeed {
+    Number(u64),
+    Name(String),
 }
 
 /// `stage.output` or a list of them.

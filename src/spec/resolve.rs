@@ -12,7 +12,7 @@ use super::diag::{Diagnostic, SourceFile, did_you_mean};
 use super::interp::{self, Piece};
 use super::load;
 use super::node::{DisplayPath, Node, NodeValue, PathSeg, Span, path};
-use super::raw::{RawGroup, RawSpec, RawStage};
+use super::raw::{RawGroup, RawSpec, RawStage, StageSeed};
 use super::{InputRef, Spec, StageDecl, derive_seed, is_identifier};
 use crate::stages;
 
@@ -277,30 +277,27 @@ impl Resolver<'_> {
             self.invalid.insert(id.to_string());
             return;
         };
-        let kinds = [
-            group.rounds.is_some(),
-            group.foreach.is_some(),
-            group.matrix.is_some(),
-        ];
-        if kinds.iter().filter(|&&k| k).count() > 1 {
-            let second = if group.foreach.is_some() && group.matrix.is_some() {
-                "matrix"
-            } else {
-                "foreach"
-            };
+        if group.foreach.is_some() && group.matrix.is_some() {
             self.error(
-                &with(at, second),
-                "a group has one of `rounds`, `foreach` or `matrix`",
+                &with(at, "matrix"),
+                "a group has `foreach` or `matrix`, not both (with `rounds` if it repeats)",
                 None,
             );
             return;
         }
+        if group.rounds == Some(0) {
+            self.error_at_value(&with(at, "rounds"), "`rounds` must be at least 1", None);
+            return;
+        }
+        // `rounds` with `foreach` or `matrix`: each value (or combination) runs its own
+        // rounds, with the carried inputs starting afresh.
+        let nested_rounds = group
+            .rounds
+            .filter(|_| group.foreach.is_some() || group.matrix.is_some());
         // Each round's item and the pieces of its stage-id suffix.
-        let items: Vec<(Value, Vec<SuffixPiece>)> = if let Some(n) = group.rounds {
-            if n == 0 {
-                self.error_at_value(&with(at, "rounds"), "`rounds` must be at least 1", None);
-                return;
-            }
+        let items: Vec<(Value, Vec<SuffixPiece>)> = if let (Some(n), None) =
+            (group.rounds, nested_rounds)
+        {
             (1..=i64::from(n))
                 .map(|i| (Value::from(i), vec![(Value::from(i), with(at, "rounds"))]))
                 .collect()
@@ -391,13 +388,18 @@ impl Resolver<'_> {
                 );
             }
         }
-        let mut carry: BTreeMap<String, Vec<String>> = group
+        let initial: BTreeMap<String, Vec<String>> = group
             .carry
             .iter()
             .map(|(k, v)| (k.clone(), v.0.clone()))
             .collect();
+        let mut carry = initial.clone();
         let mut suffixes = BTreeSet::new();
-        for (i, (item, pieces)) in items.iter().enumerate() {
+        // (round index, item, suffix) of every copy; a chain of rounds restarts the carry.
+        let mut copies: Vec<(i64, Value, String)> = Vec::new();
+        // A value that cannot name a copy is reported and left out; the others go on, so
+        // the mistakes inside the group's stages are reported too.
+        'items: for (i, (item, pieces)) in items.iter().enumerate() {
             let mut parts = Vec::new();
             for (value, value_at) in pieces {
                 match value {
@@ -422,7 +424,7 @@ impl Resolver<'_> {
                         };
                         self.error_at_value(value_at,
                             format!("`{what}` values become part of stage ids: use strings of letters, digits, `_`, `-` or integers{}, not `{other}`", if group.matrix.is_some() { " (or mappings with such an `id`)" } else { "" }), None);
-                        return;
+                        continue 'items;
                     }
                 }
             }
@@ -438,11 +440,37 @@ impl Resolver<'_> {
                     format!("two rounds would both be `@{suffix}`"),
                     None,
                 );
-                return;
+                continue;
+            }
+            match nested_rounds {
+                Some(n) => copies.extend(
+                    (1..=i64::from(n)).map(|r| (r, item.clone(), format!("{suffix}_r{r}"))),
+                ),
+                None => copies.push((i as i64 + 1, item.clone(), suffix)),
+            }
+        }
+        for (i, (index, item, suffix)) in copies.into_iter().enumerate() {
+            if nested_rounds.is_some() && index == 1 {
+                // A new chain: the carried inputs start again, read with this item (so
+                // `carry: { model: "fit@${item.seed}.model" }` may differ by item).
+                let empty = BTreeSet::new();
+                let start = Round {
+                    index: 0,
+                    item: item.clone(),
+                    suffix: String::new(),
+                    siblings: &empty,
+                    carry: &BTreeMap::new(),
+                };
+                carry = BTreeMap::new();
+                for (name, refs) in &initial {
+                    let value_at = [at, &path(&["carry", name])].concat();
+                    let expanded = self.expand_refs(refs, &value_at, Some(&start), false);
+                    carry.insert(name.clone(), expanded.into_iter().map(|(r, _)| r).collect());
+                }
             }
             let round = Round {
-                index: i as i64 + 1,
-                item: item.clone(),
+                index,
+                item,
                 suffix,
                 siblings: &siblings,
                 carry: &carry,
@@ -568,7 +596,18 @@ impl Resolver<'_> {
             Some(n) => n as usize,
             None => 1,
         };
-        let seed = raw.seed.unwrap_or_else(|| derive_seed(self.seed, &id));
+        let seed = match &raw.seed {
+            Some(StageSeed::Number(n)) => *n,
+            Some(StageSeed::Name(name)) => {
+                let named = self.interpolate_str(name, &with(at, "seed"), round, false);
+                let named = match named {
+                    Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                derive_seed(self.seed, &named)
+            }
+            None => derive_seed(self.seed, &id),
+        };
 
         let input_names: Vec<&str> = raw.inputs.keys().map(String::as_str).collect();
         let signature = match kind.signature(&params, &input_names) {

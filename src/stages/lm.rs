@@ -413,6 +413,35 @@ pub fn reward_input(
     Ok(ids)
 }
 
+/// A reward model directory's `hone.json` (`{"hone": {"template", "reward_offset", ...}}`);
+/// null when it has none (a reward model from elsewhere).
+pub fn reward_meta(dir: &Path) -> Value {
+    std::fs::read_to_string(dir.join("hone.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok())
+        .unwrap_or(Value::Null)
+}
+
+/// The template a reward model reads responses with: `template` if given, else the one it
+/// was fitted with, else reward-fit's default.
+pub fn reward_template(
+    meta: &Value,
+    template: Option<&str>,
+    dir: &Path,
+) -> Result<String, StageError> {
+    let template = template
+        .map(str::to_string)
+        .or_else(|| meta["hone"]["template"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "User: {prompt}\nAssistant: {response}".into());
+    if !template.contains("{prompt}") || !template.contains("{response}") {
+        return Err(failed(format!(
+            "`{}`: the reward template `{template}` lacks `{{prompt}}` or `{{response}}`",
+            dir.display()
+        )));
+    }
+    Ok(template)
+}
+
 /// A reward model's score of one response, and with ABC the attention of its final token
 /// over the response's tokens (the reward model's tokenization).
 pub struct Scored {
@@ -438,20 +467,8 @@ impl RewardScorer {
     pub fn load(dir: &Path, template: Option<&str>, device: &Device) -> Result<Self, StageError> {
         let rm = model::reward::RewardModel::load(dir, 0, device).map_err(failed)?;
         let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
-        let meta: Value = std::fs::read_to_string(dir.join("hone.json"))
-            .ok()
-            .and_then(|t| serde_json::from_str(&t).ok())
-            .unwrap_or(Value::Null);
-        let template = template
-            .map(str::to_string)
-            .or_else(|| meta["hone"]["template"].as_str().map(str::to_string))
-            .unwrap_or_else(|| "User: {prompt}\nAssistant: {response}".into());
-        if !template.contains("{prompt}") || !template.contains("{response}") {
-            return Err(failed(format!(
-                "`{}`: the reward template `{template}` lacks `{{prompt}}` or `{{response}}`",
-                dir.display()
-            )));
-        }
+        let meta = reward_meta(dir);
+        let template = reward_template(&meta, template, dir)?;
         let eot = end_of_text(&rm.base.config, &tok);
         Ok(RewardScorer {
             model: model::CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)

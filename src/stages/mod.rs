@@ -12,6 +12,7 @@ mod evaluate;
 mod feedback_ingest;
 mod generate;
 mod lm;
+mod metarm_adapt;
 mod odpo_select;
 mod ppo;
 mod pretrain_load;
@@ -35,6 +36,7 @@ pub use evaluate::{EVALUATION, Evaluate};
 pub use feedback_ingest::FeedbackIngest;
 pub use generate::Generate;
 pub use lm::HISTORY;
+pub use metarm_adapt::{METARM_HISTORY, MetarmAdapt};
 pub use odpo_select::{OdpoSelect, PAIRS};
 pub use ppo::{PPO_HISTORY, Ppo};
 pub use pretrain_load::PretrainLoad;
@@ -155,6 +157,7 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
         &Annotate,
         &RewardFit,
         &OdpoSelect,
+        &MetarmAdapt,
         &Ppo,
         &Dpo,
         &Evaluate,

@@ -227,12 +227,7 @@ impl StageKind for RewardFit {
         let eot = lm::end_of_text(&rm.base.config, &tok);
         let data = Feedback::read_all(ctx, p.use_margin)?;
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
-        let held_out = |prompt_id: &str| {
-            let h = blake3::hash(prompt_id.as_bytes());
-            (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64
-                / u64::MAX as f64)
-                < p.held_out_fraction
-        };
+        let held_out = |prompt_id: &str| is_held_out(prompt_id, p.held_out_fraction);
         let (train_pairs, test_pairs): (Vec<Pair>, Vec<Pair>) = data
             .pairs
             .iter()
@@ -326,65 +321,20 @@ impl StageKind for RewardFit {
             }
         };
         let total = history.len();
-        let head: Vec<f64> = rm
-            .head
-            .as_tensor()
-            .flatten_all()
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(failed)?
-            .into_iter()
-            .map(f64::from)
-            .collect();
-        let mut score = |items: &[(&str, &str)]| -> Result<Vec<f64>, StageError> {
-            Ok(scorer
-                .features(ctx, items)?
-                .iter()
-                .map(|f| f.iter().zip(&head).map(|(a, b)| a * b).sum())
-                .collect())
-        };
-        let mut pair_metrics = |pairs: &[Pair]| -> Result<Value, StageError> {
-            if pairs.is_empty() {
-                return Ok(json!(null));
-            }
-            let chosen = score(
-                &pairs
-                    .iter()
-                    .map(|x| (x.prompt.as_str(), x.chosen.as_str()))
-                    .collect::<Vec<_>>(),
-            )?;
-            let rejected = score(
-                &pairs
-                    .iter()
-                    .map(|x| (x.prompt.as_str(), x.rejected.as_str()))
-                    .collect::<Vec<_>>(),
-            )?;
-            let probabilities = metrics::pair_probabilities(&chosen, &rejected);
-            Ok(json!({
-                "pairs": pairs.len(),
-                "accuracy": metrics::accuracy(&probabilities),
-                "log_loss": metrics::log_loss(&probabilities),
-                "ece": metrics::expected_calibration_error(&probabilities, 10),
-            }))
-        };
-        let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
-        let train_metrics = pair_metrics(&train_sample)?;
-        let held_out_metrics = pair_metrics(&test_pairs)?;
-        // Normalisation: mean reward 0 over the training responses.
-        let mut responses: Vec<(&str, &str)> = train_pairs
-            .iter()
-            .flat_map(|x| {
-                [
-                    (x.prompt.as_str(), x.chosen.as_str()),
-                    (x.prompt.as_str(), x.rejected.as_str()),
-                ]
-            })
-            .collect();
-        responses.sort();
-        responses.dedup();
-        let offset = {
-            let r = score(&responses[..responses.len().min(2000)])?;
-            r.iter().sum::<f64>() / r.len().max(1) as f64
-        };
+        let oracle = ctx
+            .inputs
+            .get("oracle")
+            .and_then(|o| o.first())
+            .map(|o| ctx.workspace.join(o));
+        let assessment = assess(
+            ctx,
+            &mut scorer,
+            &head_weights(&rm)?,
+            &train_pairs,
+            &test_pairs,
+            oracle.as_deref(),
+        )?;
+        let offset = assessment.offset;
         let mut summary = json!({
             "train_mode": match p.train { TrainMode::Full => "full", TrainMode::Head => "head" },
             "steps": total,
@@ -393,50 +343,24 @@ impl StageKind for RewardFit {
             "held_out_pairs": test_pairs.len(),
             "scores": if p.train == TrainMode::Full { train_scores.len() } else { 0 },
             "flags": if p.train == TrainMode::Full { train_flags.len() } else { 0 },
-            "reward_offset": offset,
-            "train": train_metrics,
-            "held_out": held_out_metrics,
             "final_loss": lm::final_loss(&history),
             "tags": p.tags,
         });
-        if let Some(oracle) = ctx.inputs.get("oracle").and_then(|o| o.first()) {
-            let rows = table::read_rows(&ctx.workspace.join(oracle)).map_err(failed)?;
-            let rows: Vec<_> = rows.into_iter().take(MAX_ORACLE_ROWS).collect();
-            let text = |r: &serde_json::Map<String, Value>, k: &str| {
-                r.get(k)
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_string()
-            };
-            let owned: Vec<(String, String, String)> = rows
-                .iter()
-                .map(|r| (text(r, "prompt_id"), text(r, "prompt"), text(r, "response")))
-                .collect();
-            let items: Vec<(&str, &str)> = owned
-                .iter()
-                .map(|(_, p, r)| (p.as_str(), r.as_str()))
-                .collect();
-            let truth: Vec<f64> = rows
-                .iter()
-                .map(|r| r["reward"].as_f64().unwrap_or(f64::NAN))
-                .collect();
-            let predicted = score(&items)?;
-            let prompt_ids: Vec<&str> = owned.iter().map(|(id, _, _)| id.as_str()).collect();
-            let (correct, compared) =
-                metrics::ordered_pair_agreement(&prompt_ids, &predicted, &truth);
-            summary["oracle_spearman"] = json!(metrics::spearman(&predicted, &truth));
-            summary["oracle_rows"] = json!(rows.len());
-            summary["oracle_pairs"] = json!(compared);
-            summary["oracle_pair_accuracy"] = if compared > 0 {
-                json!(correct / compared as f64)
-            } else {
-                json!(null)
-            };
-        }
+        summary
+            .as_object_mut()
+            .expect("an object")
+            .extend(assessment.metrics);
         tracing::info!(held_out = %summary["held_out"], "reward model fitted");
         let out = ctx.workspace.join(&ctx.outputs["reward_model"]);
-        rm.save(&out, eot).map_err(failed)?;
-        tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+        let thresholds = reward::ordered_thresholds(&thresholds_raw)
+            .and_then(|t| t.to_vec1::<f32>())
+            .map_err(failed)?;
+        save_reward_model(
+            &rm,
+            &tok,
+            &out,
+            json!({"stage": "reward-fit", "reward_offset": offset, "template": p.template, "ordinal_thresholds": thresholds}),
+        )?;
         if p.ensemble > 1 {
             let member_dir = |k: usize| out.join("members").join(k.to_string());
             for (k, member) in std::iter::once(&rm).chain(&members).enumerate() {
@@ -445,15 +369,6 @@ impl StageKind for RewardFit {
                     .map_err(failed)?;
             }
         }
-        let thresholds = reward::ordered_thresholds(&thresholds_raw)
-            .and_then(|t| t.to_vec1::<f32>())
-            .map_err(failed)?;
-        let meta = json!({"hone": {"stage": "reward-fit", "reward_offset": offset, "template": p.template, "ordinal_thresholds": thresholds}});
-        std::fs::write(
-            out.join("hone.json"),
-            format!("{}\n", serde_json::to_string_pretty(&meta).map_err(failed)?),
-        )
-        .map_err(failed)?;
         let provenance = Provenance {
             stage: ctx.stage_id.to_string(),
             fingerprint: ctx.fingerprint.to_string(),
@@ -643,6 +558,159 @@ fn fit_member(
     })
 }
 
+/// Whether a prompt is held out of training: a hash of its id below `fraction`, so every
+/// stage that reads the same feedback holds out the same prompts.
+pub(super) fn is_held_out(prompt_id: &str, fraction: f64) -> bool {
+    let h = blake3::hash(prompt_id.as_bytes());
+    (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64)
+        < fraction
+}
+
+/// The head's weights.
+pub(super) fn head_weights(rm: &RewardModel) -> Result<Vec<f64>, StageError> {
+    Ok(rm
+        .head
+        .as_tensor()
+        .flatten_all()
+        .and_then(|t| t.to_vec1::<f32>())
+        .map_err(failed)?
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// How a fitted reward model ranks: `train` and `held_out` pair metrics, `reward_offset`
+/// (its mean over the training responses, removed when it scores) and, with an oracle
+/// table, `oracle_spearman`, `oracle_rows`, `oracle_pairs`, `oracle_pair_accuracy`.
+pub(super) struct Assessment {
+    pub metrics: serde_json::Map<String, Value>,
+    pub offset: f64,
+}
+
+pub(super) fn assess(
+    ctx: &StageContext<'_>,
+    scorer: &mut Scorer,
+    head: &[f64],
+    train_pairs: &[Pair],
+    test_pairs: &[Pair],
+    oracle: Option<&std::path::Path>,
+) -> Result<Assessment, StageError> {
+    let mut score = |items: &[(&str, &str)]| -> Result<Vec<f64>, StageError> {
+        Ok(scorer
+            .features(ctx, items)?
+            .iter()
+            .map(|f| f.iter().zip(head).map(|(a, b)| a * b).sum())
+            .collect())
+    };
+    let mut pair_metrics = |pairs: &[Pair]| -> Result<Value, StageError> {
+        if pairs.is_empty() {
+            return Ok(json!(null));
+        }
+        let chosen = score(
+            &pairs
+                .iter()
+                .map(|x| (x.prompt.as_str(), x.chosen.as_str()))
+                .collect::<Vec<_>>(),
+        )?;
+        let rejected = score(
+            &pairs
+                .iter()
+                .map(|x| (x.prompt.as_str(), x.rejected.as_str()))
+                .collect::<Vec<_>>(),
+        )?;
+        let probabilities = metrics::pair_probabilities(&chosen, &rejected);
+        Ok(json!({
+            "pairs": pairs.len(),
+            "accuracy": metrics::accuracy(&probabilities),
+            "log_loss": metrics::log_loss(&probabilities),
+            "ece": metrics::expected_calibration_error(&probabilities, 10),
+        }))
+    };
+    let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
+    let mut out = serde_json::Map::new();
+    out.insert("train".into(), pair_metrics(&train_sample)?);
+    out.insert("held_out".into(), pair_metrics(test_pairs)?);
+    // Normalisation: mean reward 0 over the training responses.
+    let mut responses: Vec<(&str, &str)> = train_pairs
+        .iter()
+        .flat_map(|x| {
+            [
+                (x.prompt.as_str(), x.chosen.as_str()),
+                (x.prompt.as_str(), x.rejected.as_str()),
+            ]
+        })
+        .collect();
+    responses.sort();
+    responses.dedup();
+    let offset = {
+        let r = score(&responses[..responses.len().min(2000)])?;
+        r.iter().sum::<f64>() / r.len().max(1) as f64
+    };
+    out.insert("reward_offset".into(), json!(offset));
+    if let Some(oracle) = oracle {
+        let rows = table::read_rows(oracle).map_err(failed)?;
+        let rows: Vec<_> = rows.into_iter().take(MAX_ORACLE_ROWS).collect();
+        let text = |r: &serde_json::Map<String, Value>, k: &str| {
+            r.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string()
+        };
+        let owned: Vec<(String, String, String)> = rows
+            .iter()
+            .map(|r| (text(r, "prompt_id"), text(r, "prompt"), text(r, "response")))
+            .collect();
+        let items: Vec<(&str, &str)> = owned
+            .iter()
+            .map(|(_, p, r)| (p.as_str(), r.as_str()))
+            .collect();
+        let truth: Vec<f64> = rows
+            .iter()
+            .map(|r| r["reward"].as_f64().unwrap_or(f64::NAN))
+            .collect();
+        let predicted = score(&items)?;
+        let prompt_ids: Vec<&str> = owned.iter().map(|(id, _, _)| id.as_str()).collect();
+        let (correct, compared) = metrics::ordered_pair_agreement(&prompt_ids, &predicted, &truth);
+        out.insert(
+            "oracle_spearman".into(),
+            json!(metrics::spearman(&predicted, &truth)),
+        );
+        out.insert("oracle_rows".into(), json!(rows.len()));
+        out.insert("oracle_pairs".into(), json!(compared));
+        out.insert(
+            "oracle_pair_accuracy".into(),
+            if compared > 0 {
+                json!(correct / compared as f64)
+            } else {
+                json!(null)
+            },
+        );
+    }
+    Ok(Assessment {
+        metrics: out,
+        offset,
+    })
+}
+
+/// Writes a reward model, its tokenizer and `hone.json` (`{"hone": meta}`: the template it
+/// reads responses with, its offset) to `out`.
+pub(super) fn save_reward_model(
+    rm: &RewardModel,
+    tok: &tokenizers::Tokenizer,
+    out: &std::path::Path,
+    meta: Value,
+) -> Result<(), StageError> {
+    let eot = lm::end_of_text(&rm.base.config, tok);
+    rm.save(out, eot).map_err(failed)?;
+    tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+    let meta = json!({ "hone": meta });
+    std::fs::write(
+        out.join("hone.json"),
+        format!("{}\n", serde_json::to_string_pretty(&meta).map_err(failed)?),
+    )
+    .map_err(failed)
+}
+
 /// At most this many oracle rows are scored for the oracle metrics.
 const MAX_ORACLE_ROWS: usize = 5000;
 
@@ -721,7 +789,7 @@ fn fit_head(
 
 /// Last-layer features ψ(prompt, response) of a frozen copy of a reward model's backbone,
 /// each text encoded and run once however often it is asked for.
-struct Scorer {
+pub(super) struct Scorer {
     model: CausalLm,
     tok: tokenizers::Tokenizer,
     template: String,
@@ -732,7 +800,7 @@ struct Scorer {
 }
 
 impl Scorer {
-    fn new(
+    pub(super) fn new(
         rm: &RewardModel,
         tok: &tokenizers::Tokenizer,
         template: &str,
@@ -750,7 +818,7 @@ impl Scorer {
         })
     }
 
-    fn features(
+    pub(super) fn features(
         &mut self,
         ctx: &StageContext<'_>,
         items: &[(&str, &str)],

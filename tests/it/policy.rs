@@ -183,3 +183,85 @@ fn a_killed_ppo_resumes_to_the_same_policy() {
         "a resumed PPO writes the same bytes"
     );
 }
+
+#[test]
+fn metarm_adapt_spreads_the_policy_samples_or_passes_through() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: meta
+seed: 4
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 8 }} }}
+  label: {{ kind: annotate, with: {{ candidates_path: data/hhh/candidates.jsonl, max_prompts: 24, pairs_per_prompt: 2 }} }}
+  reward: {{ kind: reward-fit, inputs: {{ model: base.model, feedback: label.feedback }}, with: {{ epochs: 2, batch_size: 8, device: cpu }} }}
+  sample: {{ kind: generate, inputs: {{ model: base.model }}, with: {{ max_prompts: 6, n_samples: 3, max_new_tokens: 8, device: cpu }} }}
+  judge: {{ kind: annotate, inputs: {{ candidates: sample.candidates }} }}
+  adapt:
+    kind: metarm-adapt
+    inputs: {{ reward_model: reward.reward_model, feedback: label.feedback, candidates: sample.candidates, oracle: judge.oracle }}
+    with: {{ steps: 4, batch_size: 4, meta_prompts: 3, k: 3, eta: 1.0, lr: 1e-3, order: second, device: cpu }}
+  same:
+    kind: metarm-adapt
+    inputs: {{ reward_model: reward.reward_model, feedback: label.feedback, candidates: sample.candidates }}
+    with: {{ steps: 0, device: cpu }}
+"#
+        ),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let weights = |stage: &str| {
+        candle_core::safetensors::load(
+            output(&ws, stage, "reward_model").join("model.safetensors"),
+            &candle_core::Device::Cpu,
+        )
+        .unwrap()["score.weight"]
+            .flatten_all()
+            .unwrap()
+            .to_vec1::<f32>()
+            .unwrap()
+    };
+    let summary = |stage: &str| -> Value {
+        serde_json::from_str(
+            &std::fs::read_to_string(output(&ws, stage, "metrics").join("summary.json")).unwrap(),
+        )
+        .unwrap()
+    };
+
+    // Four meta steps: one row each; the inner step raised J on its batch; the model moved.
+    let history = rows(&output(&ws, "adapt", "metrics").join("history.parquet"));
+    assert_eq!(history.len(), 4);
+    let mean = |key: &str| {
+        history
+            .iter()
+            .map(|r| r[key].as_f64().unwrap())
+            .sum::<f64>()
+            / 4.0
+    };
+    assert!(
+        mean("difference_loss_after") > mean("difference_loss"),
+        "{history:?}"
+    );
+    assert_ne!(weights("adapt"), weights("reward"));
+    let s = summary("adapt");
+    for key in ["oracle_pair_accuracy", "oracle_spearman"] {
+        assert!(
+            s.get(key).is_some() && s["before"].get(key).is_some(),
+            "{s}"
+        );
+    }
+    assert!(s["policy_samples"]["pairs"].as_u64().unwrap() > 0, "{s}");
+    let hone: Value = serde_json::from_str(
+        &std::fs::read_to_string(output(&ws, "adapt", "reward_model").join("hone.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(hone["hone"]["stage"], "metarm-adapt");
+
+    // `steps: 0`: the same weights, no history, the same metrics before and after.
+    assert_eq!(weights("same"), weights("reward"));
+    assert!(rows(&output(&ws, "same", "metrics").join("history.parquet")).is_empty());
+    let s = summary("same");
+    assert_eq!(s["policy_samples"], s["before"]["policy_samples"]);
+    assert_eq!(s["held_out"], s["before"]["held_out"]);
+}

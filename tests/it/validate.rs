@@ -258,6 +258,73 @@ stages:
 }
 
 #[test]
+fn rounds_inside_a_matrix_restart_the_carry_for_each_combination() {
+    let ws = Workspace::new();
+    ws.write(
+        "p.yaml",
+        r#"name: online-sweep
+stages:
+  start:
+    foreach: [1, 2]
+    stages:
+      init:
+        kind: command
+        with: { cmd: "echo init ${item} > ${outputs.model}", outputs: { model: files } }
+  online:
+    matrix: { method: [a, b], seed: [1, 2] }
+    rounds: 2
+    carry: { model: "init@${item.seed}.model" }
+    next: { model: step.model }
+    stages:
+      step:
+        kind: command
+        inputs: { model: "${carry.model}" }
+        with: { cmd: "cat ${inputs.model} > ${outputs.model}; echo ${item.method} round ${round} >> ${outputs.model}", outputs: { model: files } }
+  all:
+    kind: command
+    inputs: { runs: step@*.model }
+    with: { cmd: "cat ${inputs.runs} > ${outputs.out}", outputs: { out: files } }
+"#,
+    );
+    let plan = ws.ok(&["plan", "p.yaml"]).stdout;
+    assert!(
+        plan.contains("step@a_2_r1 (command)  [model <- init@2.model]"),
+        "{plan}"
+    );
+    assert!(
+        plan.contains("step@b_1_r2 (command)  [model <- step@b_1_r1.model]"),
+        "{plan}"
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let out = ws
+        .ok(&["show", "p.yaml", "step@b_2_r2.model", "--json"])
+        .stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        ws.read(v["outputs"][0]["path"].as_str().unwrap()),
+        "init 2\nb round 1\nb round 2\n"
+    );
+    let out = ws.ok(&["show", "p.yaml", "all.out", "--json"]).stdout;
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(
+        ws.read(v["outputs"][0]["path"].as_str().unwrap())
+            .lines()
+            .count(),
+        4 * (2 + 3),
+        "eight copies: two lines after a first round, three after a second"
+    );
+    // `foreach` and `matrix` together are still an error.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml")
+            .replace("    rounds: 2\n", "    foreach: [x]\n"),
+    );
+    let out = ws.hone(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 2);
+    assert!(out.stderr.contains("not both"), "{}", out.stderr);
+}
+
+#[test]
 fn matrix_values_may_be_mappings_named_by_their_id() {
     let ws = Workspace::new();
     ws.write(
