@@ -462,10 +462,22 @@ impl Resolver<'_> {
                     carry: &BTreeMap::new(),
                 };
                 carry = BTreeMap::new();
+                let before = self.diags.len();
                 for (name, refs) in &initial {
                     let value_at = [at, &path(&["carry", name])].concat();
                     let expanded = self.expand_refs(refs, &value_at, Some(&start), false);
                     carry.insert(name.clone(), expanded.into_iter().map(|(r, _)| r).collect());
+                }
+                // The same mistake in every chain is reported once.
+                let new: Vec<Diagnostic> = self.diags.drain(before..).collect();
+                for d in new {
+                    if !self
+                        .diags
+                        .iter()
+                        .any(|e| e.path == d.path && e.message == d.message)
+                    {
+                        self.diags.push(d);
+                    }
                 }
             }
             let round = Round {

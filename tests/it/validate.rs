@@ -313,6 +313,21 @@ stages:
         4 * (2 + 3),
         "eight copies: two lines after a first round, three after a second"
     );
+    // A mistake in the carried inputs is reported once, not once per combination.
+    let good = ws.read("p.yaml");
+    ws.write(
+        "p.yaml",
+        &good.replace("init@${item.seed}", "init@${item.sed}"),
+    );
+    let out = ws.hone(&["validate", "p.yaml"]);
+    assert_eq!(out.code, 2);
+    assert_eq!(
+        out.stderr.matches("the matrix has no `sed`").count(),
+        1,
+        "{}",
+        out.stderr
+    );
+    ws.write("p.yaml", &good);
     // `foreach` and `matrix` together are still an error.
     ws.write(
         "p.yaml",
