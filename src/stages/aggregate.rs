@@ -134,7 +134,8 @@ impl StageKind for Aggregate {
     }
 
     fn version(&self) -> u32 {
-        1
+        // 2: the reach table's header names all five columns.
+        2
     }
 
     fn summary(&self) -> &'static str {
@@ -420,11 +421,12 @@ fn markdown(p: &AggregateParams, rows: &[Row], reach: &[Value]) -> String {
     if !reach.is_empty() {
         let _ = writeln!(
             out,
-            "\n| {} | {} | reaches {} of {} at {} | saving |\n|---|---|---:|---:|---:|",
+            "\n| {} | {} | target: {} of {} at its largest {} | {} at which it is reached | saving |\n|---|---|---:|---:|---:|",
             p.panel.as_deref().unwrap_or("panel"),
             p.series.as_deref().unwrap_or("series"),
             p.y,
             p.baseline.as_deref().unwrap_or_default(),
+            p.x,
             p.x
         );
         for r in reach {

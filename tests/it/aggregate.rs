@@ -78,6 +78,17 @@ stages:
             .unwrap()
             .contains("| fast | 200 | 3 | 2.020 ± 0.012 |")
     );
+    // Every row of each Markdown table has as many cells as its header.
+    let table = std::fs::read_to_string(report.join("table.md")).unwrap();
+    for block in table.split("\n\n") {
+        let cells: Vec<usize> = block
+            .lines()
+            .filter(|l| l.starts_with('|'))
+            .map(|l| l.matches('|').count())
+            .collect();
+        assert!(cells.windows(2).all(|w| w[0] == w[1]), "{block}");
+    }
+    assert!(table.contains("| fast | 1.020 | 100 | 50% |"), "{table}");
 
     // A run without the value says which file and which key.
     ws.write(
