@@ -3,7 +3,8 @@
 //! clipped, a penalty without EOS), places the score on the tokens (`credit`), subtracts a
 //! per-token KL penalty to the frozen reference, estimates advantages with GAE and whitens
 //! them, then runs a few epochs of clipped policy and value updates over minibatches. The
-//! value head sits on the policy's last hidden state. The math is in `rl::ppo`; this file
+//! value head sits on the policy's last hidden state, or in a separate critic initialised
+//! from the reward model (`critic: reward-model`). The math is in `rl::ppo`; this file
 //! is the loop, its checkpoints and its metrics.
 
 use arrow::array::ArrayRef;
@@ -25,6 +26,7 @@ use crate::artifact::ArtifactType;
 use crate::artifact::table::{
     Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
 };
+use crate::model::reward::RewardModel;
 use crate::model::sample::{SampleParams, sample};
 use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, tokenizer};
@@ -126,9 +128,19 @@ pub struct PpoParams {
     /// ε of the clipped value loss.
     #[serde(default = "default_clip")]
     pub value_clip: f64,
-    /// Weight of the value loss.
+    /// Weight of the value loss (with `critic: policy`, where one loss trains both).
     #[serde(default = "default_vf_coef")]
     pub vf_coef: f64,
+    /// Where the values come from: `policy` (default), a head on the policy's last hidden
+    /// state trained with it (TRL's layout), or `reward-model`, a separate critic
+    /// initialised from the reward model (InstructGPT's): its backbone and head, the head's
+    /// output at each prefix minus the reward model's offset, with its own optimiser. The
+    /// reward model must share the policy's tokenizer.
+    #[serde(default)]
+    pub critic: CriticKind,
+    /// The separate critic's learning rate (default: `lr`).
+    #[serde(default)]
+    pub critic_lr: Option<f64>,
     #[serde(default = "default_one")]
     pub gamma: f64,
     #[serde(default = "default_lambda")]
@@ -167,6 +179,17 @@ pub struct PpoParams {
     pub checkpoint_every: usize,
     #[serde(default = "lm::default_device")]
     pub device: String,
+}
+
+/// Where PPO's values come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum CriticKind {
+    /// A value head on the policy, trained with it.
+    #[default]
+    Policy,
+    /// A separate critic initialised from the reward model.
+    RewardModel,
 }
 
 pub static PPO_HISTORY: TableKind = TableKind {
@@ -429,28 +452,46 @@ impl StageKind for Ppo {
             })
             .collect::<Result<_, StageError>>()?;
 
-        // The value head: one linear map of the policy's last hidden state, trained with it
-        // and left out of the saved policy.
-        let hidden = policy.config.hidden_size();
-        let vb = VarBuilder::from_varmap(&policy.varmap, DType::F32, &device);
-        let value_head = vb
-            .get_with_hints((1, hidden), "hone_value.weight", Init::Const(0.0))
-            .map_err(failed)?;
-        let value_bias = vb
-            .get_with_hints(1, "hone_value.bias", Init::Const(0.0))
-            .map_err(failed)?;
-        let vars: Vec<(String, Var)> = Trainer::named_vars(&policy.varmap);
+        // The values: with `critic: policy` one linear map of the policy's last hidden
+        // state, trained with it and left out of the saved policy; with `critic:
+        // reward-model` the reward model's backbone and head with a bias, trained apart.
         let steps_per_iteration = p.epochs * p.rollouts.div_ceil(p.minibatch_size);
-        let schedule = Schedule {
-            peak_lr: p.lr,
+        let schedule = |lr: f64| Schedule {
+            peak_lr: lr,
             warmup_steps: 0,
             total_steps: p.iterations * steps_per_iteration,
             final_fraction: 1.0,
         };
+        let (value_head, value_bias, mut critic) = match p.critic {
+            CriticKind::Policy => {
+                let hidden = policy.config.hidden_size();
+                let vb = VarBuilder::from_varmap(&policy.varmap, DType::F32, &device);
+                let head = vb
+                    .get_with_hints((1, hidden), "hone_value.weight", Init::Const(0.0))
+                    .map_err(failed)?;
+                let bias = vb
+                    .get_with_hints(1, "hone_value.bias", Init::Const(0.0))
+                    .map_err(failed)?;
+                (head, bias, None)
+            }
+            CriticKind::RewardModel => {
+                let critic = Critic::load(
+                    ctx,
+                    &tok,
+                    schedule(p.critic_lr.unwrap_or(p.lr)),
+                    p.max_grad_norm,
+                    &device,
+                )?;
+                let head = critic.model.head.as_tensor().clone();
+                let bias = critic.bias.clone();
+                (head, bias, Some(critic))
+            }
+        };
+        let vars: Vec<(String, Var)> = Trainer::named_vars(&policy.varmap);
         let mut trainer =
-            Trainer::new(vars, schedule, 0.0, Some(p.max_grad_norm)).map_err(failed)?;
+            Trainer::new(vars, schedule(p.lr), 0.0, Some(p.max_grad_norm)).map_err(failed)?;
         let resume = lm::ResumeState::new(ctx.resume_dir);
-        let mut state = match resume.restore_with(&policy, &mut trainer)? {
+        let mut state: PpoState = match resume.restore_with(&policy, &mut trainer)? {
             Some((_, extra)) => serde_json::from_value(extra).map_err(failed)?,
             None => PpoState {
                 iteration: 0,
@@ -458,6 +499,9 @@ impl StageKind for Ppo {
                 rows: Vec::new(),
             },
         };
+        if let Some(critic) = &mut critic {
+            critic.restore(ctx.resume_dir, state.iteration)?;
+        }
         let mut adaptive = p.kl_target.map(|target| AdaptiveKl {
             coef: state.kl_coef,
             target,
@@ -536,14 +580,32 @@ impl StageKind for Ppo {
                     (all, encoded[i].len())
                 })
                 .collect();
-            let old = per_token(
-                &frozen,
-                Some((&value_head, &value_bias)),
-                &sequences,
-                eos,
-                p.temperature,
-                &device,
-            )?;
+            let old = match &critic {
+                None => per_token(
+                    &frozen,
+                    Some((&value_head, &value_bias)),
+                    &sequences,
+                    eos,
+                    p.temperature,
+                    &device,
+                )?,
+                Some(critic) => {
+                    let logp = per_token(&frozen, None, &sequences, eos, p.temperature, &device)?;
+                    let critic_frozen = critic.model.base.frozen().map_err(failed)?;
+                    let values = per_token(
+                        &critic_frozen,
+                        Some((&value_head, &value_bias)),
+                        &sequences,
+                        eos,
+                        p.temperature,
+                        &device,
+                    )?;
+                    logp.into_iter()
+                        .zip(values)
+                        .map(|((lp, _), (_, v))| (lp, v))
+                        .collect()
+                }
+            };
             let reference_logp =
                 per_token(&reference, None, &sequences, eos, p.temperature, &device)?;
             let mut rollouts = Vec::with_capacity(batch.len());
@@ -603,6 +665,14 @@ impl StageKind for Ppo {
                     let mb = Minibatch::new(&picked, eos, &device)?;
                     let (logp, hidden) =
                         token_logprobs(&policy.model, &mb.ids, p.temperature).map_err(failed)?;
+                    let hidden = match &critic {
+                        None => hidden,
+                        Some(critic) => {
+                            token_logprobs(&critic.model.base.model, &mb.ids, p.temperature)
+                                .map_err(failed)?
+                                .1
+                        }
+                    };
                     let values = value_of(
                         &hidden,
                         &value_head,
@@ -620,8 +690,17 @@ impl StageKind for Ppo {
                         p.value_clip,
                     )
                     .map_err(failed)?;
-                    let loss = (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
-                    let norm = trainer.step(&loss).map_err(failed)?;
+                    let norm = match &mut critic {
+                        None => {
+                            let loss =
+                                (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
+                            trainer.step(&loss).map_err(failed)?
+                        }
+                        Some(critic) => {
+                            critic.trainer.step(&vf).map_err(failed)?;
+                            trainer.step(&pg).map_err(failed)?
+                        }
+                    };
                     pg_sum += f64::from(pg.to_scalar::<f32>().map_err(failed)?);
                     vf_sum += f64::from(vf.to_scalar::<f32>().map_err(failed)?);
                     clip_sum += clip_fraction;
@@ -668,12 +747,20 @@ impl StageKind for Ppo {
             ctx.report(state.iteration as u64, p.iterations as u64);
             if state.iteration.is_multiple_of(p.checkpoint_every) && state.iteration < p.iterations
             {
+                // The critic first, under this iteration's name: the policy's checkpoint
+                // (which holds the iteration) then points at a critic that exists.
+                if let Some(critic) = &critic {
+                    critic.save(ctx.resume_dir, state.iteration)?;
+                }
                 resume.save_with(
                     &policy,
                     &trainer,
                     &[],
                     serde_json::to_value(&state).map_err(failed)?,
                 )?;
+                if let Some(critic) = &critic {
+                    critic.forget_before(ctx.resume_dir, state.iteration);
+                }
             }
         }
 
@@ -770,6 +857,94 @@ pub fn cut_response(
         .min()
         .unwrap_or(decoded.len());
     Ok((kept, ended, decoded[..end].trim().to_string()))
+}
+
+/// `critic: reward-model`: a separate value model initialised from the reward model.
+struct Critic {
+    model: RewardModel,
+    bias: Tensor,
+    trainer: Trainer,
+}
+
+impl Critic {
+    fn load(
+        ctx: &StageContext<'_>,
+        policy_tok: &tokenizers::Tokenizer,
+        schedule: Schedule,
+        max_grad_norm: f64,
+        device: &Device,
+    ) -> Result<Self, StageError> {
+        let dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
+        let model = RewardModel::load(&dir, ctx.seed, device).map_err(failed)?;
+        let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
+        if tok.get_vocab(true) != policy_tok.get_vocab(true) {
+            return Err(failed(format!(
+                "`critic: reward-model` reads the policy's tokens, but the reward model in `{}` has another tokenizer; use `critic: policy`",
+                dir.display()
+            )));
+        }
+        // Values start as the reward model's reading of each prefix, offset removed like
+        // the scores PPO sees.
+        let offset = lm::reward_meta(&dir)["hone"]["reward_offset"]
+            .as_f64()
+            .unwrap_or(0.0);
+        let bias = VarBuilder::from_varmap(&model.base.varmap, DType::F32, device)
+            .get_with_hints(1, "hone_value.bias", Init::Const(-offset))
+            .map_err(failed)?;
+        let trainer = Trainer::new(model.trainable_vars(), schedule, 0.0, Some(max_grad_norm))
+            .map_err(failed)?;
+        Ok(Critic {
+            model,
+            bias,
+            trainer,
+        })
+    }
+
+    fn dir(resume_dir: &std::path::Path, iteration: usize) -> std::path::PathBuf {
+        resume_dir.join(format!("critic-{iteration}"))
+    }
+
+    fn save(&self, resume_dir: &std::path::Path, iteration: usize) -> Result<(), StageError> {
+        let dir = Self::dir(resume_dir, iteration);
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        lm::ResumeState::new(&dir).save(&self.model.base, &self.trainer, &[])
+    }
+
+    /// Restores the critic saved with the policy's checkpoint of `iteration` (nothing at 0).
+    fn restore(
+        &mut self,
+        resume_dir: &std::path::Path,
+        iteration: usize,
+    ) -> Result<(), StageError> {
+        if iteration == 0 {
+            return Ok(());
+        }
+        let dir = Self::dir(resume_dir, iteration);
+        match lm::ResumeState::new(&dir).restore(&self.model.base, &mut self.trainer)? {
+            Some(_) => Ok(()),
+            None => Err(failed(format!(
+                "the checkpoint of iteration {iteration} has no critic in `{}`",
+                dir.display()
+            ))),
+        }
+    }
+
+    /// Removes the critics of earlier checkpoints.
+    fn forget_before(&self, resume_dir: &std::path::Path, iteration: usize) {
+        let Ok(entries) = std::fs::read_dir(resume_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            if let Some(k) = name
+                .strip_prefix("critic-")
+                .and_then(|k| k.parse::<usize>().ok())
+                && k < iteration
+            {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    }
 }
 
 /// A response's per-token log-probabilities and values (empty without a value head).

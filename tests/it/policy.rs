@@ -140,7 +140,20 @@ fn ppo_dpo_and_evaluate_close_the_loop() {
 #[test]
 #[cfg(unix)]
 fn a_killed_ppo_resumes_to_the_same_policy() {
-    let spec = spec(", iterations: 12, checkpoint_every: 2");
+    killed_ppo_resumes(", iterations: 12, checkpoint_every: 2");
+}
+
+#[test]
+#[cfg(unix)]
+fn a_killed_ppo_with_a_separate_critic_resumes_to_the_same_policy() {
+    killed_ppo_resumes(
+        ", iterations: 12, checkpoint_every: 2, critic: reward-model, critic_lr: 1e-3",
+    );
+}
+
+#[cfg(unix)]
+fn killed_ppo_resumes(extra: &str) {
+    let spec = spec(extra);
     let straight = Workspace::new();
     world(&straight);
     straight.write("p.yaml", &spec);
@@ -264,4 +277,35 @@ stages:
     let s = summary("same");
     assert_eq!(s["policy_samples"], s["before"]["policy_samples"]);
     assert_eq!(s["held_out"], s["before"]["held_out"]);
+}
+
+#[test]
+fn a_separate_critic_needs_the_policys_tokenizer() {
+    let ws = Workspace::new();
+    world(&ws);
+    let tiny_other = TINY.replace("vocab_size: 300", "vocab_size: 320");
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: critic
+seed: 3
+stages:
+  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 2 }} }}
+  other: {{ kind: pretrain-load, with: {{ {tiny_other}, steps: 2 }} }}
+  label: {{ kind: annotate, with: {{ candidates_path: data/hhh/candidates.jsonl, max_prompts: 8 }} }}
+  reward: {{ kind: reward-fit, inputs: {{ model: other.model, feedback: label.feedback }}, with: {{ max_steps: 1, device: cpu }} }}
+  ppo:
+    kind: ppo
+    inputs: {{ policy: base.model, reward_model: reward.reward_model }}
+    with: {{ iterations: 1, rollouts: 2, max_new_tokens: 4, critic: reward-model, device: cpu }}
+"#
+        ),
+    );
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_ne!(out.code, 0);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains("has another tokenizer") && text.contains("critic: policy"),
+        "{text}"
+    );
 }
