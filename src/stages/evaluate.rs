@@ -22,9 +22,7 @@ use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
 };
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{
-    self, Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{self, Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::sample::{SampleParams, sample};
 use crate::model::tokenizer;
 use crate::report::{self, svg};
@@ -468,25 +466,17 @@ impl StageKind for Evaluate {
 
         let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
         std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
-        std::fs::write(
-            metrics_dir.join("summary.json"),
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&summary).map_err(failed)?
-            ),
-        )
-        .map_err(failed)?;
         let provenance = Provenance {
             stage: ctx.stage_id.to_string(),
             fingerprint: ctx.fingerprint.to_string(),
         };
-        let mut writer: TableWriter<Row> =
-            TableWriter::create(&metrics_dir.join("samples.parquet"), &provenance)
-                .map_err(failed)?;
-        for row in &rows {
-            writer.push(row.clone()).map_err(failed)?;
-        }
-        writer.finish().map_err(failed)?;
+        lm::write_summary_and_table(
+            &metrics_dir,
+            &summary,
+            "samples.parquet",
+            &rows,
+            &provenance,
+        )?;
 
         let histories: Vec<(String, Vec<serde_json::Map<String, Value>>)> = ctx
             .inputs

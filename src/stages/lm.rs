@@ -175,6 +175,17 @@ pub fn write_metrics(
     history: &[HistoryRow],
     provenance: &Provenance,
 ) -> Result<(), StageError> {
+    write_summary_and_table(dir, summary, "history.parquet", history, provenance)
+}
+
+/// A `metrics` directory: `summary.json` and one table of `rows` named `table`.
+pub fn write_summary_and_table<R: TableRow + Clone>(
+    dir: &Path,
+    summary: &Value,
+    table: &str,
+    rows: &[R],
+    provenance: &Provenance,
+) -> Result<(), StageError> {
     std::fs::create_dir_all(dir).map_err(|source| StageError::Io {
         context: "creating the metrics directory".into(),
         source,
@@ -185,9 +196,9 @@ pub fn write_metrics(
         context: "writing summary.json".into(),
         source,
     })?;
-    let mut writer: TableWriter<HistoryRow> =
-        TableWriter::create(&dir.join("history.parquet"), provenance).map_err(failed)?;
-    for row in history {
+    let mut writer: TableWriter<R> =
+        TableWriter::create(&dir.join(table), provenance).map_err(failed)?;
+    for row in rows {
         writer.push(row.clone()).map_err(failed)?;
     }
     writer.finish().map_err(failed)?;

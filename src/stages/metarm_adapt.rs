@@ -19,16 +19,15 @@ use serde_json::{Value, json};
 
 use super::lm::{self, failed};
 use super::reward_fit::{
-    Feedback, Pair, Scorer, assess, feedback_port, head_weights, is_held_out, save_reward_model,
+    Assessment, Feedback, Pair, Scorer, assess, feedback_port, head_weights, is_held_out,
+    save_reward_model,
 };
 use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
@@ -302,8 +301,9 @@ impl StageKind for MetarmAdapt {
             .and_then(|o| o.first())
             .map(|o| ctx.workspace.join(o));
 
-        // Diagnostics before: how the reward model ranks and spreads the policy's responses.
-        let before = {
+        // How the reward model ranks and spreads the policy's responses. A fresh scorer
+        // each time: it reads the variables' storage, but caches features.
+        let diagnose = || -> Result<Assessment, StageError> {
             let mut scorer = Scorer::new(&rm, &tok, &template, eot, &device)?;
             let head = head_weights(&rm)?;
             let mut a = assess(
@@ -318,8 +318,9 @@ impl StageKind for MetarmAdapt {
                 "policy_samples".into(),
                 spread(ctx, &mut scorer, &head, &candidates, &groups)?,
             );
-            a.metrics
+            Ok(a)
         };
+        let before = diagnose()?.metrics;
 
         let rows = if p.steps == 0 {
             Vec::new()
@@ -336,21 +337,7 @@ impl StageKind for MetarmAdapt {
             )?
         };
 
-        // The scorer reads the variables' storage: a fresh one (empty cache) sees θ now.
-        let mut scorer = Scorer::new(&rm, &tok, &template, eot, &device)?;
-        let head = head_weights(&rm)?;
-        let mut after = assess(
-            ctx,
-            &mut scorer,
-            &head,
-            &train_pairs,
-            &test_pairs,
-            oracle.as_deref(),
-        )?;
-        after.metrics.insert(
-            "policy_samples".into(),
-            spread(ctx, &mut scorer, &head, &candidates, &groups)?,
-        );
+        let after = diagnose()?;
         let offset = after.offset;
 
         let mut summary = json!({
@@ -385,28 +372,17 @@ impl StageKind for MetarmAdapt {
         meta_out["template"] = json!(template);
         save_reward_model(&rm, &tok, &out, meta_out)?;
 
-        let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
-        std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
-        std::fs::write(
-            metrics_dir.join("summary.json"),
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&summary).map_err(failed)?
-            ),
-        )
-        .map_err(failed)?;
         let provenance = Provenance {
             stage: ctx.stage_id.to_string(),
             fingerprint: ctx.fingerprint.to_string(),
         };
-        let mut writer: TableWriter<MetaRow> =
-            TableWriter::create(&metrics_dir.join("history.parquet"), &provenance)
-                .map_err(failed)?;
-        for row in rows {
-            writer.push(row).map_err(failed)?;
-        }
-        writer.finish().map_err(failed)?;
-        Ok(())
+        lm::write_summary_and_table(
+            &ctx.workspace.join(&ctx.outputs["metrics"]),
+            &summary,
+            "history.parquet",
+            &rows,
+            &provenance,
+        )
     }
 }
 

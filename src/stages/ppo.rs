@@ -23,9 +23,7 @@ use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
 };
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
 use crate::model::sample::{SampleParams, sample};
 use crate::model::train::{Schedule, Trainer, token_logprobs};
@@ -801,26 +799,17 @@ impl StageKind for Ppo {
             "final_response_length": mean(&tail, |r| r.response_length),
             "final_eos_rate": mean(&tail, |r| r.eos_rate),
         });
-        std::fs::write(
-            metrics_dir.join("summary.json"),
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(&summary).map_err(failed)?
-            ),
-        )
-        .map_err(failed)?;
         let provenance = Provenance {
             stage: ctx.stage_id.to_string(),
             fingerprint: ctx.fingerprint.to_string(),
         };
-        let mut writer: TableWriter<IterationRow> =
-            TableWriter::create(&metrics_dir.join("history.parquet"), &provenance)
-                .map_err(failed)?;
-        for row in &state.rows {
-            writer.push(row.clone()).map_err(failed)?;
-        }
-        writer.finish().map_err(failed)?;
-        Ok(())
+        lm::write_summary_and_table(
+            &metrics_dir,
+            &summary,
+            "history.parquet",
+            &state.rows,
+            &provenance,
+        )
     }
 }
 
