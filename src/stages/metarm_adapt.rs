@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::lm::{self, failed};
 use super::reward_fit::{
     Assessment, Feedback, Pair, Scorer, assess, feedback_port, head_weights, is_held_out,
-    save_reward_model,
+    pack_batches, pair_groups, save_reward_model,
 };
 use super::{
     ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
@@ -474,29 +474,11 @@ fn adapt(
     };
     // Preference batches: whole prompt groups, reshuffled each pass; meta batches: prompts,
     // reshuffled each pass. Both drawn from the stage's seed, enough for every step.
-    let mut by_prompt: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, pair) in train_pairs.iter().enumerate() {
-        by_prompt
-            .entry(pair.prompt_id.as_str())
-            .or_default()
-            .push(i);
-    }
-    let prompt_groups: Vec<Vec<usize>> = by_prompt.into_values().collect();
+    let prompt_groups = pair_groups(train_pairs);
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
     let mut pref_batches: Vec<Vec<usize>> = Vec::new();
     while pref_batches.len() < p.steps {
-        let mut order = prompt_groups.clone();
-        order.shuffle(&mut rng);
-        let mut current = Vec::new();
-        for group in order {
-            current.extend(group);
-            if current.len() >= p.batch_size {
-                pref_batches.push(std::mem::take(&mut current));
-            }
-        }
-        if !current.is_empty() {
-            pref_batches.push(current);
-        }
+        pref_batches.extend(pack_batches(&prompt_groups, p.batch_size, &mut rng));
     }
     let mut meta_batches: Vec<Vec<usize>> = Vec::new();
     while meta_batches.len() < p.steps {

@@ -429,28 +429,15 @@ fn fit_member(
     }
 
     // Batches of whole prompt groups, reshuffled every epoch.
-    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, pair) in train_pairs.iter().enumerate() {
-        groups.entry(pair.prompt_id.as_str()).or_default().push(i);
-    }
-    let group_list: Vec<Vec<usize>> = groups.into_values().collect();
+    let group_list = pair_groups(train_pairs);
     let epoch_batches = |epoch: usize| -> Vec<Vec<usize>> {
-        let mut order = group_list.clone();
-        order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-            seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
-        ));
-        let mut batches: Vec<Vec<usize>> = Vec::new();
-        let mut current = Vec::new();
-        for group in order {
-            current.extend(group);
-            if current.len() >= p.batch_size {
-                batches.push(std::mem::take(&mut current));
-            }
-        }
-        if !current.is_empty() {
-            batches.push(current);
-        }
-        batches
+        pack_batches(
+            &group_list,
+            p.batch_size,
+            &mut ChaCha8Rng::seed_from_u64(
+                seed ^ (epoch as u64 + 1).wrapping_mul(0xA24B_AED4_963E_E407),
+            ),
+        )
     };
     // Every epoch's batches, in order (epochs can pack prompt groups into different
     // numbers of batches).
@@ -556,6 +543,39 @@ fn fit_member(
         thresholds: thresholds_raw,
         history,
     })
+}
+
+/// The indices of `pairs` grouped by prompt (in prompt-id order): a prompt's pairs are
+/// trained on together.
+pub(super) fn pair_groups(pairs: &[Pair]) -> Vec<Vec<usize>> {
+    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, pair) in pairs.iter().enumerate() {
+        groups.entry(pair.prompt_id.as_str()).or_default().push(i);
+    }
+    groups.into_values().collect()
+}
+
+/// One pass over `groups` in an order shuffled by `rng`, packed into batches: whole groups
+/// are added until a batch holds at least `batch_size` pairs; the last may hold fewer.
+pub(super) fn pack_batches(
+    groups: &[Vec<usize>],
+    batch_size: usize,
+    rng: &mut impl rand::Rng,
+) -> Vec<Vec<usize>> {
+    let mut order = groups.to_vec();
+    order.shuffle(rng);
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    let mut current = Vec::new();
+    for group in order {
+        current.extend(group);
+        if current.len() >= batch_size {
+            batches.push(std::mem::take(&mut current));
+        }
+    }
+    if !current.is_empty() {
+        batches.push(current);
+    }
+    batches
 }
 
 /// Whether a prompt is held out of training: a hash of its id below `fraction`, so every
