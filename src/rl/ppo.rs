@@ -126,6 +126,34 @@ pub fn gae(rewards: &[f64], values: &[f64], gamma: f64, lambda: f64) -> (Vec<f64
     (advantages, returns)
 }
 
+/// What a response's score is measured against before it becomes an advantage.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum Baseline {
+    /// The critic's values, through GAE (InstructGPT).
+    #[default]
+    Critic,
+    /// RLOO (Ahmadian et al. 2024; OpenRLHF's `rloo`): each of a prompt's responses is
+    /// scored against the mean score of the prompt's other responses, and the advantages
+    /// are the returns of those centred rewards (with the KL penalty); no critic.
+    LeaveOneOut,
+}
+
+/// Each score minus the mean of the other scores of its group; groups are consecutive runs
+/// of `group` scores (a prompt's responses). The centred scores of a group sum to 0, and a
+/// reward model's constant offset for the prompt cancels. `group` must divide the length
+/// and be at least 2.
+pub fn leave_one_out(scores: &[f64], group: usize) -> Vec<f64> {
+    assert!(group >= 2 && scores.len().is_multiple_of(group));
+    scores
+        .chunks(group)
+        .flat_map(|g| {
+            let total: f64 = g.iter().sum();
+            g.iter().map(move |s| s - (total - s) / (group - 1) as f64)
+        })
+        .collect()
+}
+
 /// (x - mean) / std over all values (population variance, + 1e-8); with `shift_mean`
 /// false the mean is added back (rewards keep their sign, as in TRL).
 pub fn whiten(values: &[f64], shift_mean: bool) -> Vec<f64> {
@@ -246,6 +274,29 @@ mod tests {
         // γ = λ = 1 with zero values: the advantage is the reward to go.
         let (a, _) = gae(&[1.0, 2.0, 3.0], &[0.0; 3], 1.0, 1.0);
         assert_eq!(a, vec![6.0, 5.0, 3.0]);
+    }
+
+    #[test]
+    fn leave_one_out_by_hand() {
+        // [1, 2, 3, 6]: 1 - 11/3, 2 - 10/3, 3 - 9/3, 6 - 6/3.
+        let centred = leave_one_out(&[1.0, 2.0, 3.0, 6.0], 4);
+        let expected = [-8.0 / 3.0, -4.0 / 3.0, 0.0, 4.0];
+        for (c, e) in centred.iter().zip(expected) {
+            assert!((c - e).abs() < 1e-12, "{centred:?}");
+        }
+        // Pairs, each group on its own; a group of equal scores gives zeros.
+        assert_eq!(
+            leave_one_out(&[1.0, 3.0, 5.0, 5.0], 2),
+            vec![-2.0, 2.0, 0.0, 0.0]
+        );
+        // A constant added to a group leaves its centred scores unchanged.
+        let shifted = leave_one_out(&[11.0, 12.0, 13.0, 16.0], 4);
+        for (a, b) in shifted.iter().zip(&centred) {
+            assert!((a - b).abs() < 1e-12);
+        }
+        // With zero values and lambda 1, GAE's advantages are the returns to go.
+        let (advantages, _) = gae(&[0.5, -0.25, 2.0], &[0.0; 3], 1.0, 1.0);
+        assert_eq!(advantages, vec![2.25, 1.75, 2.0]);
     }
 
     #[test]

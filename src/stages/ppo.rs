@@ -4,8 +4,10 @@
 //! per-token KL penalty to the frozen reference, estimates advantages with GAE and whitens
 //! them, then runs a few epochs of clipped policy and value updates over minibatches. The
 //! value head sits on the policy's last hidden state, or in a separate critic initialised
-//! from the reward model (`critic: reward-model`). The math is in `rl::ppo`; this file
-//! is the loop, its checkpoints and its metrics.
+//! from the reward model (`critic: reward-model`). With `baseline: leave-one-out` each
+//! prompt is answered `samples_per_prompt` times and each score is measured against the
+//! mean of the prompt's other scores instead (RLOO; no critic). The math is in `rl::ppo`;
+//! this file is the loop, its checkpoints and its metrics.
 
 use arrow::array::ArrayRef;
 use candle_core::{DType, Device, Tensor, Var};
@@ -28,7 +30,7 @@ use crate::model::reward::RewardModel;
 use crate::model::sample::{SampleParams, sample};
 use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, tokenizer};
-use crate::rl::ppo::{self, AdaptiveKl, Credit, KlEstimator};
+use crate::rl::ppo::{self, AdaptiveKl, Baseline, Credit, KlEstimator};
 use crate::spec::node::PathSeg;
 
 pub struct Ppo;
@@ -41,6 +43,9 @@ fn default_iterations() -> usize {
 }
 fn default_rollouts() -> usize {
     16
+}
+fn default_samples_per_prompt() -> usize {
+    1
 }
 fn default_minibatch() -> usize {
     8
@@ -101,9 +106,19 @@ pub struct PpoParams {
     /// PPO iterations: each samples `rollouts` responses and updates on them.
     #[serde(default = "default_iterations")]
     pub iterations: usize,
-    /// Responses sampled per iteration (one per prompt).
+    /// Responses sampled per iteration: `rollouts / samples_per_prompt` prompts, each
+    /// answered `samples_per_prompt` times.
     #[serde(default = "default_rollouts")]
     pub rollouts: usize,
+    /// Responses to each prompt of an iteration (default 1); `baseline: leave-one-out`
+    /// needs at least 2. Must divide `rollouts`.
+    #[serde(default = "default_samples_per_prompt")]
+    pub samples_per_prompt: usize,
+    /// What scores are measured against: `critic` (default; GAE with the values) or
+    /// `leave-one-out` (RLOO: the mean score of the prompt's other responses; the critic is
+    /// neither used nor trained).
+    #[serde(default)]
+    pub baseline: Baseline,
     /// Responses per optimiser step.
     #[serde(default = "default_minibatch")]
     pub minibatch_size: usize,
@@ -225,7 +240,7 @@ pub static PPO_HISTORY: TableKind = TableKind {
             "value_loss",
             Float64,
             false,
-            "mean clipped value loss over the updates",
+            "mean clipped value loss over the updates (0 with `baseline: leave-one-out`)",
         ),
         Column::new(
             "clip_fraction",
@@ -388,6 +403,29 @@ impl StageKind for Ppo {
                 "`kl_target` must be > 0 and needs a `kl_coef` > 0 to adapt",
             ));
         }
+        if p.samples_per_prompt == 0 || !p.rollouts.is_multiple_of(p.samples_per_prompt) {
+            errors.push(ParamError::new(
+                key("samples_per_prompt"),
+                format!(
+                    "`samples_per_prompt` ({}) must be at least 1 and divide `rollouts` ({})",
+                    p.samples_per_prompt, p.rollouts
+                ),
+            ));
+        }
+        if p.baseline == Baseline::LeaveOneOut {
+            if p.samples_per_prompt < 2 {
+                errors.push(ParamError::new(
+                    key("baseline"),
+                    "`baseline: leave-one-out` compares a prompt's responses with each other: set `samples_per_prompt` to 2 or more",
+                ));
+            }
+            if p.critic == CriticKind::RewardModel {
+                errors.push(ParamError::new(
+                    key("critic"),
+                    "`critic: reward-model` trains a critic that `baseline: leave-one-out` never uses: drop one of them",
+                ));
+            }
+        }
         if !p.template.contains("{prompt}") {
             errors.push(ParamError::new(
                 key("template"),
@@ -519,17 +557,20 @@ impl StageKind for Ppo {
             }
             let iteration = state.iteration;
             let kl_coef = adaptive.map_or(state.kl_coef, |a| a.coef);
-            // This iteration's prompts: a seeded permutation per pass over the prompts.
+            // This iteration's prompts: a seeded permutation per pass over the prompts, each
+            // prompt answered `samples_per_prompt` times in a row (its group).
             let per_pass = prompts.len();
-            let batch: Vec<usize> = (0..p.rollouts)
-                .map(|k| {
-                    let global = iteration * p.rollouts + k;
+            let group = p.samples_per_prompt;
+            let per_iteration = p.rollouts / group;
+            let batch: Vec<usize> = (0..per_iteration)
+                .flat_map(|k| {
+                    let global = iteration * per_iteration + k;
                     let pass = global / per_pass;
                     let mut order: Vec<usize> = (0..per_pass).collect();
                     order.shuffle(&mut ChaCha8Rng::seed_from_u64(
                         ctx.seed ^ (pass as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
                     ));
-                    order[global % per_pass]
+                    std::iter::repeat_n(order[global % per_pass], group)
                 })
                 .collect();
 
@@ -568,6 +609,10 @@ impl StageKind for Ppo {
                 .collect();
             if p.whiten_rewards {
                 scores = ppo::whiten(&scores, false);
+            }
+            let leave_one_out = p.baseline == Baseline::LeaveOneOut;
+            if leave_one_out {
+                scores = ppo::leave_one_out(&scores, group);
             }
             let sequences: Vec<(Vec<u32>, usize)> = batch
                 .iter()
@@ -609,7 +654,15 @@ impl StageKind for Ppo {
             let mut rollouts = Vec::with_capacity(batch.len());
             let (mut kl_sum, mut reward_sum) = (0.0, 0.0);
             for (k, ((tokens, prompt_len), score)) in sequences.iter().zip(&scores).enumerate() {
-                let (logp, values) = (&old[k].0, &old[k].1);
+                let logp = &old[k].0;
+                // Without a critic the values are 0 and GAE with lambda 1 gives the returns
+                // of the centred rewards.
+                let no_values = vec![0.0; logp.len()];
+                let (values, lambda) = if leave_one_out {
+                    (&no_values, 1.0)
+                } else {
+                    (&old[k].1, p.lambda)
+                };
                 let kl = ppo::kl_per_token(logp, &reference_logp[k].0, p.kl_estimator);
                 let n = logp.len();
                 // ABC: the reward model's attention over its own tokens of the response,
@@ -627,7 +680,7 @@ impl StageKind for Ppo {
                     .collect();
                 kl_sum += kl.iter().sum::<f64>();
                 reward_sum += rewards.iter().sum::<f64>();
-                let (advantages, returns) = ppo::gae(&rewards, values, p.gamma, p.lambda);
+                let (advantages, returns) = ppo::gae(&rewards, values, p.gamma, lambda);
                 rollouts.push(Rollout {
                     tokens: tokens.clone(),
                     prompt_len: *prompt_len,
@@ -671,36 +724,40 @@ impl StageKind for Ppo {
                                 .1
                         }
                     };
-                    let values = value_of(
-                        &hidden,
-                        &value_head,
-                        &value_bias,
-                        mb.ids.dim(1).map_err(failed)? - 1,
-                    )?;
                     let (pg, clip_fraction, approx_kl) =
                         ppo::policy_loss(&logp, &mb.old_logp, &mb.advantages, &mb.mask, p.clip)
                             .map_err(failed)?;
-                    let vf = ppo::value_loss(
-                        &values,
-                        &mb.old_values,
-                        &mb.returns,
-                        &mb.mask,
-                        p.value_clip,
-                    )
-                    .map_err(failed)?;
-                    let norm = match &mut critic {
-                        None => {
-                            let loss =
-                                (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
-                            trainer.step(&loss).map_err(failed)?
-                        }
-                        Some(critic) => {
-                            critic.trainer.step(&vf).map_err(failed)?;
-                            trainer.step(&pg).map_err(failed)?
+                    pg_sum += f64::from(pg.to_scalar::<f32>().map_err(failed)?);
+                    let norm = if leave_one_out {
+                        trainer.step(&pg).map_err(failed)?
+                    } else {
+                        let values = value_of(
+                            &hidden,
+                            &value_head,
+                            &value_bias,
+                            mb.ids.dim(1).map_err(failed)? - 1,
+                        )?;
+                        let vf = ppo::value_loss(
+                            &values,
+                            &mb.old_values,
+                            &mb.returns,
+                            &mb.mask,
+                            p.value_clip,
+                        )
+                        .map_err(failed)?;
+                        vf_sum += f64::from(vf.to_scalar::<f32>().map_err(failed)?);
+                        match &mut critic {
+                            None => {
+                                let loss =
+                                    (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
+                                trainer.step(&loss).map_err(failed)?
+                            }
+                            Some(critic) => {
+                                critic.trainer.step(&vf).map_err(failed)?;
+                                trainer.step(&pg).map_err(failed)?
+                            }
                         }
                     };
-                    pg_sum += f64::from(pg.to_scalar::<f32>().map_err(failed)?);
-                    vf_sum += f64::from(vf.to_scalar::<f32>().map_err(failed)?);
                     clip_sum += clip_fraction;
                     approx_sum += approx_kl;
                     norm_sum += norm;

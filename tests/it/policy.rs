@@ -309,3 +309,50 @@ stages:
         "{text}"
     );
 }
+
+#[test]
+fn ppo_with_a_leave_one_out_baseline_trains_without_a_critic() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "p.yaml",
+        &spec(", iterations: 3, samples_per_prompt: 2, baseline: leave-one-out"),
+    );
+    ws.ok(&["run", "p.yaml", "-q", "ppo"]);
+    let history = rows(&output(&ws, "ppo", "metrics").join("history.parquet"));
+    assert_eq!(history.len(), 3);
+    assert!(
+        history
+            .iter()
+            .all(|r| r["value_loss"].as_f64().unwrap() == 0.0),
+        "no critic is trained: {history:?}"
+    );
+    assert!(
+        history[1..]
+            .iter()
+            .any(|r| r["kl"].as_f64().unwrap() != 0.0),
+        "the policy moved: {history:?}"
+    );
+
+    // Groups must fill the rollouts, and a leave-one-out baseline needs two answers a
+    // prompt and no separate critic.
+    for (extra, expected) in [
+        (
+            ", samples_per_prompt: 3",
+            "must be at least 1 and divide `rollouts` (4)",
+        ),
+        (
+            ", baseline: leave-one-out",
+            "set `samples_per_prompt` to 2 or more",
+        ),
+        (
+            ", samples_per_prompt: 2, baseline: leave-one-out, critic: reward-model",
+            "never uses",
+        ),
+    ] {
+        ws.write("p.yaml", &spec(extra));
+        let out = ws.hone(&["validate", "p.yaml"]);
+        assert_eq!(out.code, 2, "{extra}");
+        assert!(out.stderr.contains(expected), "{extra}: {}", out.stderr);
+    }
+}
