@@ -13,7 +13,8 @@ use super::lm::{self, failed};
 use super::reward_fit::{Feedback, Pair, feedback_port};
 use super::sft::epoch_batches;
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{
@@ -149,18 +150,14 @@ impl StageKind for Dpo {
         let p: DpoParams = parse_params(params)?;
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        for (name, value) in [
-            ("epochs", p.epochs),
-            ("batch_size", p.batch_size),
-            ("checkpoint_every", p.checkpoint_every),
-        ] {
-            if value == 0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
+        check_counts(
+            &mut errors,
+            &[
+                ("epochs", p.epochs),
+                ("batch_size", p.batch_size),
+                ("checkpoint_every", p.checkpoint_every),
+            ],
+        );
         if p.beta.is_nan() || p.beta <= 0.0 {
             errors.push(ParamError::new(key("beta"), "`beta` must be > 0"));
         }

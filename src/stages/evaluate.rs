@@ -19,7 +19,8 @@ use super::generate::read_prompts;
 use super::lm::{self, RewardScorer, failed};
 use super::ppo::{cut_response, per_token};
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Column, ColumnType::*, Provenance, TableKind, TableRow, col};
@@ -218,17 +219,13 @@ impl StageKind for Evaluate {
                 errors.push(ParamError::new(at, format!("`{name}` is listed twice")));
             }
         }
-        for (name, value) in [
-            ("max_new_tokens", p.max_new_tokens),
-            ("samples_per_prompt", p.samples_per_prompt),
-        ] {
-            if value == 0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
+        check_counts(
+            &mut errors,
+            &[
+                ("max_new_tokens", p.max_new_tokens),
+                ("samples_per_prompt", p.samples_per_prompt),
+            ],
+        );
         if p.temperature.is_nan() || p.temperature <= 0.0 {
             errors.push(ParamError::new(
                 key("temperature"),

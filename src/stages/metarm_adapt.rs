@@ -23,7 +23,8 @@ use super::reward_fit::{
     pack_batches, pair_groups, save_reward_model,
 };
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
@@ -212,18 +213,14 @@ impl StageKind for MetarmAdapt {
         let p: MetarmParams = parse_params(params)?;
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        for (name, value) in [
-            ("batch_size", p.batch_size),
-            ("meta_prompts", p.meta_prompts),
-            ("checkpoint_every", p.checkpoint_every),
-        ] {
-            if value == 0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
+        check_counts(
+            &mut errors,
+            &[
+                ("batch_size", p.batch_size),
+                ("meta_prompts", p.meta_prompts),
+                ("checkpoint_every", p.checkpoint_every),
+            ],
+        );
         if p.k < 2 {
             errors.push(ParamError::new(
                 key("k"),

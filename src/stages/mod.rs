@@ -78,6 +78,18 @@ pub struct Signature {
 
 pub use crate::spec::de::{FieldError as ParamError, from_value as parse_params, quoted};
 
+/// Adds "`NAME` must be at least 1" (at the parameter `NAME`) for each count that is 0.
+pub(crate) fn check_counts(errors: &mut Vec<ParamError>, counts: &[(&str, usize)]) {
+    for &(name, value) in counts {
+        if value == 0 {
+            errors.push(ParamError::new(
+                vec![crate::spec::node::PathSeg::Key(name.into())],
+                format!("`{name}` must be at least 1"),
+            ));
+        }
+    }
+}
+
 /// What the runner tells a stage: its resolved parameters, the store paths of its
 /// inputs, and where to write each declared output.
 pub struct StageContext<'a> {

@@ -22,7 +22,8 @@ use serde_json::{Value, json};
 use super::generate::read_prompts;
 use super::lm::{self, RewardScorer, failed};
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
@@ -354,21 +355,17 @@ impl StageKind for Ppo {
         let p: PpoParams = parse_params(params)?;
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        for (name, value) in [
-            ("iterations", p.iterations),
-            ("rollouts", p.rollouts),
-            ("minibatch_size", p.minibatch_size),
-            ("epochs", p.epochs),
-            ("max_new_tokens", p.max_new_tokens),
-            ("checkpoint_every", p.checkpoint_every),
-        ] {
-            if value == 0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
+        check_counts(
+            &mut errors,
+            &[
+                ("iterations", p.iterations),
+                ("rollouts", p.rollouts),
+                ("minibatch_size", p.minibatch_size),
+                ("epochs", p.epochs),
+                ("max_new_tokens", p.max_new_tokens),
+                ("checkpoint_every", p.checkpoint_every),
+            ],
+        );
         for (name, value, lo, hi) in [
             ("gamma", p.gamma, 0.0, 1.0),
             ("lambda", p.lambda, 0.0, 1.0),

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 
 use super::lm::{self, failed};
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
@@ -184,20 +185,16 @@ impl StageKind for PretrainLoad {
                     ),
                 ));
             }
-            for (name, value) in [
-                ("steps", p.steps),
-                ("batch_size", p.batch_size),
-                ("context", p.context),
-                ("n_layers", p.n_layers),
-                ("checkpoint_every", p.checkpoint_every),
-            ] {
-                if value == 0 {
-                    errors.push(ParamError::new(
-                        key(name),
-                        format!("`{name}` must be at least 1"),
-                    ));
-                }
-            }
+            check_counts(
+                &mut errors,
+                &[
+                    ("steps", p.steps),
+                    ("batch_size", p.batch_size),
+                    ("context", p.context),
+                    ("n_layers", p.n_layers),
+                    ("checkpoint_every", p.checkpoint_every),
+                ],
+            );
             if p.vocab_size < 300 {
                 errors.push(ParamError::new(key("vocab_size"), "`vocab_size` must be at least 300 (256 bytes, the end-of-text token and some merges)"));
             }

@@ -17,7 +17,8 @@ use serde_json::{Value, json};
 
 use super::lm::{self, failed};
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Provenance};
@@ -164,19 +165,15 @@ impl StageKind for RewardFit {
         let p: RewardFitParams = parse_params(params)?;
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        for (name, value) in [
-            ("epochs", p.epochs),
-            ("batch_size", p.batch_size),
-            ("checkpoint_every", p.checkpoint_every),
-            ("ensemble", p.ensemble),
-        ] {
-            if value == 0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
+        check_counts(
+            &mut errors,
+            &[
+                ("epochs", p.epochs),
+                ("batch_size", p.batch_size),
+                ("checkpoint_every", p.checkpoint_every),
+                ("ensemble", p.ensemble),
+            ],
+        );
         if !(0.0..1.0).contains(&p.held_out_fraction) {
             errors.push(ParamError::new(
                 key("held_out_fraction"),

@@ -12,7 +12,8 @@ use serde_json::{Value, json};
 
 use super::lm::{self, failed};
 use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
+    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
+    schema_of,
 };
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
@@ -101,18 +102,14 @@ impl StageKind for Sft {
         let p: SftParams = parse_params(params)?;
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        for (name, value) in [
-            ("epochs", p.epochs),
-            ("batch_size", p.batch_size),
-            ("checkpoint_every", p.checkpoint_every),
-        ] {
-            if value == 0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be at least 1"),
-                ));
-            }
-        }
+        check_counts(
+            &mut errors,
+            &[
+                ("epochs", p.epochs),
+                ("batch_size", p.batch_size),
+                ("checkpoint_every", p.checkpoint_every),
+            ],
+        );
         if !p.template.contains("{prompt}") {
             errors.push(ParamError::new(
                 key("template"),
