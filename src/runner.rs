@@ -226,7 +226,7 @@ fn material(
         format: FORMAT,
         kind: stage.kind.name().to_string(),
         kind_version: stage.kind.version(),
-        params: stage.params.clone(),
+        params: stage.params.resolved().clone(),
         seed: stage.seed,
         inputs,
         deps,
@@ -547,7 +547,6 @@ fn execute_stage(
     let ctx = StageContext {
         stage_id: &stage.id,
         fingerprint: &job.fingerprint,
-        params: &stage.params,
         seed: stage.seed,
         threads: stage.threads,
         workspace: &store.workspace,
@@ -563,17 +562,26 @@ fn execute_stage(
     tracing::info!("running");
     // A panic is a bug in hone, but it must fail the stage, not the run: caught here it
     // becomes the stage's error (and the scheduler goes on to what does not depend on it).
-    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| stage.kind.run(&ctx)))
-        .unwrap_or_else(|payload| {
-            let message = payload
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| payload.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "unknown panic".into());
-            Err(StageError::Failed(format!(
-                "internal error (a bug in hone, please report it): {message}"
-            )))
-        });
+    let Some(kind) = crate::stages::find(stage.kind.name()) else {
+        let _ = artifact::remove_path(&tmp);
+        return Err(StageError::Failed(format!(
+            "internal error: no stage kind `{}` to run",
+            stage.kind.name()
+        )));
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        kind.execute(&stage.params, &ctx)
+    }))
+    .unwrap_or_else(|payload| {
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(StageError::Failed(format!(
+            "internal error (a bug in hone, please report it): {message}"
+        )))
+    });
     // The latest log of each stage stays readable, whatever happened.
     let log_dest = store.log_path(&stage.id);
     if log_path.exists() {

@@ -126,8 +126,8 @@ pub static REJECTS: TableKind = TableKind {
     ],
 };
 
-/// Every table kind hone writes, for `hone schema`.
-pub fn table_kinds() -> [&'static TableKind; 14] {
+/// The table kinds of feedback and candidates; `stages::table_kinds` adds the stages' own.
+pub fn table_kinds() -> [&'static TableKind; 6] {
     [
         &COMPARISONS,
         &RANKINGS,
@@ -135,14 +135,6 @@ pub fn table_kinds() -> [&'static TableKind; 14] {
         &FLAGS,
         &REJECTS,
         &super::candidates::CANDIDATES,
-        &crate::stages::ORACLE,
-        &crate::stages::HISTORY,
-        &crate::stages::PAIRS,
-        &crate::stages::AGGREGATE,
-        &crate::stages::PPO_HISTORY,
-        &crate::stages::EVALUATION,
-        &crate::stages::REFERENCE_LOGPROBS,
-        &crate::stages::METARM_HISTORY,
     ]
 }
 

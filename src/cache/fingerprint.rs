@@ -7,7 +7,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Bumped when the fingerprint's own layout changes, invalidating every cached result.
-pub const FORMAT: u32 = 1;
+/// 2: `params` are the kind's resolved parameters, every default filled in, not the
+/// parameters as written.
+pub const FORMAT: u32 = 2;
 
 /// What goes into a fingerprint. Maps are `BTreeMap`s and `serde_json::Map` (sorted) so
 /// the serialisation is canonical.
@@ -16,7 +18,8 @@ pub struct Fingerprint {
     pub format: u32,
     pub kind: String,
     pub kind_version: u32,
-    /// The resolved `with` parameters.
+    /// The `with` parameters as the kind resolved them: interpolated, overrides applied,
+    /// every default filled in, unset optional ones left out (`spec::kind::Params`).
     pub params: Value,
     pub seed: u64,
     /// Input port -> digests of the artifacts bound to it, in binding order.

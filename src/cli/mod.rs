@@ -209,7 +209,7 @@ pub fn default_spec() -> Result<PathBuf, CliError> {
 
 /// Loads and validates a spec into a pipeline.
 pub fn load_pipeline(spec: &Path, set: &[String]) -> Result<crate::dag::Pipeline, CliError> {
-    Ok(crate::dag::load(spec, set)?)
+    Ok(crate::dag::load(spec, set, crate::stages::kinds())?)
 }
 
 /// Writes to stdout; a closed pipe (`hone plan | head`) ends the program quietly.

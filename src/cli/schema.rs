@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use clap::Args;
 
 use super::{CliError, out};
-use crate::artifact::feedback::table_kinds;
 use crate::spec::schema::pipeline_schema_json;
+use crate::stages::table_kinds;
 
 pub const SCHEMA_DIR: &str = "schemas";
 
@@ -23,7 +23,10 @@ pub struct SchemaArgs {
 
 /// Every generated schema file: (path relative to the schema directory, content).
 pub fn generated() -> Vec<(String, String)> {
-    let mut files = vec![("pipeline.schema.json".to_string(), pipeline_schema_json())];
+    let mut files = vec![(
+        "pipeline.schema.json".to_string(),
+        pipeline_schema_json(crate::stages::kinds()),
+    )];
     for kind in table_kinds() {
         files.push((format!("tables/{}.json", kind.name), kind.schema_json()));
     }
@@ -32,7 +35,7 @@ pub fn generated() -> Vec<(String, String)> {
 
 pub fn run(args: SchemaArgs) -> Result<u8, CliError> {
     if args.out.as_os_str() == "-" {
-        out(&pipeline_schema_json());
+        out(&pipeline_schema_json(crate::stages::kinds()));
         return Ok(0);
     }
     let mut stale = Vec::new();

@@ -24,7 +24,7 @@ pub fn run(args: ValidateArgs) -> Result<u8, CliError> {
     };
     let mut code = 0;
     for path in &specs {
-        match crate::dag::load(path, &args.spec.set) {
+        match crate::dag::load(path, &args.spec.set, crate::stages::kinds()) {
             Ok(p) => out(&format!(
                 "ok: `{}` (pipeline `{}`, {} stages)\n",
                 path.display(),

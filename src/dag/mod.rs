@@ -13,6 +13,7 @@ use petgraph::visit::{Dfs, Reversed};
 
 use crate::artifact::ArtifactType;
 use crate::spec::diag::{Diagnostic, SpecError, did_you_mean};
+use crate::spec::kind::Kinds;
 use crate::spec::node::{DisplayPath, PathSeg};
 use crate::spec::{self, Spec};
 
@@ -27,7 +28,11 @@ pub struct Pipeline {
 }
 
 /// Loads, validates and type-checks a spec file: every problem of spec and graph together.
-pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline, SpecError> {
+pub fn load(
+    path: &Path,
+    overrides: &[String],
+    kinds: Kinds<'static>,
+) -> Result<Pipeline, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|err| SpecError {
         file: std::sync::Arc::new(spec::SourceFile {
             name: path.display().to_string(),
@@ -39,16 +44,21 @@ pub fn load(path: &Path, overrides: &[String]) -> Result<Pipeline, SpecError> {
             format!("cannot read the spec `{}`: {err}", path.display()),
         )],
     })?;
-    load_str(&path.display().to_string(), text, overrides)
+    load_str(&path.display().to_string(), text, overrides, kinds)
 }
 
-pub fn load_str(name: &str, text: String, overrides: &[String]) -> Result<Pipeline, SpecError> {
+pub fn load_str(
+    name: &str,
+    text: String,
+    overrides: &[String],
+    kinds: Kinds<'static>,
+) -> Result<Pipeline, SpecError> {
     let file = std::sync::Arc::new(spec::SourceFile {
         name: name.to_string(),
         text,
     });
     let mut diagnostics = Vec::new();
-    let Some(spec) = spec::resolve(file.clone(), overrides, &mut diagnostics) else {
+    let Some(spec) = spec::resolve(file.clone(), overrides, kinds, &mut diagnostics) else {
         return Err(SpecError { file, diagnostics });
     };
     let pipeline = build(spec, &mut diagnostics);

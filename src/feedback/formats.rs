@@ -9,7 +9,9 @@ use super::RowError;
 use crate::artifact::feedback::{Comparison, Flag, Ranking, Record, Score, prompt_id};
 
 /// Which layout the rows follow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Format {
     /// hone's own rows: `kind` = `comparison` | `ranking` | `score` | `flag` (inferred from

@@ -37,7 +37,9 @@ impl RowError {
 }
 
 /// What to do with a bad row.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum OnBadRows {
     /// Record it in the rejects table and go on (up to `max_reject_fraction`).

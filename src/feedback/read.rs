@@ -12,7 +12,9 @@ use super::RowError;
 use crate::artifact::table;
 
 /// The container format of a feedback file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize, schemars::JsonSchema)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum FileType {
     Jsonl,

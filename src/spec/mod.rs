@@ -4,6 +4,7 @@
 pub mod de;
 pub mod diag;
 pub mod interp;
+pub mod kind;
 pub mod load;
 pub mod node;
 pub mod raw;
@@ -14,10 +15,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde_json::Value;
-
-use crate::stages::{Signature, StageKind};
 pub use diag::{Diagnostic, SourceFile, SpecError};
+use kind::{KindDef, Kinds, Params, Signature};
 use node::{Node, PathSeg};
 pub use resolve::resolve;
 
@@ -35,9 +34,10 @@ pub struct Spec {
 /// One stage after expansion (a group's stages appear once per round, as `name@round`).
 pub struct StageDecl {
     pub id: String,
-    pub kind: &'static dyn StageKind,
-    /// The resolved `with` parameters (interpolated, overrides applied).
-    pub params: Value,
+    pub kind: &'static dyn KindDef,
+    /// The `with` parameters, interpolated, overrides applied, parsed by the kind, every
+    /// default filled in.
+    pub params: Params,
     pub inputs: BTreeMap<String, Vec<InputRef>>,
     pub needs: Vec<(String, Vec<PathSeg>)>,
     pub threads: usize,
@@ -64,7 +64,11 @@ impl Spec {
 }
 
 /// Reads and validates a spec file. `display_name` is how errors name the file.
-pub fn load_file(path: &Path, overrides: &[String]) -> Result<Spec, SpecError> {
+pub fn load_file(
+    path: &Path,
+    overrides: &[String],
+    kinds: Kinds<'static>,
+) -> Result<Spec, SpecError> {
     let text = std::fs::read_to_string(path).map_err(|err| SpecError {
         file: Arc::new(SourceFile {
             name: path.display().to_string(),
@@ -76,17 +80,22 @@ pub fn load_file(path: &Path, overrides: &[String]) -> Result<Spec, SpecError> {
             format!("cannot read the spec: {err}"),
         )],
     })?;
-    load_str(&path.display().to_string(), text, overrides)
+    load_str(&path.display().to_string(), text, overrides, kinds)
 }
 
 /// Validates a spec given as text (what the tests use).
-pub fn load_str(name: &str, text: String, overrides: &[String]) -> Result<Spec, SpecError> {
+pub fn load_str(
+    name: &str,
+    text: String,
+    overrides: &[String],
+    kinds: Kinds<'static>,
+) -> Result<Spec, SpecError> {
     let file = Arc::new(SourceFile {
         name: name.to_string(),
         text,
     });
     let mut diagnostics = Vec::new();
-    let spec = resolve(file.clone(), overrides, &mut diagnostics);
+    let spec = resolve(file.clone(), overrides, kinds, &mut diagnostics);
     match spec {
         Some(spec) if diagnostics.is_empty() => Ok(spec),
         _ => Err(SpecError { file, diagnostics }),

@@ -139,7 +139,8 @@ impl JsonSchema for InputValue {
         json_schema!({
             "description": "`stage.output`, or a list of them for ports that take several",
             "anyOf": [
-                {"type": "string", "pattern": "^[^.]+\\.[^.]+$"},
+                // A placeholder may stand in either part, dots inside it included.
+                {"type": "string", "pattern": "^(?:[^.$]|\\$\\{[^}]*\\}|\\$)+\\.(?:[^.$]|\\$\\{[^}]*\\}|\\$)+$"},
                 {"type": "array", "items": {"type": "string"}}
             ]
         })

@@ -10,17 +10,18 @@ use serde_json::Value;
 use super::de::{FieldError, from_value_lenient};
 use super::diag::{Diagnostic, SourceFile, did_you_mean};
 use super::interp::{self, Piece};
+use super::kind::{self, Kinds};
 use super::load;
 use super::node::{DisplayPath, Node, NodeValue, PathSeg, Span, path};
 use super::raw::{RawGroup, RawSpec, RawStage, StageSeed};
 use super::{InputRef, Spec, StageDecl, derive_seed, is_identifier};
-use crate::stages;
 
 /// Resolves a spec; problems go to `diags`. Returns `None` only when the file cannot
 /// be read as a spec at all (a YAML syntax error, a root that is not a mapping).
 pub fn resolve(
     file: Arc<SourceFile>,
     overrides: &[String],
+    kinds: Kinds<'static>,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<Spec> {
     let mut root = match load::parse(&file.text) {
@@ -56,6 +57,7 @@ pub fn resolve(
         group_stages: BTreeSet::new(),
         params: BTreeMap::new(),
         seed: 0,
+        kinds,
     };
     let raw: Option<RawSpec> = r.read(&[], &root.to_json());
     let name = raw.as_ref().map(|s| s.name.clone()).unwrap_or_default();
@@ -94,6 +96,7 @@ struct Resolver<'a> {
     group_stages: BTreeSet<String>,
     params: BTreeMap<String, Value>,
     seed: u64,
+    kinds: Kinds<'static>,
 }
 
 /// The round a group stage is being expanded for.
@@ -550,8 +553,8 @@ impl Resolver<'_> {
             self.invalid.insert(id);
             return;
         };
-        let Some(kind) = stages::find(&raw.kind) else {
-            let names: Vec<&str> = stages::registry().iter().map(|k| k.name()).collect();
+        let Some(kind) = kind::find(self.kinds, &raw.kind) else {
+            let names: Vec<&str> = self.kinds.iter().map(|k| k.name()).collect();
             let help = did_you_mean(&raw.kind, names.iter().copied())
                 .or_else(|| Some(format!("known kinds: {}", names.join(", "))));
             self.error_at_value(
@@ -622,8 +625,8 @@ impl Resolver<'_> {
         };
 
         let input_names: Vec<&str> = raw.inputs.keys().map(String::as_str).collect();
-        let signature = match kind.signature(&params, &input_names) {
-            Ok(sig) => sig,
+        let configured = match kind.configure(&params, &input_names) {
+            Ok(configured) => configured,
             Err(mut errors) => {
                 // Offsets inside a string refer to the resolved text; they only point
                 // right when interpolation left the string as written.
@@ -643,12 +646,12 @@ impl Resolver<'_> {
         self.stages.push(StageDecl {
             id,
             kind,
-            params,
+            params: configured.params,
             inputs,
             needs,
             threads,
             seed,
-            signature,
+            signature: configured.signature,
             description: raw.description,
             node_path: at.to_vec(),
         });

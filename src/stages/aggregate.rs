@@ -9,14 +9,12 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use arrow::array::ArrayRef;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::lm::failed;
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{
     Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
@@ -28,7 +26,7 @@ pub struct Aggregate;
 
 /// Parameters of an `aggregate` stage. Paths are dotted keys into each run's
 /// `summary.json` (`tags.budget`, `held_out.accuracy`).
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AggregateParams {
     /// The x of each run (a number).
@@ -128,26 +126,22 @@ fn text(value: &Value) -> String {
     }
 }
 
-impl StageKind for Aggregate {
-    fn name(&self) -> &'static str {
-        "aggregate"
-    }
+impl Kind for Aggregate {
+    const NAME: &'static str = "aggregate";
 
-    fn version(&self) -> u32 {
-        // 2: the reach table's header names all five columns.
-        2
-    }
+    // 2: the reach table's header names all five columns.
+    const VERSION: u32 = 2;
 
-    fn summary(&self) -> &'static str {
-        "summarise many runs' metrics: mean ± 2 SE per series and x, as a table and an SVG chart"
-    }
+    const SUMMARY: &'static str =
+        "summarise many runs' metrics: mean ± 2 SE per series and x, as a table and an SVG chart";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<AggregateParams>(generator)
-    }
+    type Params = AggregateParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: AggregateParams = parse_params(params)?;
+    fn signature(
+        &self,
+        p: &AggregateParams,
+        _inputs: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
         let mut errors = Vec::new();
         for (key, value) in [("x", Some(&p.x)), ("y", Some(&p.y))]
             .into_iter()
@@ -184,8 +178,7 @@ impl StageKind for Aggregate {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: AggregateParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &AggregateParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         // (panel, series) in order of first appearance, then x -> values.
         let mut panels: Vec<String> = Vec::new();
         let mut series: Vec<String> = Vec::new();
@@ -325,7 +318,7 @@ impl StageKind for Aggregate {
             panels: panels
                 .iter()
                 .map(|panel| svg::Panel {
-                    title: panel_title(&p, panel),
+                    title: panel_title(p, panel),
                     series: series
                         .iter()
                         .map(|line| svg::Series {
@@ -347,7 +340,7 @@ impl StageKind for Aggregate {
                 .collect(),
         };
         let plot = svg::render(&chart);
-        let markdown = markdown(&p, &rows, &reach);
+        let markdown = markdown(p, &rows, &reach);
         let dir = ctx.workspace.join(&ctx.outputs["report"]);
         let write = |name: &str, contents: &str| {
             std::fs::write(dir.join(name), contents).map_err(|source| StageError::Io {
@@ -361,7 +354,7 @@ impl StageKind for Aggregate {
         })?;
         write("plot.svg", &plot)?;
         write("table.md", &markdown)?;
-        write("index.html", &html(&title, &plot, &rows, &reach, &p))?;
+        write("index.html", &html(&title, &plot, &rows, &reach, p))?;
         let summary = json!({
             "runs": runs.len(),
             "x": p.x,

@@ -10,13 +10,11 @@ use arrow::array::ArrayRef;
 use rand::seq::{IndexedRandom, SliceRandom};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
 use crate::artifact::feedback::{Comparison, FeedbackWriter, Flag, Ranking, Record, Score};
@@ -30,7 +28,7 @@ use crate::world::{OracleScore, World, oracle};
 pub struct Annotate;
 
 /// What to label.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum LabelKind {
     Pairs,
@@ -39,7 +37,7 @@ pub enum LabelKind {
     Flags,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// Label with the simulated annotators.
@@ -49,7 +47,7 @@ pub enum Mode {
     Export,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     #[default]
@@ -58,7 +56,7 @@ pub enum ExportFormat {
 }
 
 /// One simulated annotator.
-#[derive(Debug, Clone, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnnotatorParams {
     /// Recorded in the `annotator` column.
@@ -66,15 +64,19 @@ pub struct AnnotatorParams {
     /// Bradley-Terry / Plackett-Luce temperature on the oracle reward: P(a over b) =
     /// sigmoid((r_a - r_b) / temperature). 0 is a perfect annotator.
     #[serde(default = "default_temperature")]
+    #[schemars(range(min = 0))]
     pub temperature: f64,
     /// Standard deviation of the ordered-probit noise on 1-5 scores.
     #[serde(default = "default_score_noise")]
+    #[schemars(range(min = 0))]
     pub score_noise: f64,
     /// Probability of missing a behaviour that is there.
     #[serde(default = "default_miss_rate")]
+    #[schemars(range(min = 0, max = 1))]
     pub miss_rate: f64,
     /// Probability of flagging a behaviour that is not there.
     #[serde(default = "default_false_alarm_rate")]
+    #[schemars(range(min = 0, max = 1))]
     pub false_alarm_rate: f64,
 }
 
@@ -110,7 +112,7 @@ fn default_annotators() -> Vec<AnnotatorParams> {
 }
 
 /// Parameters of an `annotate` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AnnotateParams {
     /// The HHH world's fact table, the oracle's truth (a workspace file).
@@ -122,21 +124,26 @@ pub struct AnnotateParams {
     pub candidates_path: Option<String>,
     /// What to label (default `[pairs]`).
     #[serde(default = "default_labels")]
+    #[schemars(length(min = 1))]
     pub labels: Vec<LabelKind>,
     /// Pairs labelled per prompt (distinct pairs of different responses).
     #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
     pub pairs_per_prompt: usize,
     /// Responses in each ranking (default: all of a prompt's).
     #[serde(default)]
+    #[schemars(range(min = 2))]
     pub ranking_size: Option<usize>,
     /// Label only this many prompts, chosen at random (default: all).
     #[serde(default)]
     pub max_prompts: Option<usize>,
     /// The annotators (default: one, `sim-0`, with the default noise).
     #[serde(default = "default_annotators")]
+    #[schemars(length(min = 1))]
     pub annotators: Vec<AnnotatorParams>,
     /// How many different annotators label each item.
     #[serde(default = "default_one")]
+    #[schemars(range(min = 1))]
     pub annotators_per_item: usize,
     /// Ordered-probit cut points between scores 1|2, 2|3, 3|4, 4|5 on the reward scale.
     #[serde(default)]
@@ -201,29 +208,20 @@ impl TableRow for OracleRow<'_> {
     }
 }
 
-impl StageKind for Annotate {
-    fn name(&self) -> &'static str {
-        "annotate"
-    }
+impl Kind for Annotate {
+    const NAME: &'static str = "annotate";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "label candidates with simulated annotators from the HHH oracle, or export a batch for people"
-    }
+    const SUMMARY: &'static str = "label candidates with simulated annotators from the HHH oracle, or export a batch for people";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<AnnotateParams>(generator)
-    }
+    type Params = AnnotateParams;
 
     fn signature(
         &self,
-        params: &Value,
+        p: &AnnotateParams,
         input_names: &[&str],
     ) -> Result<Signature, Vec<ParamError>> {
-        let p: AnnotateParams = parse_params(params)?;
         let mut errors = Vec::new();
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let has_input = input_names.contains(&"candidates") || input_names.contains(&"pairs");
@@ -249,9 +247,6 @@ impl StageKind for Annotate {
             )),
             _ => {}
         }
-        if p.annotators.is_empty() {
-            errors.push(ParamError::new(key("annotators"), "at least one annotator"));
-        }
         for (i, a) in p.annotators.iter().enumerate() {
             let at = |k: &str| {
                 vec![
@@ -260,29 +255,6 @@ impl StageKind for Annotate {
                     PathSeg::Key(k.into()),
                 ]
             };
-            if !(a.temperature >= 0.0 && a.temperature.is_finite()) {
-                errors.push(ParamError::new(
-                    at("temperature"),
-                    "`temperature` must be a finite number >= 0",
-                ));
-            }
-            if !(a.score_noise >= 0.0 && a.score_noise.is_finite()) {
-                errors.push(ParamError::new(
-                    at("score_noise"),
-                    "`score_noise` must be a finite number >= 0",
-                ));
-            }
-            for (name, v) in [
-                ("miss_rate", a.miss_rate),
-                ("false_alarm_rate", a.false_alarm_rate),
-            ] {
-                if !(0.0..=1.0).contains(&v) {
-                    errors.push(ParamError::new(
-                        at(name),
-                        format!("`{name}` must be between 0 and 1"),
-                    ));
-                }
-            }
             if p.annotators[..i].iter().any(|b| b.id == a.id) {
                 errors.push(ParamError::new(
                     at("id"),
@@ -290,31 +262,13 @@ impl StageKind for Annotate {
                 ));
             }
         }
-        if p.annotators_per_item == 0 || p.annotators_per_item > p.annotators.len().max(1) {
+        if p.annotators_per_item > p.annotators.len() {
             errors.push(ParamError::new(
                 key("annotators_per_item"),
                 format!(
                     "`annotators_per_item` must be between 1 and the number of annotators ({})",
                     p.annotators.len()
                 ),
-            ));
-        }
-        if p.pairs_per_prompt == 0 {
-            errors.push(ParamError::new(
-                key("pairs_per_prompt"),
-                "`pairs_per_prompt` must be at least 1",
-            ));
-        }
-        if p.ranking_size.is_some_and(|k| k < 2) {
-            errors.push(ParamError::new(
-                key("ranking_size"),
-                "`ranking_size` must be at least 2",
-            ));
-        }
-        if p.labels.is_empty() {
-            errors.push(ParamError::new(
-                key("labels"),
-                "name at least one of `pairs`, `rankings`, `scores`, `flags`",
             ));
         }
         if let Err(why) = annotator::check_probit_parameters(
@@ -338,8 +292,8 @@ impl StageKind for Annotate {
             ],
             Mode::Export => vec![Port::new("batch", ArtifactType::Files)],
         };
-        let mut deps = vec![p.world];
-        deps.extend(p.candidates_path);
+        let mut deps = vec![p.world.clone()];
+        deps.extend(p.candidates_path.clone());
         Ok(Signature {
             inputs: vec![candidates, pairs],
             open_inputs: false,
@@ -348,16 +302,14 @@ impl StageKind for Annotate {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: AnnotateParams =
-            parse_params(ctx.params).map_err(|e| StageError::Failed(e[0].message.clone()))?;
+    fn run(&self, p: &AnnotateParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let failed = StageError::Failed;
         let world_text = std::fs::read_to_string(ctx.workspace.join(&p.world))
             .map_err(|e| failed(format!("reading `{}`: {e}", p.world)))?;
         let world = World::from_facts_jsonl(&world_text)
             .map_err(|e| failed(format!("`{}`: {e}", p.world)))?;
         if let Some(pairs) = ctx.inputs.get("pairs").and_then(|x| x.first()) {
-            return label_pairs(ctx, &p, &world, &ctx.workspace.join(pairs));
+            return label_pairs(ctx, p, &world, &ctx.workspace.join(pairs));
         }
         let source = match (
             &p.candidates_path,
@@ -385,7 +337,7 @@ impl StageKind for Annotate {
         };
         if p.mode == Mode::Export {
             let path = ctx.workspace.join(&ctx.outputs["batch"]);
-            return export(&p, &groups, &prompt_ids, &path, &mut rng).map_err(|e| StageError::Io {
+            return export(p, &groups, &prompt_ids, &path, &mut rng).map_err(|e| StageError::Io {
                 context: "writing the batch".into(),
                 source: e,
             });
@@ -463,7 +415,7 @@ impl StageKind for Annotate {
                         for (i, j) in pairs {
                             // Present the pair in a random order, as a labelling tool would.
                             let (i, j) = if rng.random_bool(0.5) { (i, j) } else { (j, i) };
-                            for a in pick_annotators(&p, &mut rng) {
+                            for a in pick_annotators(p, &mut rng) {
                                 item += 1;
                                 let first = annotator::prefer_first(
                                     &mut rng,
@@ -495,7 +447,7 @@ impl StageKind for Annotate {
                         subset.shuffle(&mut rng);
                         subset.truncate(p.ranking_size.unwrap_or(responses.len()));
                         let rewards: Vec<f64> = subset.iter().map(|&k| responses[k].1).collect();
-                        for a in pick_annotators(&p, &mut rng) {
+                        for a in pick_annotators(p, &mut rng) {
                             item += 1;
                             let order = annotator::plackett_luce(&mut rng, &rewards, a.temperature);
                             push(
@@ -515,7 +467,7 @@ impl StageKind for Annotate {
                     }
                     LabelKind::Scores => {
                         for (c, reward) in &responses {
-                            for a in pick_annotators(&p, &mut rng) {
+                            for a in pick_annotators(p, &mut rng) {
                                 item += 1;
                                 let score = annotator::ordered_probit(
                                     &mut rng,
@@ -544,7 +496,7 @@ impl StageKind for Annotate {
                         for (c, _) in &responses {
                             let truth =
                                 &verdicts[&(c.prompt_id.as_str(), c.response.as_str())].flags;
-                            for a in pick_annotators(&p, &mut rng) {
+                            for a in pick_annotators(p, &mut rng) {
                                 for (flag, present) in [
                                     ("hallucination", truth.hallucination),
                                     ("bias", truth.bias),

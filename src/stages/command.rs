@@ -8,13 +8,10 @@ use std::path::{Component, Path};
 use std::process::Stdio;
 use std::time::Duration;
 
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
-use serde_json::Value;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::spec::interp::{self, Piece};
 use crate::spec::node::PathSeg;
@@ -22,7 +19,7 @@ use crate::spec::node::PathSeg;
 pub struct Command;
 
 /// Parameters of a `command` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CommandParams {
     /// The command, run by `shell -c` in the workspace root. `${inputs.NAME}` expands to
@@ -55,29 +52,21 @@ fn default_shell() -> String {
     "sh".to_string()
 }
 
-impl StageKind for Command {
-    fn name(&self) -> &'static str {
-        "command"
-    }
+impl Kind for Command {
+    const NAME: &'static str = "command";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "run a shell command with declared inputs, file dependencies and outputs"
-    }
+    const SUMMARY: &'static str =
+        "run a shell command with declared inputs, file dependencies and outputs";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<CommandParams>(generator)
-    }
+    type Params = CommandParams;
 
     fn signature(
         &self,
-        params: &Value,
+        params: &CommandParams,
         input_names: &[&str],
     ) -> Result<Signature, Vec<ParamError>> {
-        let params: CommandParams = parse_params(params)?;
         let mut errors = Vec::new();
         let mut outputs = Vec::new();
         for (name, ty) in &params.outputs {
@@ -162,13 +151,11 @@ impl StageKind for Command {
             inputs,
             open_inputs: true,
             outputs,
-            deps: params.deps,
+            deps: params.deps.clone(),
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let params: CommandParams = parse_params(ctx.params)
-            .map_err(|e| StageError::Failed(format!("invalid parameters: {}", e[0].message)))?;
+    fn run(&self, params: &CommandParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let script = expand(&params.cmd, ctx)?;
         let log = File::create(ctx.log_path).map_err(|source| StageError::Io {
             context: format!("creating `{}`", ctx.log_path.display()),
@@ -382,9 +369,11 @@ fn log_tail(path: &Path, n: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::spec::kind::KindDef;
+    use serde_json::Value;
 
     fn errors(params: Value, inputs: &[&str]) -> Vec<String> {
-        match Command.signature(&params, inputs) {
+        match Command.configure(&params, inputs) {
             Ok(_) => Vec::new(),
             Err(errs) => errs.into_iter().map(|e| e.message).collect(),
         }

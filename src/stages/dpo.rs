@@ -5,17 +5,14 @@
 
 use arrow::array::ArrayRef;
 use candle_core::{Device, Tensor};
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
-use serde_json::{Value, json};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 
 use super::lm::{self, failed};
 use super::reward_fit::{Feedback, Pair, feedback_port};
 use super::sft::epoch_batches;
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{
     Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
@@ -50,36 +47,43 @@ fn default_checkpoint_every() -> usize {
 }
 
 /// Parameters of a `dpo` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DpoParams {
     /// β: how far the policy may move from the reference per unit of preference.
     #[serde(default = "default_beta")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub beta: f64,
     /// `sigmoid` (DPO) or `ipo`.
     #[serde(default)]
     pub loss: DpoLoss,
     /// The assumed share of flipped labels (conservative DPO); sigmoid loss only.
     #[serde(default)]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 0.5))]
     pub label_smoothing: f64,
     #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1))]
     pub epochs: usize,
     #[serde(default)]
     pub max_steps: Option<usize>,
     /// Pairs per step.
     #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     #[serde(default = "default_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     #[serde(default = "default_warmup")]
     pub warmup_steps: usize,
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: f64,
     /// How a prompt is put to the policy (as in `sft`); the response follows after a
     /// space, then end-of-text.
     #[serde(default = "lm::default_template")]
     pub template: String,
     #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
     #[serde(default = "lm::default_device")]
     pub device: String,
@@ -129,44 +133,19 @@ impl TableRow for RefRow<'_> {
     }
 }
 
-impl StageKind for Dpo {
-    fn name(&self) -> &'static str {
-        "dpo"
-    }
+impl Kind for Dpo {
+    const NAME: &'static str = "dpo";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "optimise a policy directly on preference pairs (DPO, IPO, label smoothing)"
-    }
+    const SUMMARY: &'static str =
+        "optimise a policy directly on preference pairs (DPO, IPO, label smoothing)";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<DpoParams>(generator)
-    }
+    type Params = DpoParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: DpoParams = parse_params(params)?;
+    fn signature(&self, p: &DpoParams, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        check_counts(
-            &mut errors,
-            &[
-                ("epochs", p.epochs),
-                ("batch_size", p.batch_size),
-                ("checkpoint_every", p.checkpoint_every),
-            ],
-        );
-        if p.beta.is_nan() || p.beta <= 0.0 {
-            errors.push(ParamError::new(key("beta"), "`beta` must be > 0"));
-        }
-        if !(0.0..0.5).contains(&p.label_smoothing) {
-            errors.push(ParamError::new(
-                key("label_smoothing"),
-                "`label_smoothing` must be in [0, 0.5)",
-            ));
-        }
         if !p.template.contains("{prompt}") {
             errors.push(ParamError::new(
                 key("template"),
@@ -198,8 +177,7 @@ impl StageKind for Dpo {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: DpoParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &DpoParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
         let reference = lm::load_reference(ctx, "policy", &device)?;

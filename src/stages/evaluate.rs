@@ -11,17 +11,14 @@ use std::fmt::Write;
 use arrow::array::ArrayRef;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::generate::read_prompts;
 use super::lm::{self, RewardScorer, failed};
 use super::ppo::{cut_response, per_token};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::sample::{SampleParams, sample};
@@ -49,11 +46,12 @@ fn default_world() -> Option<String> {
 }
 
 /// Parameters of an `evaluate` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EvaluateParams {
     /// The policies, by the input ports that bind them; the first is the baseline that win
     /// rates compare with (and the KL reference, unless `reference` is bound).
+    #[schemars(length(min = 1))]
     pub policies: Vec<String>,
     /// Held-out prompts (JSONL with `text` or `prompt`, optional `id`).
     #[serde(default = "default_prompts")]
@@ -61,15 +59,18 @@ pub struct EvaluateParams {
     #[serde(default)]
     pub max_prompts: Option<usize>,
     #[serde(default = "default_samples")]
+    #[schemars(range(min = 1))]
     pub samples_per_prompt: usize,
     #[serde(default = "lm::default_template")]
     pub template: String,
     #[serde(default = "lm::default_stop")]
     pub stop: Vec<String>,
     #[serde(default = "default_max_new")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// Sampling temperature (KL is measured under the same temperature).
     #[serde(default = "default_one")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub temperature: f64,
     /// The HHH world's fact table, for the oracle; `null` for no oracle (data from outside
     /// the world).
@@ -176,33 +177,22 @@ impl TableRow for Row {
     }
 }
 
-impl StageKind for Evaluate {
-    fn name(&self) -> &'static str {
-        "evaluate"
-    }
+impl Kind for Evaluate {
+    const NAME: &'static str = "evaluate";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "compare policies on held-out prompts: reward-model score, oracle reward and axes, KL, win rates; HTML report"
-    }
+    const SUMMARY: &'static str = "compare policies on held-out prompts: reward-model score, oracle reward and axes, KL, win rates; HTML report";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<EvaluateParams>(generator)
-    }
+    type Params = EvaluateParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: EvaluateParams = parse_params(params)?;
+    fn signature(
+        &self,
+        p: &EvaluateParams,
+        _inputs: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        if p.policies.is_empty() {
-            errors.push(ParamError::new(
-                key("policies"),
-                "`policies` needs at least one name",
-            ));
-        }
         for (i, name) in p.policies.iter().enumerate() {
             let at = vec![PathSeg::Key("policies".into()), PathSeg::Index(i)];
             if FIXED_PORTS.contains(&name.as_str()) {
@@ -218,19 +208,6 @@ impl StageKind for Evaluate {
             } else if p.policies[..i].contains(name) {
                 errors.push(ParamError::new(at, format!("`{name}` is listed twice")));
             }
-        }
-        check_counts(
-            &mut errors,
-            &[
-                ("max_new_tokens", p.max_new_tokens),
-                ("samples_per_prompt", p.samples_per_prompt),
-            ],
-        );
-        if p.temperature.is_nan() || p.temperature <= 0.0 {
-            errors.push(ParamError::new(
-                key("temperature"),
-                "`temperature` must be > 0 (KL needs a sampling distribution)",
-            ));
         }
         if !p.template.contains("{prompt}") {
             errors.push(ParamError::new(
@@ -255,8 +232,8 @@ impl StageKind for Evaluate {
         histories.required = false;
         histories.many = true;
         inputs.extend([reward_model, reference, histories]);
-        let mut deps = vec![p.prompts];
-        deps.extend(p.world);
+        let mut deps = vec![p.prompts.clone()];
+        deps.extend(p.world.clone());
         Ok(Signature {
             inputs,
             open_inputs: false,
@@ -268,8 +245,7 @@ impl StageKind for Evaluate {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: EvaluateParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &EvaluateParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let world = match &p.world {
             Some(path) => {
@@ -495,7 +471,7 @@ impl StageKind for Evaluate {
         std::fs::create_dir_all(&report_dir).map_err(failed)?;
         std::fs::write(
             report_dir.join("index.html"),
-            html(&p, &summary, &rows, &histories),
+            html(p, &summary, &rows, &histories),
         )
         .map_err(failed)?;
         Ok(())

@@ -2,13 +2,10 @@
 //! common formats into hone's normalised feedback tables, with every bad row kept in a
 //! rejects table with its reason.
 
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
-use serde_json::Value;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
 use crate::feedback::{self, FileType, Format, IngestError, IngestOptions, OnBadRows};
@@ -17,7 +14,7 @@ use crate::spec::node::PathSeg;
 pub struct FeedbackIngest;
 
 /// Parameters of a `feedback-ingest` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct IngestParams {
     /// The feedback file, relative to the workspace (its content is part of the cache
@@ -36,6 +33,7 @@ pub struct IngestParams {
     /// With `reject`, the stage still fails when more than this fraction of rows is bad
     /// (default 0.1): a file that is mostly broken is usually the wrong format.
     #[serde(default = "default_max_reject_fraction")]
+    #[schemars(range(min = 0, max = 1))]
     pub max_reject_fraction: f64,
     /// The annotator id for rows that do not name one.
     #[serde(default)]
@@ -53,29 +51,20 @@ fn default_true() -> bool {
     true
 }
 
-impl StageKind for FeedbackIngest {
-    fn name(&self) -> &'static str {
-        "feedback-ingest"
-    }
+impl Kind for FeedbackIngest {
+    const NAME: &'static str = "feedback-ingest";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "import human feedback (hone, TRL, HH-RLHF, UltraFeedback; JSONL, CSV, Parquet) into normalised tables"
-    }
+    const SUMMARY: &'static str = "import human feedback (hone, TRL, HH-RLHF, UltraFeedback; JSONL, CSV, Parquet) into normalised tables";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<IngestParams>(generator)
-    }
+    type Params = IngestParams;
 
     fn signature(
         &self,
-        params: &Value,
+        p: &IngestParams,
         input_names: &[&str],
     ) -> Result<Signature, Vec<ParamError>> {
-        let p: IngestParams = parse_params(params)?;
         let mut errors = Vec::new();
         let has_file_input = input_names.contains(&"file");
         match (&p.path, has_file_input) {
@@ -108,12 +97,6 @@ impl StageKind for FeedbackIngest {
             e.help = Some("set `file_type: jsonl`, `csv` or `parquet`".into());
             errors.push(e);
         }
-        if !(0.0..=1.0).contains(&p.max_reject_fraction) {
-            errors.push(ParamError::new(
-                vec![PathSeg::Key("max_reject_fraction".into())],
-                "`max_reject_fraction` must be between 0 and 1",
-            ));
-        }
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -126,13 +109,11 @@ impl StageKind for FeedbackIngest {
                 Port::new("feedback", ArtifactType::Feedback),
                 Port::new("rejects", ArtifactType::Table(Some("rejects".into()))),
             ],
-            deps: p.path.into_iter().collect(),
+            deps: p.path.clone().into_iter().collect(),
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: IngestParams =
-            parse_params(ctx.params).map_err(|e| StageError::Failed(e[0].message.clone()))?;
+    fn run(&self, p: &IngestParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let source = match (&p.path, ctx.inputs.get("file").and_then(|f| f.first())) {
             (Some(path), _) => ctx.workspace.join(path),
             (None, Some(input)) => ctx.workspace.join(input),
@@ -158,7 +139,7 @@ impl StageKind for FeedbackIngest {
             file_type,
             on_bad_rows: p.on_bad_rows,
             max_reject_fraction: p.max_reject_fraction,
-            annotator: p.annotator,
+            annotator: p.annotator.clone(),
             dedupe: p.dedupe,
         };
         let provenance = Provenance {

@@ -1,14 +1,12 @@
 //! `generate`: K sampled responses per prompt from a causal LM (KV cache, temperature,
 //! top-k, top-p), into a candidates table with the token ids and their summed log-prob.
 
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::lm::{self, failed};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::Candidate;
 use crate::artifact::feedback::prompt_id;
@@ -33,7 +31,7 @@ fn default_max_new() -> usize {
 }
 
 /// Parameters of a `generate` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GenerateParams {
     /// Prompts: a JSONL file with `text` (or `prompt`) and optional `id` per line.
@@ -41,18 +39,24 @@ pub struct GenerateParams {
     pub prompts: String,
     /// Samples per prompt (K).
     #[serde(default = "default_samples")]
+    #[schemars(range(min = 1))]
     pub n_samples: usize,
     /// Only the first this many prompts.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_prompts: Option<usize>,
     /// 0 is greedy.
     #[serde(default = "default_temperature")]
+    #[schemars(range(min = 0))]
     pub temperature: f64,
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub top_k: Option<usize>,
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0), range(max = 1))]
     pub top_p: Option<f64>,
     #[serde(default = "default_max_new")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// How a prompt is put to the model; `{prompt}` is replaced by its text.
     #[serde(default = "lm::default_template")]
@@ -64,51 +68,23 @@ pub struct GenerateParams {
     pub device: String,
 }
 
-impl StageKind for Generate {
-    fn name(&self) -> &'static str {
-        "generate"
-    }
+impl Kind for Generate {
+    const NAME: &'static str = "generate";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "sample K responses per prompt from a causal LM into a candidates table"
-    }
+    const SUMMARY: &'static str =
+        "sample K responses per prompt from a causal LM into a candidates table";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<GenerateParams>(generator)
-    }
+    type Params = GenerateParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: GenerateParams = parse_params(params)?;
+    fn signature(
+        &self,
+        p: &GenerateParams,
+        _inputs: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        if p.n_samples == 0 {
-            errors.push(ParamError::new(
-                key("n_samples"),
-                "`n_samples` must be at least 1",
-            ));
-        }
-        if p.max_new_tokens == 0 {
-            errors.push(ParamError::new(
-                key("max_new_tokens"),
-                "`max_new_tokens` must be at least 1",
-            ));
-        }
-        if !(p.temperature >= 0.0 && p.temperature.is_finite()) {
-            errors.push(ParamError::new(
-                key("temperature"),
-                "`temperature` must be a finite number >= 0",
-            ));
-        }
-        if p.top_p.is_some_and(|v| !(v > 0.0 && v <= 1.0)) {
-            errors.push(ParamError::new(key("top_p"), "`top_p` must be in (0, 1]"));
-        }
-        if p.top_k == Some(0) {
-            errors.push(ParamError::new(key("top_k"), "`top_k` must be at least 1"));
-        }
         if !p.template.contains("{prompt}") {
             errors.push(ParamError::new(
                 key("template"),
@@ -126,12 +102,11 @@ impl StageKind for Generate {
                 "candidates",
                 ArtifactType::Table(Some("candidates".into())),
             )],
-            deps: vec![p.prompts],
+            deps: vec![p.prompts.clone()],
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: GenerateParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &GenerateParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let (trainable, tok) = lm::load_input(ctx, "model", &device)?;
         let model = trainable.frozen().map_err(failed)?;

@@ -13,7 +13,7 @@ use candle_core::Tensor;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -22,10 +22,7 @@ use super::reward_fit::{
     Assessment, Feedback, Pair, Scorer, assess, feedback_port, head_weights, is_held_out,
     pack_batches, pair_groups, save_reward_model,
 };
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
 use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
@@ -33,7 +30,6 @@ use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
 use crate::rl::{metarm, reward};
-use crate::spec::node::PathSeg;
 
 pub struct MetarmAdapt;
 
@@ -81,7 +77,7 @@ pub enum MetaOrder {
 }
 
 /// Parameters of a `metarm-adapt` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetarmParams {
     /// Meta steps; 0 passes the reward model through unchanged (with the diagnostics).
@@ -89,28 +85,35 @@ pub struct MetarmParams {
     pub steps: usize,
     /// Labelled pairs per step (the preference batch X_t).
     #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Prompts per step in the meta batch X_s of the policy's responses.
     #[serde(default = "default_meta_prompts")]
+    #[schemars(range(min = 1))]
     pub meta_prompts: usize,
     /// Responses per prompt in the meta batch (distinct ones; prompts with fewer than two
     /// are skipped).
     #[serde(default = "default_k")]
+    #[schemars(range(min = 2))]
     pub k: usize,
     /// η, the step size of the gradient ascent on the difference loss (plain gradient, no
     /// optimiser state). 0 makes the step plain Bradley-Terry training on the same batches,
     /// the control for MetaRM. On the quickstart's reward model 0.5 raises J on a meta
     /// batch from about 0.57 to 0.78 (0.05: to 0.64).
     #[serde(default = "default_eta")]
+    #[schemars(range(min = 0))]
     pub eta: f64,
     /// α, the learning rate of the outer step (AdamW, constant after warm-up).
     #[serde(default = "default_lr")]
+    #[schemars(range(min = 0))]
     pub lr: f64,
     #[serde(default)]
     pub warmup_steps: usize,
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub weight_decay: f64,
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: f64,
     /// `first` (default) or `second`.
     #[serde(default)]
@@ -118,11 +121,13 @@ pub struct MetarmParams {
     /// The share of prompts held out of the preference batches (by the same hash as
     /// `reward-fit`, so the same prompts stay held out).
     #[serde(default = "default_held_out")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub held_out_fraction: f64,
     /// Use the comparisons' `margin` column in the Bradley-Terry loss.
     #[serde(default = "default_true")]
     pub use_margin: bool,
     #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
     /// Free-form labels copied into `summary.json` (`tags`).
     #[serde(default)]
@@ -192,55 +197,17 @@ impl TableRow for MetaRow {
     }
 }
 
-impl StageKind for MetarmAdapt {
-    fn name(&self) -> &'static str {
-        "metarm-adapt"
-    }
+impl Kind for MetarmAdapt {
+    const NAME: &'static str = "metarm-adapt";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "adapt a reward model to the policy's shifted outputs (MetaRM: a meta step on the difference loss, then Bradley-Terry)"
-    }
+    const SUMMARY: &'static str = "adapt a reward model to the policy's shifted outputs (MetaRM: a meta step on the difference loss, then Bradley-Terry)";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<MetarmParams>(generator)
-    }
+    type Params = MetarmParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: MetarmParams = parse_params(params)?;
-        let key = |k: &str| vec![PathSeg::Key(k.into())];
+    fn signature(&self, p: &MetarmParams, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
         let mut errors = Vec::new();
-        check_counts(
-            &mut errors,
-            &[
-                ("batch_size", p.batch_size),
-                ("meta_prompts", p.meta_prompts),
-                ("checkpoint_every", p.checkpoint_every),
-            ],
-        );
-        if p.k < 2 {
-            errors.push(ParamError::new(
-                key("k"),
-                "`k` must be at least 2 (the difference loss compares responses to one prompt)",
-            ));
-        }
-        for (name, value) in [("eta", p.eta), ("lr", p.lr)] {
-            if !value.is_finite() || value < 0.0 {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be a finite number >= 0"),
-                ));
-            }
-        }
-        if !(0.0..1.0).contains(&p.held_out_fraction) {
-            errors.push(ParamError::new(
-                key("held_out_fraction"),
-                "`held_out_fraction` must be in [0, 1)",
-            ));
-        }
         lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
@@ -263,8 +230,7 @@ impl StageKind for MetarmAdapt {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: MetarmParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &MetarmParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let rm_dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
         let rm = RewardModel::load(&rm_dir, ctx.seed, &device).map_err(failed)?;
@@ -324,7 +290,7 @@ impl StageKind for MetarmAdapt {
         } else {
             adapt(
                 ctx,
-                &p,
+                p,
                 &rm,
                 &tok,
                 &template,

@@ -19,14 +19,18 @@ mod pretrain_load;
 mod reward_fit;
 mod sft;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
 
 use schemars::{JsonSchema, Schema, SchemaGenerator};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
-use crate::artifact::ArtifactType;
+pub use crate::spec::de::{FieldError as ParamError, from_value as parse_params, quoted};
+pub use crate::spec::kind::{Configured, KindDef, Params, Port, Signature};
 
 pub use aggregate::{AGGREGATE, Aggregate};
 pub use annotate::{Annotate, ORACLE};
@@ -43,60 +47,12 @@ pub use pretrain_load::PretrainLoad;
 pub use reward_fit::RewardFit;
 pub use sft::Sft;
 
-/// A named, typed input or output of a stage.
-#[derive(Debug, Clone)]
-pub struct Port {
-    pub name: String,
-    pub ty: ArtifactType,
-    /// An input that takes a list of artifacts (accumulated feedback, say).
-    pub many: bool,
-    pub required: bool,
-}
-
-impl Port {
-    pub fn new(name: &str, ty: ArtifactType) -> Self {
-        Port {
-            name: name.to_string(),
-            ty,
-            many: false,
-            required: true,
-        }
-    }
-}
-
-/// The ports and workspace-file dependencies of a configured stage.
-#[derive(Debug, Clone, Default)]
-pub struct Signature {
-    pub inputs: Vec<Port>,
-    /// When set, the kind takes inputs of any name (of type `files`, lists allowed).
-    pub open_inputs: bool,
-    pub outputs: Vec<Port>,
-    /// Workspace files or directories whose content the stage depends on (relative to
-    /// the workspace root). They are hashed into the fingerprint.
-    pub deps: Vec<String>,
-}
-
-pub use crate::spec::de::{FieldError as ParamError, from_value as parse_params, quoted};
-
-/// Adds "`NAME` must be at least 1" (at the parameter `NAME`) for each count that is 0.
-pub(crate) fn check_counts(errors: &mut Vec<ParamError>, counts: &[(&str, usize)]) {
-    for &(name, value) in counts {
-        if value == 0 {
-            errors.push(ParamError::new(
-                vec![crate::spec::node::PathSeg::Key(name.into())],
-                format!("`{name}` must be at least 1"),
-            ));
-        }
-    }
-}
-
 /// What the runner tells a stage: its resolved parameters, the store paths of its
 /// inputs, and where to write each declared output.
 pub struct StageContext<'a> {
     pub stage_id: &'a str,
     /// The stage's fingerprint, recorded as provenance in the files it writes.
     pub fingerprint: &'a str,
-    pub params: &'a Value,
     pub seed: u64,
     pub threads: usize,
     /// The workspace root; the working directory of `command` stages.
@@ -139,23 +95,110 @@ pub enum StageError {
     },
 }
 
-/// A stage kind. Implementations are stateless; everything a run needs comes in the context.
-pub trait StageKind: Send + Sync {
+/// A stage kind, as each file in `stages/` implements it: typed parameters (serde +
+/// schemars, defaults and ranges declared on the struct), parsed once at validation; the
+/// cross-parameter checks the schema cannot say and the ports; the work. Implementations
+/// are stateless; everything a run needs comes in its parameters and the context.
+pub trait Kind: Send + Sync + 'static {
+    /// `deny_unknown_fields`; doc comments become editor hover text; ranges as
+    /// `#[schemars(range(min = 1))]` or `#[schemars(extend("exclusiveMinimum" = 0))]`
+    /// appear in the schema and are enforced by validation.
+    type Params: DeserializeOwned + Serialize + JsonSchema + Send + Sync + 'static;
     /// The kebab-case name used as `kind:` in specs.
-    fn name(&self) -> &'static str;
-    /// Bumped whenever a change to the implementation can change outputs: it is part of
-    /// every fingerprint, so old cached results are not reused.
-    fn version(&self) -> u32;
+    const NAME: &'static str;
+    /// Bumped whenever a change to the implementation can change outputs (a default
+    /// included): it is part of every fingerprint, so old cached results are not reused.
+    const VERSION: u32;
     /// One line for `hone schema` and editor hover text.
-    fn summary(&self) -> &'static str;
-    /// The JSON Schema of the `with` block.
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
-    /// Checks the `with` parameters and returns the stage's ports. `input_names` are the
-    /// input ports the spec binds, for kinds whose parameters refer to them.
-    fn signature(&self, params: &Value, input_names: &[&str])
-    -> Result<Signature, Vec<ParamError>>;
+    const SUMMARY: &'static str;
+    /// Checks what the schema cannot say (relations between parameters) and returns the
+    /// stage's ports. Called only with parameters that satisfy the schema. `input_names`
+    /// are the input ports the spec binds, for kinds whose parameters refer to them.
+    fn signature(
+        &self,
+        params: &Self::Params,
+        input_names: &[&str],
+    ) -> Result<Signature, Vec<ParamError>>;
     /// Does the work.
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError>;
+    fn run(&self, params: &Self::Params, ctx: &StageContext<'_>) -> Result<(), StageError>;
+}
+
+/// A stage kind as the runner sees it: validation's view of it, and the work.
+pub trait StageKind: KindDef {
+    fn execute(&self, params: &Params, ctx: &StageContext<'_>) -> Result<(), StageError>;
+}
+
+impl<K: Kind> KindDef for K {
+    fn name(&self) -> &'static str {
+        K::NAME
+    }
+
+    fn version(&self) -> u32 {
+        K::VERSION
+    }
+
+    fn summary(&self) -> &'static str {
+        K::SUMMARY
+    }
+
+    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+        generator.subschema_for::<K::Params>()
+    }
+
+    fn configure(
+        &self,
+        params: &Value,
+        input_names: &[&str],
+    ) -> Result<Configured, Vec<ParamError>> {
+        let typed: K::Params = parse_params(params)?;
+        let resolved = serde_json::to_value(&typed).map_err(|e| {
+            vec![ParamError::new(
+                Vec::new(),
+                format!("parameters cannot be written back as JSON: {e}"),
+            )]
+        })?;
+        let errors = crate::spec::kind::schema_errors(&validator::<K>(), &resolved);
+        if !errors.is_empty() {
+            return Err(errors);
+        }
+        let signature = self.signature(&typed, input_names)?;
+        Ok(Configured {
+            params: Params::new(resolved, Arc::new(typed)),
+            signature,
+        })
+    }
+}
+
+impl<K: Kind> StageKind for K {
+    fn execute(&self, params: &Params, ctx: &StageContext<'_>) -> Result<(), StageError> {
+        let typed = params.typed::<K::Params>().ok_or_else(|| {
+            StageError::Failed(format!(
+                "internal error: `{}` was handed another kind's parameters",
+                K::NAME
+            ))
+        })?;
+        self.run(typed, ctx)
+    }
+}
+
+/// The compiled schema of a kind's parameters (compiled once per kind and process).
+fn validator<K: Kind>() -> Arc<jsonschema::Validator> {
+    static CACHE: LazyLock<Mutex<HashMap<&'static str, Arc<jsonschema::Validator>>>> =
+        LazyLock::new(Default::default);
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache
+        .entry(K::NAME)
+        .or_insert_with(|| {
+            let schema = crate::spec::schema::settings()
+                .into_generator()
+                .into_root_schema_for::<K::Params>()
+                .to_value();
+            Arc::new(
+                jsonschema::validator_for(&schema)
+                    .unwrap_or_else(|e| panic!("the schema of `{}` compiles: {e}", K::NAME)),
+            )
+        })
+        .clone()
 }
 
 /// Every stage kind hone knows, in the order `hone schema` lists them.
@@ -177,11 +220,132 @@ pub fn registry() -> &'static [&'static dyn StageKind] {
     ]
 }
 
+/// The registry as validation takes it (`spec::load_str(.., stages::kinds())`).
+pub fn kinds() -> &'static [&'static dyn KindDef] {
+    static KINDS: LazyLock<Vec<&'static dyn KindDef>> = LazyLock::new(|| {
+        registry()
+            .iter()
+            .map(|k| *k as &'static dyn KindDef)
+            .collect()
+    });
+    &KINDS
+}
+
+/// Every table kind hone writes, for `hone schema`.
+pub fn table_kinds() -> Vec<&'static crate::artifact::table::TableKind> {
+    let mut kinds = crate::artifact::feedback::table_kinds().to_vec();
+    kinds.extend([
+        &ORACLE,
+        &HISTORY,
+        &PAIRS,
+        &AGGREGATE,
+        &PPO_HISTORY,
+        &EVALUATION,
+        &REFERENCE_LOGPROBS,
+        &METARM_HISTORY,
+    ]);
+    kinds
+}
+
 pub fn find(name: &str) -> Option<&'static dyn StageKind> {
     registry().iter().copied().find(|k| k.name() == name)
 }
 
-/// The schema of a parameter type, generated from its Rust definition.
-pub fn schema_of<T: JsonSchema>(generator: &mut SchemaGenerator) -> Schema {
-    generator.subschema_for::<T>()
+#[cfg(test)]
+mod tests {
+    use schemars::JsonSchema;
+    use serde::{Deserialize, Serialize};
+
+    use super::*;
+
+    /// A kind whose one parameter defaults to `D`: two such kinds are the same code with
+    /// a changed default.
+    struct Scaled<const D: u32>;
+
+    #[derive(Debug, Serialize, Deserialize, JsonSchema)]
+    #[serde(deny_unknown_fields)]
+    struct ScaledParams<const D: u32> {
+        #[serde(default = "default_factor::<D>")]
+        #[schemars(range(min = 1))]
+        factor: u32,
+        #[serde(default)]
+        note: Option<String>,
+    }
+
+    fn default_factor<const D: u32>() -> u32 {
+        D
+    }
+
+    impl<const D: u32> Kind for Scaled<D> {
+        type Params = ScaledParams<D>;
+        const NAME: &'static str = "scaled";
+        const VERSION: u32 = 1;
+        const SUMMARY: &'static str = "a test kind";
+
+        fn signature(&self, _: &Self::Params, _: &[&str]) -> Result<Signature, Vec<ParamError>> {
+            Ok(Signature::default())
+        }
+
+        fn run(&self, _: &Self::Params, _: &StageContext<'_>) -> Result<(), StageError> {
+            Ok(())
+        }
+    }
+
+    static SCALED_2: [&dyn KindDef; 1] = [&Scaled::<2>];
+    static SCALED_3: [&dyn KindDef; 1] = [&Scaled::<3>];
+
+    fn resolved(kinds: &'static [&'static dyn KindDef], with: &str) -> Value {
+        let text = format!("name: t\nstages:\n  s:\n    kind: scaled\n    with: {with}\n");
+        let spec = crate::spec::load_str("t.yaml", text, &[], kinds)
+            .unwrap_or_else(|e| panic!("{}", e.to_string()));
+        spec.stages[0].params.resolved().clone()
+    }
+
+    #[test]
+    fn a_default_written_out_and_left_out_are_the_same_parameters() {
+        assert_eq!(
+            resolved(&SCALED_2, "{}"),
+            resolved(&SCALED_2, "{factor: 2}")
+        );
+        assert_eq!(resolved(&SCALED_2, "{}"), serde_json::json!({"factor": 2}));
+        // An unset optional parameter and an explicit null are the same too.
+        assert_eq!(
+            resolved(&SCALED_2, "{}"),
+            resolved(&SCALED_2, "{note: null}")
+        );
+    }
+
+    #[test]
+    fn a_changed_default_changes_the_parameters_of_stages_relying_on_it() {
+        assert_ne!(resolved(&SCALED_2, "{}"), resolved(&SCALED_3, "{}"));
+        // A stage that sets the value itself is not affected.
+        assert_eq!(
+            resolved(&SCALED_2, "{factor: 5}"),
+            resolved(&SCALED_3, "{factor: 5}")
+        );
+    }
+
+    #[test]
+    fn ranges_in_the_schema_are_enforced() {
+        let text = "name: t\nstages:\n  s:\n    kind: scaled\n    with: {factor: 0}\n".to_string();
+        let err = match crate::spec::load_str("t.yaml", text, &[], &SCALED_2) {
+            Ok(_) => panic!("factor: 0 must be refused"),
+            Err(e) => e.to_string(),
+        };
+        assert!(err.contains("`factor` must be at least 1"), "{err}");
+        assert!(
+            err.contains("t.yaml:5:"),
+            "the error points at the value: {err}"
+        );
+    }
+
+    #[test]
+    fn every_kind_accepts_its_own_defaults_and_its_schema_compiles() {
+        // Kinds whose parameters have no required key: their defaults satisfy their schema.
+        for kind in registry() {
+            if let Ok(configured) = kind.configure(&serde_json::json!({}), &[]) {
+                assert!(configured.params.resolved().is_object(), "{}", kind.name());
+            }
+        }
+    }
 }

@@ -8,14 +8,11 @@ use arrow::array::ArrayRef;
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
-use serde_json::Value;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use super::lm::{self, failed};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, parse_params, schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::read_candidates;
 use crate::artifact::table::{
@@ -24,11 +21,10 @@ use crate::artifact::table::{
 use crate::model::reward::{RewardModel, last_hidden};
 use crate::model::{CausalLm, tokenizer};
 use crate::rl::design;
-use crate::spec::node::PathSeg;
 
 pub struct OdpoSelect;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Method {
     /// ODPO: the D-optimal design over pair-difference features (Frank-Wolfe).
@@ -54,17 +50,20 @@ fn default_template() -> String {
 }
 
 /// Parameters of an `odpo-select` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SelectParams {
     pub method: Method,
     /// How many pairs to label.
+    #[schemars(range(min = 1))]
     pub budget: usize,
     /// Added to the design's information matrix (keeps it invertible with few pairs).
     #[serde(default = "default_ridge")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub ridge: f64,
     /// Frank-Wolfe stops when max z V⁻¹ z <= (1 + eps)·d.
     #[serde(default = "default_eps")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub eps: f64,
     #[serde(default = "default_iterations")]
     pub max_iterations: usize,
@@ -72,6 +71,7 @@ pub struct SelectParams {
     /// instead of all of ψ (ODPO's guarantees grow with the dimension; a design over all
     /// of a reward model's hidden size spends labels on directions that carry no reward).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub dims: Option<usize>,
     /// How the reward model reads a response (as in `reward-fit`).
     #[serde(default = "default_template")]
@@ -128,43 +128,19 @@ impl TableRow for PairRow {
     }
 }
 
-impl StageKind for OdpoSelect {
-    fn name(&self) -> &'static str {
-        "odpo-select"
-    }
+impl Kind for OdpoSelect {
+    const NAME: &'static str = "odpo-select";
 
-    fn version(&self) -> u32 {
-        // 2: greedy rounding by Sherman-Morrison updates (same picks up to float ties).
-        2
-    }
+    // 2: greedy rounding by Sherman-Morrison updates (same picks up to float ties).
+    const VERSION: u32 = 2;
 
-    fn summary(&self) -> &'static str {
-        "choose the response pairs to label under a budget: D-optimal design (ODPO) or uniform"
-    }
+    const SUMMARY: &'static str =
+        "choose the response pairs to label under a budget: D-optimal design (ODPO) or uniform";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<SelectParams>(generator)
-    }
+    type Params = SelectParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: SelectParams = parse_params(params)?;
-        let key = |k: &str| vec![PathSeg::Key(k.into())];
+    fn signature(&self, p: &SelectParams, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
         let mut errors = Vec::new();
-        if p.budget == 0 {
-            errors.push(ParamError::new(
-                key("budget"),
-                "`budget` must be at least 1",
-            ));
-        }
-        if p.ridge.is_nan() || p.ridge <= 0.0 {
-            errors.push(ParamError::new(key("ridge"), "`ridge` must be > 0"));
-        }
-        if p.dims == Some(0) {
-            errors.push(ParamError::new(key("dims"), "`dims` must be at least 1"));
-        }
-        if p.eps.is_nan() || p.eps <= 0.0 {
-            errors.push(ParamError::new(key("eps"), "`eps` must be > 0"));
-        }
         lm::check_device(&p.device, &mut errors);
         if !errors.is_empty() {
             return Err(errors);
@@ -185,8 +161,7 @@ impl StageKind for OdpoSelect {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: SelectParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &SelectParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let candidates =
             read_candidates(&ctx.workspace.join(&ctx.inputs["candidates"][0])).map_err(failed)?;
         // Every pair of different responses to the same prompt.
@@ -220,7 +195,7 @@ impl StageKind for OdpoSelect {
             Method::DOptimal => {
                 let device = lm::device(&p.device)?;
                 let dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
-                let (features, _) = candidate_features(ctx, &p, &dir, &candidates, &device)?;
+                let (features, _) = candidate_features(ctx, p, &dir, &candidates, &device)?;
                 let z: Vec<Vec<f64>> = pairs
                     .iter()
                     .map(|&(i, j)| {
@@ -277,7 +252,7 @@ impl StageKind for OdpoSelect {
                         }
                         _ => {
                             let (features, head) =
-                                candidate_features(ctx, &p, member, &candidates, &device)?;
+                                candidate_features(ctx, p, member, &candidates, &device)?;
                             shared = Some((digest, features.clone()));
                             (features, head)
                         }

@@ -15,16 +15,13 @@ use candle_nn::{Init, VarBuilder};
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
+use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use super::generate::read_prompts;
 use super::lm::{self, RewardScorer, failed};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
@@ -89,7 +86,7 @@ fn default_checkpoint_every() -> usize {
 }
 
 /// Parameters of a `ppo` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PpoParams {
     /// Prompts: a JSONL file with `text` (or `prompt`) and optional `id` per line.
@@ -97,6 +94,7 @@ pub struct PpoParams {
     pub prompts: String,
     /// Only the first this many prompts.
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_prompts: Option<usize>,
     /// How a prompt is put to the policy; `{prompt}` is replaced by its text.
     #[serde(default = "lm::default_template")]
@@ -106,14 +104,17 @@ pub struct PpoParams {
     pub stop: Vec<String>,
     /// PPO iterations: each samples `rollouts` responses and updates on them.
     #[serde(default = "default_iterations")]
+    #[schemars(range(min = 1))]
     pub iterations: usize,
     /// Responses sampled per iteration: `rollouts / samples_per_prompt` prompts, each
     /// answered `samples_per_prompt` times.
     #[serde(default = "default_rollouts")]
+    #[schemars(range(min = 1))]
     pub rollouts: usize,
     /// Responses to each prompt of an iteration (default 1); `baseline: leave-one-out`
     /// needs at least 2. Must divide `rollouts`.
     #[serde(default = "default_samples_per_prompt")]
+    #[schemars(range(min = 1))]
     pub samples_per_prompt: usize,
     /// What scores are measured against: `critic` (default; GAE with the values) or
     /// `leave-one-out` (RLOO: the mean score of the prompt's other responses; the critic is
@@ -122,28 +123,37 @@ pub struct PpoParams {
     pub baseline: Baseline,
     /// Responses per optimiser step.
     #[serde(default = "default_minibatch")]
+    #[schemars(range(min = 1))]
     pub minibatch_size: usize,
     /// Passes over each iteration's responses.
     #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1))]
     pub epochs: usize,
     #[serde(default = "default_max_new")]
+    #[schemars(range(min = 1))]
     pub max_new_tokens: usize,
     /// Sampling temperature of the rollouts; log-probabilities (policy and reference) are
     /// taken under the same temperature.
     #[serde(default = "default_one")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub temperature: f64,
     #[serde(default = "default_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     #[serde(default = "default_one")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: f64,
     /// ε of the clipped policy loss.
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub clip: f64,
     /// ε of the clipped value loss.
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub value_clip: f64,
     /// Weight of the value loss (with `critic: policy`, where one loss trains both).
     #[serde(default = "default_vf_coef")]
+    #[schemars(range(min = 0))]
     pub vf_coef: f64,
     /// Where the values come from: `policy` (default), a head on the policy's last hidden
     /// state trained with it (TRL's layout), or `reward-model`, a separate critic
@@ -154,23 +164,30 @@ pub struct PpoParams {
     pub critic: CriticKind,
     /// The separate critic's learning rate (default: `lr`).
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub critic_lr: Option<f64>,
     #[serde(default = "default_one")]
+    #[schemars(range(min = 0, max = 1))]
     pub gamma: f64,
     #[serde(default = "default_lambda")]
+    #[schemars(range(min = 0, max = 1))]
     pub lambda: f64,
     /// β of the per-token KL penalty (0 turns it off).
     #[serde(default = "default_kl_coef")]
+    #[schemars(range(min = 0))]
     pub kl_coef: f64,
     #[serde(default)]
     pub kl_estimator: KlEstimator,
     /// A target KL (nats per response): the coefficient adapts to keep it (Ziegler et al.).
     #[serde(default)]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub kl_target: Option<f64>,
     #[serde(default = "default_horizon")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub kl_horizon: f64,
     /// Scores are clipped to ±this after the reward model's offset is removed.
     #[serde(default = "default_reward_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub reward_clip: f64,
     /// Whiten the scores of each iteration (mean kept).
     #[serde(default)]
@@ -184,12 +201,14 @@ pub struct PpoParams {
     pub credit: Credit,
     /// ABC's share of the score given by attention.
     #[serde(default = "default_abc_beta")]
+    #[schemars(range(min = 0, max = 1))]
     pub abc_beta: f64,
     /// How the reward model reads a response (as in `reward-fit`; default: the one it was
     /// fitted with).
     #[serde(default)]
     pub reward_template: Option<String>,
     #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
     #[serde(default = "lm::default_device")]
     pub device: String,
@@ -334,77 +353,29 @@ struct PpoState {
     rows: Vec<IterationRow>,
 }
 
-impl StageKind for Ppo {
-    fn name(&self) -> &'static str {
-        "ppo"
-    }
+impl Kind for Ppo {
+    const NAME: &'static str = "ppo";
 
-    fn version(&self) -> u32 {
-        1
-    }
+    const VERSION: u32 = 1;
 
-    fn summary(&self) -> &'static str {
-        "optimise a policy against a reward model with PPO (KL penalty, GAE, clipping; sparse, ABC or uniform credit)"
-    }
+    const SUMMARY: &'static str = "optimise a policy against a reward model with PPO (KL penalty, GAE, clipping; sparse, ABC or uniform credit)";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<PpoParams>(generator)
-    }
+    type Params = PpoParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: PpoParams = parse_params(params)?;
+    fn signature(&self, p: &PpoParams, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        check_counts(
-            &mut errors,
-            &[
-                ("iterations", p.iterations),
-                ("rollouts", p.rollouts),
-                ("minibatch_size", p.minibatch_size),
-                ("epochs", p.epochs),
-                ("max_new_tokens", p.max_new_tokens),
-                ("checkpoint_every", p.checkpoint_every),
-            ],
-        );
-        for (name, value, lo, hi) in [
-            ("gamma", p.gamma, 0.0, 1.0),
-            ("lambda", p.lambda, 0.0, 1.0),
-            ("abc_beta", p.abc_beta, 0.0, 1.0),
-        ] {
-            if !(lo..=hi).contains(&value) {
-                errors.push(ParamError::new(
-                    key(name),
-                    format!("`{name}` must be in [{lo}, {hi}]"),
-                ));
-            }
-        }
-        for (name, value) in [
-            ("clip", p.clip),
-            ("value_clip", p.value_clip),
-            ("temperature", p.temperature),
-            ("reward_clip", p.reward_clip),
-            ("kl_horizon", p.kl_horizon),
-        ] {
-            if value.is_nan() || value <= 0.0 {
-                errors.push(ParamError::new(key(name), format!("`{name}` must be > 0")));
-            }
-        }
-        if p.kl_coef.is_nan() || p.kl_coef < 0.0 {
-            errors.push(ParamError::new(key("kl_coef"), "`kl_coef` must be >= 0"));
-        }
-        if let Some(t) = p.kl_target
-            && (t.is_nan() || t <= 0.0 || p.kl_coef == 0.0)
-        {
+        if p.kl_target.is_some() && p.kl_coef == 0.0 {
             errors.push(ParamError::new(
                 key("kl_target"),
-                "`kl_target` must be > 0 and needs a `kl_coef` > 0 to adapt",
+                "`kl_target` needs a `kl_coef` > 0 to adapt",
             ));
         }
-        if p.samples_per_prompt == 0 || !p.rollouts.is_multiple_of(p.samples_per_prompt) {
+        if !p.rollouts.is_multiple_of(p.samples_per_prompt) {
             errors.push(ParamError::new(
                 key("samples_per_prompt"),
                 format!(
-                    "`samples_per_prompt` ({}) must be at least 1 and divide `rollouts` ({})",
+                    "`samples_per_prompt` ({}) must divide `rollouts` ({})",
                     p.samples_per_prompt, p.rollouts
                 ),
             ));
@@ -446,12 +417,11 @@ impl StageKind for Ppo {
                 Port::new("policy", ArtifactType::CausalLm),
                 Port::new("metrics", ArtifactType::Metrics),
             ],
-            deps: vec![p.prompts],
+            deps: vec![p.prompts.clone()],
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: PpoParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &PpoParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
         let reference = lm::load_reference(ctx, "policy", &device)?;

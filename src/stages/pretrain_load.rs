@@ -5,15 +5,12 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::lm::{self, failed};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
 use crate::model::train::{Batch, Schedule, Trainer};
@@ -22,7 +19,7 @@ use crate::spec::node::PathSeg;
 
 pub struct PretrainLoad;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Source {
     /// A local Hugging Face checkpoint directory (`path`).
@@ -31,7 +28,7 @@ pub enum Source {
     Builtin,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Architecture {
     #[default]
@@ -80,7 +77,7 @@ fn default_checkpoint_every() -> usize {
 }
 
 /// Parameters of a `pretrain-load` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PretrainParams {
     pub source: Source,
@@ -95,61 +92,68 @@ pub struct PretrainParams {
     pub architecture: Architecture,
     /// `builtin`: tokenizer vocabulary size (the BPE may stop short of it on a small corpus).
     #[serde(default = "default_vocab")]
+    #[schemars(range(min = 300))]
     pub vocab_size: usize,
     #[serde(default = "default_d_model")]
+    #[schemars(range(min = 1))]
     pub d_model: usize,
     #[serde(default = "default_layers")]
+    #[schemars(range(min = 1))]
     pub n_layers: usize,
     #[serde(default = "default_heads")]
+    #[schemars(range(min = 1))]
     pub n_heads: usize,
     /// Llama only: key/value heads for grouped-query attention (default: `n_heads`).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub n_kv_heads: Option<usize>,
     /// Context length in tokens.
     #[serde(default = "default_context")]
+    #[schemars(range(min = 1))]
     pub context: usize,
     #[serde(default = "default_steps")]
+    #[schemars(range(min = 1))]
     pub steps: usize,
     /// Sequences of `context` tokens per step.
     #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     /// Peak learning rate (AdamW, linear warm-up, cosine decay to 10%).
     #[serde(default = "default_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     #[serde(default = "default_warmup")]
     pub warmup_steps: usize,
     #[serde(default = "default_wd")]
+    #[schemars(range(min = 0))]
     pub weight_decay: f64,
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: f64,
     /// Save a resumable checkpoint every this many steps.
     #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
     /// `auto`, `cpu` or `cuda:N`.
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
-impl StageKind for PretrainLoad {
-    fn name(&self) -> &'static str {
-        "pretrain-load"
-    }
+impl Kind for PretrainLoad {
+    const NAME: &'static str = "pretrain-load";
 
-    fn version(&self) -> u32 {
-        // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
-        2
-    }
+    // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
+    const VERSION: u32 = 2;
 
-    fn summary(&self) -> &'static str {
-        "load a Hugging Face checkpoint, or pretrain a small model with its own tokenizer on a shipped corpus"
-    }
+    const SUMMARY: &'static str = "load a Hugging Face checkpoint, or pretrain a small model with its own tokenizer on a shipped corpus";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<PretrainParams>(generator)
-    }
+    type Params = PretrainParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: PretrainParams = parse_params(params)?;
+    fn signature(
+        &self,
+        p: &PretrainParams,
+        _inputs: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
         let mut errors = Vec::new();
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let deps = match p.source {
@@ -165,7 +169,7 @@ impl StageKind for PretrainLoad {
             Source::Builtin => vec![p.corpus.clone()],
         };
         if p.source == Source::Builtin {
-            if p.n_heads == 0 || !p.d_model.is_multiple_of(p.n_heads) {
+            if !p.d_model.is_multiple_of(p.n_heads) {
                 errors.push(ParamError::new(
                     key("n_heads"),
                     format!(
@@ -175,7 +179,7 @@ impl StageKind for PretrainLoad {
                 ));
             }
             if let Some(kv) = p.n_kv_heads
-                && (kv == 0 || !p.n_heads.is_multiple_of(kv))
+                && !p.n_heads.is_multiple_of(kv)
             {
                 errors.push(ParamError::new(
                     key("n_kv_heads"),
@@ -184,19 +188,6 @@ impl StageKind for PretrainLoad {
                         p.n_heads
                     ),
                 ));
-            }
-            check_counts(
-                &mut errors,
-                &[
-                    ("steps", p.steps),
-                    ("batch_size", p.batch_size),
-                    ("context", p.context),
-                    ("n_layers", p.n_layers),
-                    ("checkpoint_every", p.checkpoint_every),
-                ],
-            );
-            if p.vocab_size < 300 {
-                errors.push(ParamError::new(key("vocab_size"), "`vocab_size` must be at least 300 (256 bytes, the end-of-text token and some merges)"));
             }
         }
         lm::check_device(&p.device, &mut errors);
@@ -214,8 +205,7 @@ impl StageKind for PretrainLoad {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: PretrainParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &PretrainParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let provenance = Provenance {
             stage: ctx.stage_id.to_string(),
@@ -234,7 +224,7 @@ impl StageKind for PretrainLoad {
                 lm::write_model(&model_dir, &trainable, &tok, meta)?;
                 lm::write_metrics(&metrics_dir, &json!({"source": "hf"}), &[], &provenance)
             }
-            Source::Builtin => pretrain(ctx, &p, &device, &model_dir, &metrics_dir, &provenance),
+            Source::Builtin => pretrain(ctx, p, &device, &model_dir, &metrics_dir, &provenance),
         }
     }
 }

@@ -11,15 +11,12 @@ use candle_nn::{Init, VarBuilder};
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::lm::{self, failed};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Provenance};
 use crate::model::reward::{RewardModel, last_hidden};
@@ -71,7 +68,7 @@ fn default_head_l2() -> f64 {
 }
 
 /// What `reward-fit` trains.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum TrainMode {
     /// Fine-tune the backbone and the head together (AdamW, the losses above).
@@ -85,24 +82,29 @@ pub enum TrainMode {
 }
 
 /// Parameters of a `reward-fit` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RewardFitParams {
     #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1))]
     pub epochs: usize,
     /// Stop after this many steps (default: all epochs).
     #[serde(default)]
     pub max_steps: Option<usize>,
     /// Pairs per step (a prompt's pairs stay together, so a batch may hold a few more).
     #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     #[serde(default = "default_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     #[serde(default = "default_warmup")]
     pub warmup_steps: usize,
     #[serde(default)]
+    #[schemars(range(min = 0))]
     pub weight_decay: f64,
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: f64,
     /// The text the reward model reads: `{prompt}` and `{response}` are replaced; the
     /// reward is read at the end-of-text token appended to it.
@@ -110,6 +112,7 @@ pub struct RewardFitParams {
     pub template: String,
     /// The share of prompts (by a hash of their id) held out for evaluation.
     #[serde(default = "default_held_out")]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
     pub held_out_fraction: f64,
     /// Use the comparisons' `margin` column in the Bradley-Terry loss.
     #[serde(default = "default_true")]
@@ -121,11 +124,13 @@ pub struct RewardFitParams {
     #[serde(default = "default_flags_weight")]
     pub flags_weight: f64,
     #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
     /// Train this many reward models (member 0 on all pairs, the others on bootstrap
     /// resamples with their own seeds), for `odpo-select`'s `uncertainty`. Member 0 is the
     /// reward model; all are saved under `members/K/`.
     #[serde(default = "default_ensemble")]
+    #[schemars(range(min = 1))]
     pub ensemble: usize,
     /// `full` (default) fine-tunes the backbone; `head` fits only the linear head.
     #[serde(default)]
@@ -133,6 +138,7 @@ pub struct RewardFitParams {
     /// The ridge of `train: head`: the objective is the summed Bradley-Terry negative
     /// log-likelihood + head_l2/2 · |w|².
     #[serde(default = "default_head_l2")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub head_l2: f64,
     /// Free-form labels copied into `summary.json` (`tags`), for experiments that collect
     /// many runs (the `aggregate` stage groups by them).
@@ -142,52 +148,29 @@ pub struct RewardFitParams {
     pub device: String,
 }
 
-impl StageKind for RewardFit {
-    fn name(&self) -> &'static str {
-        "reward-fit"
-    }
+impl Kind for RewardFit {
+    const NAME: &'static str = "reward-fit";
 
-    fn version(&self) -> u32 {
-        // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
-        // 3: oracle pair accuracy, tags and the train mode in the summary.
-        3
-    }
+    // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
+    // 3: oracle pair accuracy, tags and the train mode in the summary.
+    const VERSION: u32 = 3;
 
-    fn summary(&self) -> &'static str {
-        "fit a reward model (Bradley-Terry, ordinal scores, flags) on a causal-LM backbone, or only its linear head"
-    }
+    const SUMMARY: &'static str = "fit a reward model (Bradley-Terry, ordinal scores, flags) on a causal-LM backbone, or only its linear head";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<RewardFitParams>(generator)
-    }
+    type Params = RewardFitParams;
 
-    fn signature(&self, params: &Value, inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: RewardFitParams = parse_params(params)?;
+    fn signature(
+        &self,
+        p: &RewardFitParams,
+        inputs: &[&str],
+    ) -> Result<Signature, Vec<ParamError>> {
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        check_counts(
-            &mut errors,
-            &[
-                ("epochs", p.epochs),
-                ("batch_size", p.batch_size),
-                ("checkpoint_every", p.checkpoint_every),
-                ("ensemble", p.ensemble),
-            ],
-        );
-        if !(0.0..1.0).contains(&p.held_out_fraction) {
-            errors.push(ParamError::new(
-                key("held_out_fraction"),
-                "`held_out_fraction` must be in [0, 1)",
-            ));
-        }
         if !p.template.contains("{prompt}") || !p.template.contains("{response}") {
             errors.push(ParamError::new(
                 key("template"),
                 "`template` must contain `{prompt}` and `{response}`",
             ));
-        }
-        if p.head_l2.is_nan() || p.head_l2 <= 0.0 {
-            errors.push(ParamError::new(key("head_l2"), "`head_l2` must be > 0"));
         }
         lm::check_device(&p.device, &mut errors);
         let init_bound = inputs.contains(&"init");
@@ -217,8 +200,7 @@ impl StageKind for RewardFit {
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: RewardFitParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &RewardFitParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let (rm, tok) = start_model(ctx, ctx.seed, &device)?;
         let eot = lm::end_of_text(&rm.base.config, &tok);
@@ -262,7 +244,7 @@ impl StageKind for RewardFit {
             TrainMode::Full => {
                 let trained = fit_member(
                     ctx,
-                    &p,
+                    p,
                     rm,
                     &tok,
                     &train_pairs,
@@ -278,7 +260,7 @@ impl StageKind for RewardFit {
                     let resume = ctx.resume_dir.join(format!("member-{k}"));
                     let member = fit_member(
                         ctx,
-                        &p,
+                        p,
                         start,
                         &tok,
                         &resample,
@@ -303,11 +285,11 @@ impl StageKind for RewardFit {
                     );
                 }
                 let mut scorer = Scorer::new(&rm, &tok, &p.template, eot, &device)?;
-                let (weights, history) = fit_head(ctx, &p, &mut scorer, &train_pairs)?;
+                let (weights, history) = fit_head(ctx, p, &mut scorer, &train_pairs)?;
                 set_head(&rm, &weights, &device)?;
                 for k in 1..p.ensemble {
                     let (_, resample) = bootstrap(k);
-                    let (weights, _) = fit_head(ctx, &p, &mut scorer, &resample)?;
+                    let (weights, _) = fit_head(ctx, p, &mut scorer, &resample)?;
                     let (member, _) = start_model(ctx, ctx.seed, &device)?;
                     set_head(&member, &weights, &device)?;
                     members.push(member);

@@ -6,15 +6,12 @@
 use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
-use schemars::{JsonSchema, Schema, SchemaGenerator};
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::lm::{self, failed};
-use super::{
-    ParamError, Port, Signature, StageContext, StageError, StageKind, check_counts, parse_params,
-    schema_of,
-};
+use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
 use crate::model::tokenizer;
@@ -49,67 +46,58 @@ fn default_checkpoint_every() -> usize {
 }
 
 /// Parameters of an `sft` stage.
-#[derive(Debug, Deserialize, JsonSchema)]
+#[derive(Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SftParams {
     /// Demonstrations: a JSONL file of `{"prompt": ..., "completion": ...}`.
     #[serde(default = "default_demos")]
     pub demos: String,
     #[serde(default = "default_epochs")]
+    #[schemars(range(min = 1))]
     pub epochs: usize,
     /// Stop after this many steps (default: all epochs).
     #[serde(default)]
+    #[schemars(range(min = 1))]
     pub max_steps: Option<usize>,
     #[serde(default = "default_batch")]
+    #[schemars(range(min = 1))]
     pub batch_size: usize,
     #[serde(default = "default_lr")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub lr: f64,
     #[serde(default = "default_warmup")]
     pub warmup_steps: usize,
     #[serde(default = "default_wd")]
+    #[schemars(range(min = 0))]
     pub weight_decay: f64,
     #[serde(default = "default_clip")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
     pub max_grad_norm: f64,
     /// How a prompt is put to the model; `{prompt}` is replaced by its text. The completion
     /// follows after a space, then end-of-text.
     #[serde(default = "lm::default_template")]
     pub template: String,
     #[serde(default = "default_checkpoint_every")]
+    #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
 
-impl StageKind for Sft {
-    fn name(&self) -> &'static str {
-        "sft"
-    }
+impl Kind for Sft {
+    const NAME: &'static str = "sft";
 
-    fn version(&self) -> u32 {
-        // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
-        2
-    }
+    // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
+    const VERSION: u32 = 2;
 
-    fn summary(&self) -> &'static str {
-        "supervised fine-tuning on demonstrations, loss on completion tokens only"
-    }
+    const SUMMARY: &'static str =
+        "supervised fine-tuning on demonstrations, loss on completion tokens only";
 
-    fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
-        schema_of::<SftParams>(generator)
-    }
+    type Params = SftParams;
 
-    fn signature(&self, params: &Value, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
-        let p: SftParams = parse_params(params)?;
+    fn signature(&self, p: &SftParams, _inputs: &[&str]) -> Result<Signature, Vec<ParamError>> {
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let mut errors = Vec::new();
-        check_counts(
-            &mut errors,
-            &[
-                ("epochs", p.epochs),
-                ("batch_size", p.batch_size),
-                ("checkpoint_every", p.checkpoint_every),
-            ],
-        );
         if !p.template.contains("{prompt}") {
             errors.push(ParamError::new(
                 key("template"),
@@ -127,12 +115,11 @@ impl StageKind for Sft {
                 Port::new("model", ArtifactType::CausalLm),
                 Port::new("metrics", ArtifactType::Metrics),
             ],
-            deps: vec![p.demos],
+            deps: vec![p.demos.clone()],
         })
     }
 
-    fn run(&self, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        let p: SftParams = parse_params(ctx.params).map_err(|e| failed(&e[0].message))?;
+    fn run(&self, p: &SftParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
         let (trainable, tok) = lm::load_input(ctx, "model", &device)?;
         let eot = lm::end_of_text(&trainable.config, &tok);

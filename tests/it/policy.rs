@@ -337,9 +337,10 @@ fn ppo_with_a_leave_one_out_baseline_trains_without_a_critic() {
     // Groups must fill the rollouts, and a leave-one-out baseline needs two answers a
     // prompt and no separate critic.
     for (extra, expected) in [
+        (", samples_per_prompt: 3", "must divide `rollouts` (4)"),
         (
-            ", samples_per_prompt: 3",
-            "must be at least 1 and divide `rollouts` (4)",
+            ", samples_per_prompt: 0",
+            "`samples_per_prompt` must be at least 1",
         ),
         (
             ", baseline: leave-one-out",

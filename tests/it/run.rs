@@ -36,6 +36,36 @@ fn a_param_edit_reruns_exactly_that_stage_and_its_descendants() {
     assert_eq!(edited.with_status("ran"), ["s3", "s4", "s5", "s6"]);
 }
 
+/// The cache key holds the parameters as the kind resolved them, defaults filled in:
+/// writing a default out changes nothing, and the lock says what was computed.
+#[test]
+fn writing_a_default_out_is_the_same_stage() {
+    let ws = Workspace::new();
+    let spec = |extra: &str| {
+        format!(
+            "name: p\nstages:\n  a:\n    kind: command\n    with:\n      cmd: \"echo hi > ${{outputs.o}}\"\n      outputs: {{o: files}}\n{extra}"
+        )
+    };
+    ws.write("p.yaml", &spec(""));
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let lock = ws.read("p.lock");
+    assert!(
+        lock.contains("shell: sh"),
+        "the lock holds the defaults: {lock}"
+    );
+    ws.write("p.yaml", &spec("      shell: sh\n      env: {}\n"));
+    let status = ws.hone(&["status", "p.yaml"]);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stdout.contains("ok    a"), "{}", status.stdout);
+    let out = run_json(&ws, &[]);
+    assert_eq!(out.with_status("cached"), ["a"], "{}", out.stdout);
+    assert_eq!(ws.read("p.lock"), lock);
+    // A value other than the default is another stage.
+    ws.write("p.yaml", &spec("      shell: bash\n"));
+    let status = ws.ok(&["status", "p.yaml"]).stdout;
+    assert!(status.contains("param `shell` changed"), "{status}");
+}
+
 #[test]
 fn comments_and_formatting_change_nothing() {
     let ws = Workspace::new();

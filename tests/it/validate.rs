@@ -109,10 +109,203 @@ fn every_shipped_pipeline_validates_and_declares_the_schema() {
             "{} should start with the yaml-language-server comment",
             spec.display()
         );
-        if let Err(err) = hone::dag::load(&spec, &[]) {
+        if let Err(err) = hone::dag::load(&spec, &[], hone::stages::kinds()) {
             panic!("{} is invalid:\n{err}", spec.display());
         }
     }
+}
+
+/// The shipped specs, every `*.yaml` under pipelines/.
+fn shipped_specs() -> Vec<std::path::PathBuf> {
+    let mut specs = Vec::new();
+    let mut stack = vec![repo().join("pipelines")];
+    while let Some(dir) = stack.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+            } else if path.extension().is_some_and(|e| e == "yaml") {
+                specs.push(path);
+            }
+        }
+    }
+    specs.sort();
+    specs
+}
+
+fn pipeline_schema() -> serde_json::Value {
+    serde_json::from_str(
+        &std::fs::read_to_string(repo().join("schemas/pipeline.schema.json")).unwrap(),
+    )
+    .unwrap()
+}
+
+/// What an editor does: the spec read as YAML 1.2 and checked against the committed
+/// schema by a standard validator. Placeholders (`${params.x}`) must be accepted where
+/// a number or an enum stands, ranges must hold.
+#[test]
+fn every_shipped_pipeline_satisfies_the_committed_schema() {
+    let validator = jsonschema::validator_for(&pipeline_schema()).expect("the schema compiles");
+    let specs = shipped_specs();
+    assert!(specs.len() >= 13, "{specs:?}");
+    for spec in specs {
+        let text = std::fs::read_to_string(&spec).unwrap();
+        let value = hone::spec::load::parse(&text).unwrap().to_json();
+        let errors: Vec<String> = validator
+            .iter_errors(&value)
+            .map(|e| format!("{}: {e}", e.instance_path()))
+            .collect();
+        assert!(
+            errors.is_empty(),
+            "{}:\n{}",
+            spec.display(),
+            errors.join("\n")
+        );
+    }
+}
+
+/// And the schema refuses what validation refuses: a count of 0, a negative learning
+/// rate, a probability above 1, an unknown enum value; a placeholder only as a whole value.
+#[test]
+fn the_schema_flags_out_of_range_parameters() {
+    let validator = jsonschema::validator_for(&pipeline_schema()).unwrap();
+    let spec = |with: serde_json::Value| serde_json::json!({"name": "p", "stages": {"s": {"kind": "ppo", "with": with}}});
+    for bad in [
+        serde_json::json!({"iterations": 0}),
+        serde_json::json!({"lr": -1.0}),
+        serde_json::json!({"gamma": 1.5}),
+        serde_json::json!({"baseline": "nonsense"}),
+        serde_json::json!({"iterations": "20 ${params.x}"}),
+    ] {
+        assert!(!validator.is_valid(&spec(bad.clone())), "accepted {bad}");
+    }
+    for good in [
+        serde_json::json!({"iterations": 20, "lr": 1e-4, "gamma": 1.0}),
+        serde_json::json!({"iterations": "${params.iterations}", "baseline": "${item.baseline}"}),
+    ] {
+        assert!(validator.is_valid(&spec(good.clone())), "refused {good}");
+    }
+}
+
+/// What ajv's strict mode refuses: a keyword JSON Schema does not define, or a `format`
+/// it does not define (schemars writes `uint`, `double` and the like).
+#[test]
+fn the_schema_uses_only_standard_keywords_and_formats() {
+    const KEYWORDS: &[&str] = &[
+        "$schema",
+        "$id",
+        "$ref",
+        "$defs",
+        "$comment",
+        "$anchor",
+        "$dynamicRef",
+        "$dynamicAnchor",
+        "title",
+        "description",
+        "default",
+        "examples",
+        "deprecated",
+        "readOnly",
+        "writeOnly",
+        "type",
+        "enum",
+        "const",
+        "multipleOf",
+        "maximum",
+        "exclusiveMaximum",
+        "minimum",
+        "exclusiveMinimum",
+        "maxLength",
+        "minLength",
+        "pattern",
+        "maxItems",
+        "minItems",
+        "uniqueItems",
+        "maxContains",
+        "minContains",
+        "maxProperties",
+        "minProperties",
+        "required",
+        "dependentRequired",
+        "properties",
+        "patternProperties",
+        "additionalProperties",
+        "propertyNames",
+        "items",
+        "prefixItems",
+        "contains",
+        "allOf",
+        "anyOf",
+        "oneOf",
+        "not",
+        "if",
+        "then",
+        "else",
+        "dependentSchemas",
+        "unevaluatedItems",
+        "unevaluatedProperties",
+        "format",
+    ];
+    const FORMATS: &[&str] = &[
+        "date-time",
+        "date",
+        "time",
+        "duration",
+        "email",
+        "idn-email",
+        "hostname",
+        "idn-hostname",
+        "ipv4",
+        "ipv6",
+        "uri",
+        "uri-reference",
+        "iri",
+        "iri-reference",
+        "uuid",
+        "uri-template",
+        "json-pointer",
+        "relative-json-pointer",
+        "regex",
+    ];
+    // Keys whose values are maps of names to schemas, not schemas.
+    const MAPS: &[&str] = &[
+        "properties",
+        "patternProperties",
+        "$defs",
+        "dependentSchemas",
+    ];
+    fn walk(schema: &serde_json::Value, at: &str, problems: &mut Vec<String>) {
+        let Some(map) = schema.as_object() else {
+            return;
+        };
+        for (key, value) in map {
+            let here = format!("{at}/{key}");
+            if !KEYWORDS.contains(&key.as_str()) {
+                problems.push(format!("{here}: unknown keyword"));
+            }
+            if key == "format" && !value.as_str().is_some_and(|f| FORMATS.contains(&f)) {
+                problems.push(format!("{here}: non-standard format {value}"));
+            }
+            match (key.as_str(), value) {
+                (k, serde_json::Value::Object(children)) if MAPS.contains(&k) => {
+                    for (name, child) in children {
+                        walk(child, &format!("{here}/{name}"), problems);
+                    }
+                }
+                ("enum" | "const" | "default" | "examples" | "required", _) => {}
+                (_, serde_json::Value::Object(_)) => walk(value, &here, problems),
+                (_, serde_json::Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        walk(item, &format!("{here}/{i}"), problems);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    let mut problems = Vec::new();
+    walk(&pipeline_schema(), "#", &mut problems);
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
 #[test]
