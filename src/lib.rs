@@ -8,6 +8,7 @@ pub mod cli;
 pub mod dag;
 pub mod feedback;
 pub mod model;
+pub mod policy;
 pub mod report;
 pub mod rl;
 pub mod runner;

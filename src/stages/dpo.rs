@@ -10,8 +10,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::lm::{self, failed};
-use super::reward_fit::{Feedback, Pair, feedback_port};
-use super::sft::epoch_batches;
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{
@@ -19,6 +17,8 @@ use crate::artifact::table::{
 };
 use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, tokenizer};
+use crate::policy::data::epoch_batches;
+use crate::policy::feedback::Pair;
 use crate::rl::dpo::{DpoLoss, dpo_loss};
 use crate::spec::node::PathSeg;
 
@@ -161,7 +161,7 @@ impl Kind for Dpo {
         Ok(Signature {
             inputs: vec![
                 Port::new("policy", ArtifactType::CausalLm),
-                feedback_port(),
+                lm::feedback_port(),
                 reference,
             ],
             open_inputs: false,
@@ -184,7 +184,7 @@ impl Kind for Dpo {
         let eot = lm::end_of_text(&policy.config, &tok);
         let context = policy.config.context_len();
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
-        let pairs = Feedback::read_all(ctx, false)?.pairs;
+        let pairs = lm::read_feedback(ctx, false)?.pairs;
         if pairs.is_empty() {
             return Err(failed(format!(
                 "no pairs in `{}` (comparisons and rankings)",

@@ -9,21 +9,20 @@ use std::collections::BTreeMap;
 use std::fmt::Write;
 
 use arrow::array::ArrayRef;
-use rand::SeedableRng;
-use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::generate::read_prompts;
 use super::lm::{self, RewardScorer, failed};
-use super::ppo::{cut_response, per_token};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Column, ColumnType::*, Provenance, TableKind, TableRow, col};
-use crate::model::sample::{SampleParams, sample};
 use crate::model::tokenizer;
+use crate::policy::data::read_prompts;
+use crate::policy::logprobs::per_token;
+use crate::policy::rollout::{self, RolloutParams, rollout};
 use crate::report::{self, svg};
+use crate::spec::derive_seed;
 use crate::spec::node::PathSeg;
 use crate::world::{World, oracle};
 
@@ -274,12 +273,13 @@ impl Kind for Evaluate {
             let (policy, tok) = lm::load_input(ctx, name, &device)?;
             let model = policy.frozen().map_err(failed)?;
             let eos = lm::end_of_text(&policy.config, &tok);
-            let params = SampleParams {
+            let params = RolloutParams {
                 temperature: p.temperature,
                 top_k: None,
                 top_p: None,
                 max_new_tokens: p.max_new_tokens,
-                eos_token_id: Some(eos),
+                eos,
+                stop: &p.stop,
             };
             let mut responses = Vec::new();
             let mut sequences = Vec::new();
@@ -289,31 +289,26 @@ impl Kind for Evaluate {
                 }
                 let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text))
                     .map_err(failed)?;
-                if ids.len() + p.max_new_tokens > policy.config.context_len() {
-                    return Err(failed(format!(
-                        "prompt `{id}` has {} tokens; with {} new ones it exceeds `{name}`'s context of {}",
-                        ids.len(),
-                        p.max_new_tokens,
-                        policy.config.context_len()
-                    )));
-                }
-                for k in 0..p.samples_per_prompt {
-                    // The same stream for every policy: differences come from the policies.
-                    let seed = crate::spec::derive_seed(ctx.seed, &format!("{id}/{k}"));
-                    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                    let s = sample(&model, &ids, &params, &mut rng, &device).map_err(failed)?;
-                    let (tokens, ended, response) = cut_response(&tok, s.tokens, eos, &p.stop)?;
+                rollout::check_fits(
+                    id,
+                    ids.len(),
+                    p.max_new_tokens,
+                    policy.config.context_len(),
+                    &format!("`{name}`"),
+                )?;
+                // The same streams for every policy: differences come from the policies.
+                let requests: Vec<(&[u32], u64)> = (0..p.samples_per_prompt)
+                    .map(|k| (ids.as_slice(), derive_seed(ctx.seed, &format!("{id}/{k}"))))
+                    .collect();
+                for (k, c) in rollout(&model, &tok, &requests, &params, &device)?
+                    .into_iter()
+                    .enumerate()
+                {
                     let mut all = ids.clone();
-                    all.extend(&tokens);
+                    all.extend(&c.tokens);
                     sequences.push((all, ids.len()));
-                    responses.push((
-                        id.clone(),
-                        text.clone(),
-                        k,
-                        response,
-                        tokens.len(),
-                        ended || s.stopped_at_eos,
-                    ));
+                    let ended = c.ended();
+                    responses.push((id.clone(), text.clone(), k, c.text, c.tokens.len(), ended));
                 }
                 ctx.report((pi * prompts.len() + n + 1) as u64, total);
             }

@@ -1,18 +1,19 @@
 //! `generate`: K sampled responses per prompt from a causal LM (KV cache, temperature,
-//! top-k, top-p), into a candidates table with the token ids and their summed log-prob.
+//! top-k, top-p), into a candidates table with the token ids and their summed log-prob,
+//! through the one rollout path (`policy::rollout`).
 
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::Candidate;
-use crate::artifact::feedback::prompt_id;
 use crate::artifact::table::{Provenance, TableWriter};
-use crate::model::sample::{SampleParams, sample};
 use crate::model::tokenizer;
+use crate::policy::data::read_prompts;
+use crate::policy::rollout::{self, RolloutParams, rollout};
+use crate::spec::derive_seed;
 use crate::spec::node::PathSeg;
 
 pub struct Generate;
@@ -71,7 +72,10 @@ pub struct GenerateParams {
 impl Kind for Generate {
     const NAME: &'static str = "generate";
 
-    const VERSION: u32 = 1;
+    // 2: sampled through the one rollout path (policy::rollout): a response's token ids
+    // and summed log-prob end where its text does (at EOS or the token completing a stop
+    // string), and EOS falls back to the tokenizer's end-of-text as in ppo and evaluate.
+    const VERSION: u32 = 2;
 
     const SUMMARY: &'static str =
         "sample K responses per prompt from a causal LM into a candidates table";
@@ -114,12 +118,14 @@ impl Kind for Generate {
         if let Some(n) = p.max_prompts {
             prompts.truncate(n);
         }
-        let params = SampleParams {
+        let eos = lm::end_of_text(&trainable.config, &tok);
+        let params = RolloutParams {
             temperature: p.temperature,
             top_k: p.top_k,
             top_p: p.top_p,
             max_new_tokens: p.max_new_tokens,
-            eos_token_id: trainable.config.eos_token_id(),
+            eos,
+            stop: &p.stop,
         };
         let context = trainable.config.context_len();
         let provenance = Provenance {
@@ -137,37 +143,24 @@ impl Kind for Generate {
             }
             let ids =
                 tokenizer::encode(&tok, &p.template.replace("{prompt}", text)).map_err(failed)?;
-            if ids.len() + p.max_new_tokens > context {
-                return Err(failed(format!(
-                    "prompt `{id}` has {} tokens; with {} new ones it exceeds the model's context of {context}",
-                    ids.len(),
-                    p.max_new_tokens
-                )));
-            }
-            for k in 0..p.n_samples {
-                // Each (prompt, sample) draws from its own stream: results do not depend
-                // on the order or number of prompts.
-                let seed = sample_seed(ctx.seed, id, k);
-                let mut rng = <rand_chacha::ChaCha8Rng as rand::SeedableRng>::seed_from_u64(seed);
-                let s = sample(&model, &ids, &params, &mut rng, &device).map_err(failed)?;
-                new_tokens += s.tokens.len();
-                let body: Vec<u32> = s
-                    .tokens
-                    .iter()
-                    .copied()
-                    .filter(|t| Some(*t) != params.eos_token_id)
-                    .collect();
-                let decoded = tokenizer::decode(&tok, &body).map_err(failed)?;
-                let response = cut_at_stop(&decoded, &p.stop).trim().to_string();
+            rollout::check_fits(id, ids.len(), p.max_new_tokens, context, "the model")?;
+            // Each (prompt, sample) draws from its own stream: results do not depend on
+            // the order or number of prompts.
+            let requests: Vec<(&[u32], u64)> = (0..p.n_samples)
+                .map(|k| (ids.as_slice(), derive_seed(ctx.seed, &format!("{id}/{k}"))))
+                .collect();
+            let completions = rollout(&model, &tok, &requests, &params, &device)?;
+            for (k, c) in completions.into_iter().enumerate() {
+                new_tokens += c.tokens.len();
                 writer
                     .push(Candidate {
                         prompt_id: id.clone(),
                         prompt: text.clone(),
-                        response,
                         sample: k as u64,
-                        token_ids: Some(s.tokens.iter().map(|&t| i64::from(t)).collect()),
-                        logprob_sum: Some(s.logprobs.iter().map(|&l| f64::from(l)).sum()),
-                        seed,
+                        token_ids: Some(c.tokens.iter().map(|&t| i64::from(t)).collect()),
+                        logprob_sum: Some(c.logprob_sum()),
+                        response: c.text,
+                        seed: c.seed,
                     })
                     .map_err(failed)?;
             }
@@ -185,51 +178,4 @@ impl Kind for Generate {
         writer.finish().map_err(failed)?;
         Ok(())
     }
-}
-
-fn sample_seed(stage_seed: u64, prompt_id: &str, k: usize) -> u64 {
-    let hash = blake3::hash(format!("{stage_seed}/{prompt_id}/{k}").as_bytes());
-    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 bytes")) & 0x7fff_ffff
-}
-
-fn cut_at_stop<'a>(text: &'a str, stops: &[String]) -> &'a str {
-    let end = stops
-        .iter()
-        .filter_map(|s| text.find(s.as_str()))
-        .min()
-        .unwrap_or(text.len());
-    &text[..end]
-}
-
-/// (id, text) of every prompt in a JSONL file.
-pub fn read_prompts(path: &std::path::Path) -> Result<Vec<(String, String)>, StageError> {
-    let text =
-        std::fs::read_to_string(path).map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
-    let mut prompts = Vec::new();
-    for (i, line) in text
-        .lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-    {
-        let v: Value = serde_json::from_str(line)
-            .map_err(|e| failed(format!("`{}` line {}: {e}", path.display(), i + 1)))?;
-        let text = v
-            .get("text")
-            .or_else(|| v.get("prompt"))
-            .and_then(Value::as_str)
-            .ok_or_else(|| {
-                failed(format!(
-                    "`{}` line {}: no `text` or `prompt`",
-                    path.display(),
-                    i + 1
-                ))
-            })?;
-        let id = match v.get("id") {
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Number(n)) => n.to_string(),
-            _ => prompt_id(text),
-        };
-        prompts.push((id, text.to_string()));
-    }
-    Ok(prompts)
 }

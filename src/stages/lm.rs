@@ -562,3 +562,34 @@ impl RewardScorer {
             .collect())
     }
 }
+
+/// `feedback`: one directory, or a list of them (feedback gathered over rounds or from
+/// several sources), read as one.
+pub fn feedback_port() -> super::Port {
+    let mut port = super::Port::new("feedback", crate::artifact::ArtifactType::Feedback);
+    port.many = true;
+    port
+}
+
+/// Every directory bound to the stage's `feedback` input, in order, as one; says how many
+/// scores were left out.
+pub fn read_feedback(
+    ctx: &StageContext<'_>,
+    use_margin: bool,
+) -> Result<crate::policy::feedback::Feedback, StageError> {
+    let dirs: Vec<std::path::PathBuf> = ctx
+        .inputs
+        .get("feedback")
+        .into_iter()
+        .flatten()
+        .map(|d| ctx.workspace.join(d))
+        .collect();
+    let feedback = crate::policy::feedback::Feedback::read_all(&dirs, use_margin)?;
+    if feedback.dropped_scores > 0 {
+        tracing::warn!(
+            dropped = feedback.dropped_scores,
+            "scores that are not whole 1-5 ratings were left out (the ordinal model has five classes)"
+        );
+    }
+    Ok(feedback)
+}

@@ -19,8 +19,8 @@ use serde_json::{Value, json};
 
 use super::lm::{self, failed};
 use super::reward_fit::{
-    Assessment, Feedback, Pair, Scorer, assess, feedback_port, head_weights, is_held_out,
-    pack_batches, pair_groups, save_reward_model,
+    Assessment, Scorer, assess, head_weights, is_held_out, pack_batches, pair_groups,
+    save_reward_model,
 };
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
@@ -29,6 +29,7 @@ use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, Table
 use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
+use crate::policy::feedback::Pair;
 use crate::rl::{metarm, reward};
 
 pub struct MetarmAdapt;
@@ -217,7 +218,7 @@ impl Kind for MetarmAdapt {
         Ok(Signature {
             inputs: vec![
                 Port::new("reward_model", ArtifactType::RewardModel),
-                feedback_port(),
+                lm::feedback_port(),
                 Port::new("candidates", ArtifactType::Table(Some("candidates".into()))),
                 oracle,
             ],
@@ -239,7 +240,7 @@ impl Kind for MetarmAdapt {
         let template = lm::reward_template(&meta, None, &rm_dir)?;
         let eot = lm::end_of_text(&rm.base.config, &tok);
 
-        let data = Feedback::read_all(ctx, p.use_margin)?;
+        let data = lm::read_feedback(ctx, p.use_margin)?;
         let (train_pairs, test_pairs): (Vec<Pair>, Vec<Pair>) = data
             .pairs
             .into_iter()

@@ -95,6 +95,12 @@ pub enum StageError {
     },
 }
 
+impl From<crate::policy::PolicyError> for StageError {
+    fn from(e: crate::policy::PolicyError) -> Self {
+        StageError::Failed(e.to_string())
+    }
+}
+
 /// A stage kind, as each file in `stages/` implements it: typed parameters (serde +
 /// schemars, defaults and ranges declared on the struct), parsed once at validation; the
 /// cross-parameter checks the schema cannot say and the ports; the work. Implementations

@@ -19,16 +19,18 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::generate::read_prompts;
 use super::lm::{self, RewardScorer, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
-use crate::model::sample::{SampleParams, sample};
+use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer, token_logprobs};
-use crate::model::{CausalLm, tokenizer};
+use crate::policy::data::read_prompts;
+use crate::policy::logprobs::{per_token, value_of};
+use crate::policy::rollout::{RolloutParams, rollout};
 use crate::rl::ppo::{self, AdaptiveKl, Baseline, Credit, KlEstimator};
+use crate::spec::derive_seed;
 use crate::spec::node::PathSeg;
 
 pub struct Ppo;
@@ -510,12 +512,13 @@ impl Kind for Ppo {
             target,
             horizon: p.kl_horizon,
         });
-        let sample_params = SampleParams {
+        let rollout_params = RolloutParams {
             temperature: p.temperature,
             top_k: None,
             top_p: None,
             max_new_tokens: p.max_new_tokens,
-            eos_token_id: Some(eos),
+            eos,
+            stop: &p.stop,
         };
         let started = std::time::Instant::now();
         while state.iteration < p.iterations {
@@ -543,15 +546,19 @@ impl Kind for Ppo {
 
             // 1. Rollouts with the KV cache from a detached copy of the policy.
             let frozen = policy.frozen().map_err(failed)?;
-            let mut responses: Vec<(Vec<u32>, bool, String)> = Vec::with_capacity(batch.len());
-            for (k, &i) in batch.iter().enumerate() {
-                let seed = crate::spec::derive_seed(ctx.seed, &format!("rollout-{iteration}-{k}"));
-                let mut rng = ChaCha8Rng::seed_from_u64(seed);
-                let s = sample(&frozen, &encoded[i], &sample_params, &mut rng, &device)
-                    .map_err(failed)?;
-                let (tokens, ended, text) = cut_response(&tok, s.tokens, eos, &p.stop)?;
-                responses.push((tokens, ended || s.stopped_at_eos, text));
-            }
+            let requests: Vec<(&[u32], u64)> = batch
+                .iter()
+                .enumerate()
+                .map(|(k, &i)| {
+                    let seed = derive_seed(ctx.seed, &format!("rollout-{iteration}-{k}"));
+                    (encoded[i].as_slice(), seed)
+                })
+                .collect();
+            let responses: Vec<(Vec<u32>, bool, String)> =
+                rollout(&frozen, &tok, &requests, &rollout_params, &device)?
+                    .into_iter()
+                    .map(|c| (c.tokens.clone(), c.ended(), c.text))
+                    .collect();
 
             // 2. Scores, penalties and per-token KL.
             let items: Vec<(&str, &str)> = batch
@@ -837,41 +844,6 @@ impl Kind for Ppo {
     }
 }
 
-/// Cuts a sampled response at the first stop string (as if it were EOS) and drops EOS.
-/// Returns (tokens kept, whether the response ended by itself, its text).
-pub fn cut_response(
-    tok: &tokenizers::Tokenizer,
-    tokens: Vec<u32>,
-    eos: u32,
-    stops: &[String],
-) -> Result<(Vec<u32>, bool, String), StageError> {
-    let mut kept: Vec<u32> = Vec::with_capacity(tokens.len());
-    let mut ended = false;
-    for &t in &tokens {
-        if t == eos {
-            kept.push(t);
-            ended = true;
-            break;
-        }
-        kept.push(t);
-        if !stops.is_empty() {
-            let text = tokenizer::decode(tok, &kept).map_err(failed)?;
-            if stops.iter().any(|s| text.contains(s.as_str())) {
-                ended = true;
-                break;
-            }
-        }
-    }
-    let body: Vec<u32> = kept.iter().copied().filter(|&t| t != eos).collect();
-    let decoded = tokenizer::decode(tok, &body).map_err(failed)?;
-    let end = stops
-        .iter()
-        .filter_map(|s| decoded.find(s.as_str()))
-        .min()
-        .unwrap_or(decoded.len());
-    Ok((kept, ended, decoded[..end].trim().to_string()))
-}
-
 /// `critic: reward-model`: a separate value model initialised from the reward model.
 struct Critic {
     model: RewardModel,
@@ -958,72 +930,6 @@ impl Critic {
             }
         }
     }
-}
-
-/// A response's per-token log-probabilities and values (empty without a value head).
-pub(super) type TokenValues = (Vec<f64>, Vec<f64>);
-
-/// For each (tokens, prompt length): the response tokens' log-probabilities and, with a
-/// value head, the values of the states before them. Batched forward passes of a detached
-/// model.
-pub(super) fn per_token(
-    model: &CausalLm,
-    head: Option<(&Tensor, &Tensor)>,
-    sequences: &[(Vec<u32>, usize)],
-    pad: u32,
-    temperature: f64,
-    device: &Device,
-) -> Result<Vec<TokenValues>, StageError> {
-    let mut out = Vec::with_capacity(sequences.len());
-    for chunk in sequences.chunks(16) {
-        let len = chunk.iter().map(|(t, _)| t.len()).max().unwrap_or(2).max(2);
-        let mut ids = Vec::with_capacity(chunk.len() * len);
-        for (tokens, _) in chunk {
-            ids.extend(tokens.iter().copied());
-            ids.extend(std::iter::repeat_n(pad, len - tokens.len()));
-        }
-        let ids = Tensor::from_vec(ids, (chunk.len(), len), device).map_err(failed)?;
-        let (logp, hidden) = token_logprobs(model, &ids, temperature).map_err(failed)?;
-        let logp: Vec<Vec<f32>> = logp.to_vec2().map_err(failed)?;
-        let values: Option<Vec<Vec<f32>>> = match head {
-            Some((w, b)) => Some(
-                value_of(&hidden, &w.detach(), &b.detach(), len - 1)?
-                    .to_vec2()
-                    .map_err(failed)?,
-            ),
-            None => None,
-        };
-        for (k, (tokens, prompt_len)) in chunk.iter().enumerate() {
-            // Response token j sits at position prompt_len + j; its log-probability and
-            // its state's value are at index prompt_len + j - 1.
-            let range = prompt_len - 1..tokens.len() - 1;
-            let lp = logp[k][range.clone()]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            let v = values
-                .as_ref()
-                .map(|v| v[k][range].iter().map(|&x| f64::from(x)).collect())
-                .unwrap_or_default();
-            out.push((lp, v));
-        }
-    }
-    Ok(out)
-}
-
-/// Values [b, n] of the first `n` positions from hidden states [b, t, h].
-fn value_of(
-    hidden: &Tensor,
-    weight: &Tensor,
-    bias: &Tensor,
-    n: usize,
-) -> Result<Tensor, StageError> {
-    hidden
-        .narrow(1, 0, n)
-        .and_then(|h| h.broadcast_matmul(&weight.t()?))
-        .and_then(|v| v.squeeze(2))
-        .and_then(|v| v.broadcast_add(bias))
-        .map_err(failed)
 }
 
 /// A minibatch laid out as the policy's [b, t - 1] outputs: values at the response

@@ -22,6 +22,7 @@ use crate::artifact::table::{self, Provenance};
 use crate::model::reward::{RewardModel, last_hidden};
 use crate::model::train::{Schedule, Trainer};
 use crate::model::{CausalLm, tokenizer};
+use crate::policy::feedback::{FlagItem, Pair, ScoreItem};
 use crate::rl::{metrics, reward};
 use crate::spec::node::PathSeg;
 
@@ -190,7 +191,7 @@ impl Kind for RewardFit {
         let mut init = Port::new("init", ArtifactType::RewardModel);
         init.required = false;
         Ok(Signature {
-            inputs: vec![model, init, feedback_port(), oracle],
+            inputs: vec![model, init, lm::feedback_port(), oracle],
             open_inputs: false,
             outputs: vec![
                 Port::new("reward_model", ArtifactType::RewardModel),
@@ -204,7 +205,7 @@ impl Kind for RewardFit {
         let device = lm::device(&p.device)?;
         let (rm, tok) = start_model(ctx, ctx.seed, &device)?;
         let eot = lm::end_of_text(&rm.base.config, &tok);
-        let data = Feedback::read_all(ctx, p.use_margin)?;
+        let data = lm::read_feedback(ctx, p.use_margin)?;
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
         let held_out = |prompt_id: &str| is_held_out(prompt_id, p.held_out_fraction);
         let (train_pairs, test_pairs): (Vec<Pair>, Vec<Pair>) = data
@@ -854,145 +855,5 @@ impl Scorer {
             .iter()
             .map(|&(p, r)| self.cache[&(p.to_string(), r.to_string())].clone())
             .collect())
-    }
-}
-
-#[derive(Debug, Clone)]
-pub(super) struct Pair {
-    pub prompt_id: String,
-    pub prompt: String,
-    pub chosen: String,
-    pub rejected: String,
-    pub margin: f64,
-}
-
-struct ScoreItem {
-    prompt_id: String,
-    prompt: String,
-    response: String,
-    class: u32,
-}
-
-struct FlagItem {
-    prompt_id: String,
-    prompt: String,
-    response: String,
-    flagged: f32,
-}
-
-/// The labels of a feedback directory, as training items.
-pub(super) struct Feedback {
-    pub pairs: Vec<Pair>,
-    scores: Vec<ScoreItem>,
-    flags: Vec<FlagItem>,
-}
-
-/// `feedback`: one directory, or a list of them (feedback gathered over rounds or from
-/// several sources), read as one.
-pub(super) fn feedback_port() -> Port {
-    let mut port = Port::new("feedback", ArtifactType::Feedback);
-    port.many = true;
-    port
-}
-
-impl Feedback {
-    /// Every directory bound to the stage's `feedback` input, in order, as one.
-    pub fn read_all(ctx: &StageContext<'_>, use_margin: bool) -> Result<Feedback, StageError> {
-        let mut all = Feedback {
-            pairs: Vec::new(),
-            scores: Vec::new(),
-            flags: Vec::new(),
-        };
-        for dir in ctx.inputs.get("feedback").into_iter().flatten() {
-            let one = Feedback::read(&ctx.workspace.join(dir), use_margin)?;
-            all.pairs.extend(one.pairs);
-            all.scores.extend(one.scores);
-            all.flags.extend(one.flags);
-        }
-        Ok(all)
-    }
-
-    pub fn read(dir: &std::path::Path, use_margin: bool) -> Result<Feedback, StageError> {
-        let rows = |name: &str| {
-            table::read_rows(&dir.join(format!("{name}.parquet")))
-                .map_err(|e| failed(format!("`{}`: {e}", dir.join(name).display())))
-        };
-        let text = |r: &serde_json::Map<String, Value>, k: &str| {
-            r.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let mut pairs = Vec::new();
-        for r in rows("comparisons")? {
-            let margin = if use_margin {
-                r.get("margin").and_then(Value::as_f64).unwrap_or(0.0)
-            } else {
-                0.0
-            };
-            pairs.push(Pair {
-                prompt_id: text(&r, "prompt_id"),
-                prompt: text(&r, "prompt"),
-                chosen: text(&r, "chosen"),
-                rejected: text(&r, "rejected"),
-                margin,
-            });
-        }
-        for r in rows("rankings")? {
-            let responses: Vec<String> = r
-                .get("responses")
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|v| v.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default();
-            for (better, worse) in reward::ranking_pairs(responses.len()) {
-                pairs.push(Pair {
-                    prompt_id: text(&r, "prompt_id"),
-                    prompt: text(&r, "prompt"),
-                    chosen: responses[better].clone(),
-                    rejected: responses[worse].clone(),
-                    margin: 0.0,
-                });
-            }
-        }
-        let mut scores = Vec::new();
-        for r in rows("scores")? {
-            let (lo, hi, s) = (
-                r["scale_min"].as_f64().unwrap_or(1.0),
-                r["scale_max"].as_f64().unwrap_or(5.0),
-                r["score"].as_f64().unwrap_or(f64::NAN),
-            );
-            // The ordinal model has five classes: 1-5 ratings only.
-            if lo == 1.0 && hi == 5.0 && s.fract() == 0.0 {
-                scores.push(ScoreItem {
-                    prompt_id: text(&r, "prompt_id"),
-                    prompt: text(&r, "prompt"),
-                    response: text(&r, "response"),
-                    class: (s as u32).saturating_sub(1).min(4),
-                });
-            }
-        }
-        let mut flags = Vec::new();
-        for r in rows("flags")? {
-            let flagged = if r.get("value").and_then(Value::as_bool).unwrap_or(false) {
-                1.0
-            } else {
-                0.0
-            };
-            flags.push(FlagItem {
-                prompt_id: text(&r, "prompt_id"),
-                prompt: text(&r, "prompt"),
-                response: text(&r, "response"),
-                flagged,
-            });
-        }
-        Ok(Feedback {
-            pairs,
-            scores,
-            flags,
-        })
     }
 }

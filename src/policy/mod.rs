@@ -1,0 +1,37 @@
+//! The policy layer: what the stages do with language models, between `stages/` (glue:
+//! typed parameters in, outputs written) and `model/` (the networks). It never sees a
+//! `StageContext` or the spec; it takes models, tokenizers, paths and plain values, and
+//! returns values or a [`PolicyError`], which the stages turn into their own error.
+//!
+//! - [`rollout`]: the one sampling path of generate, ppo and evaluate.
+//! - [`logprobs`]: per-token log-probabilities (and values) of given sequences.
+//! - [`data`]: prompts and demonstrations from JSONL, and epoch batching.
+//! - [`feedback`]: the normalised feedback tables read back as typed training items.
+
+pub mod data;
+pub mod feedback;
+pub mod logprobs;
+pub mod rollout;
+
+pub use rollout::{Completion, RolloutParams, StopReason, rollout};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("{0}")]
+    Model(#[from] candle_core::Error),
+    #[error("{path}: {message}")]
+    Input { path: String, message: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl PolicyError {
+    pub fn input(path: &std::path::Path, message: impl std::fmt::Display) -> Self {
+        PolicyError::Input {
+            path: format!("`{}`", path.display()),
+            message: message.to_string(),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, PolicyError>;
