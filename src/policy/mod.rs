@@ -7,10 +7,12 @@
 //! - [`logprobs`]: per-token log-probabilities (and values) of given sequences.
 //! - [`data`]: prompts and demonstrations from JSONL, and epoch batching.
 //! - [`feedback`]: the normalised feedback tables read back as typed training items.
+//! - [`reward`]: the reward-model scorer, its assessment, pair batching, saving.
 
 pub mod data;
 pub mod feedback;
 pub mod logprobs;
+pub mod reward;
 pub mod rollout;
 
 pub use rollout::{Completion, RolloutParams, StopReason, rollout};
@@ -23,6 +25,25 @@ pub enum PolicyError {
     Input { path: String, message: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("interrupted")]
+    Cancelled,
+}
+
+/// What long work reports to, and asks whether to stop (a stage's context implements it).
+pub trait Progress {
+    fn cancelled(&self) -> bool;
+    /// Units done of units in all (steps, prompts, rows).
+    fn report(&self, done: u64, total: u64);
+}
+
+/// The end-of-text id a stage appends and stops at: the model's EOS, else the tokenizer's
+/// end-of-text token, else 0.
+pub fn end_of_text(config: &crate::model::ModelConfig, tok: &tokenizers::Tokenizer) -> u32 {
+    use crate::model::tokenizer;
+    config
+        .eos_token_id()
+        .or_else(|| tokenizer::token_id(tok, tokenizer::END_OF_TEXT))
+        .unwrap_or(0)
 }
 
 impl PolicyError {

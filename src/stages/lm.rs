@@ -79,14 +79,7 @@ pub fn load_dir(dir: &Path, device: &Device) -> Result<(Trainable, Tokenizer), S
     Ok((trainable, tok))
 }
 
-/// The end-of-text id a stage appends and stops at: the model's EOS, else the tokenizer's
-/// end-of-text token, else 0.
-pub fn end_of_text(config: &model::ModelConfig, tok: &Tokenizer) -> u32 {
-    config
-        .eos_token_id()
-        .or_else(|| tokenizer::token_id(tok, tokenizer::END_OF_TEXT))
-        .unwrap_or(0)
-}
+pub use crate::policy::end_of_text;
 
 /// A fixed reference model for inference: the `reference` input when bound, else the
 /// `fallback` input. Loaded from its checkpoint on its own: a detached copy of a model being
@@ -405,24 +398,7 @@ pub fn final_loss(history: &[HistoryRow]) -> f64 {
     history.iter().rev().take(10).map(|h| h.loss).sum::<f64>() / history.len().clamp(1, 10) as f64
 }
 
-/// The tokens a reward model reads for (prompt, response): the template filled in, cut to
-/// leave room in the context, then end-of-text, where the reward is read.
-pub fn reward_input(
-    tok: &Tokenizer,
-    template: &str,
-    prompt: &str,
-    response: &str,
-    context: usize,
-    eot: u32,
-) -> Result<Vec<u32>, StageError> {
-    let text = template
-        .replace("{prompt}", prompt)
-        .replace("{response}", response);
-    let mut ids = tokenizer::encode(tok, &text).map_err(failed)?;
-    ids.truncate(context.saturating_sub(1));
-    ids.push(eot);
-    Ok(ids)
-}
+pub use crate::policy::reward::reward_input;
 
 /// A reward model directory's `hone.json` (`{"hone": {"template", "reward_offset", ...}}`);
 /// null when it has none (a reward model from elsewhere).

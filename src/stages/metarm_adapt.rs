@@ -18,10 +18,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::lm::{self, failed};
-use super::reward_fit::{
-    Assessment, Scorer, assess, head_weights, is_held_out, pack_batches, pair_groups,
-    save_reward_model,
-};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
@@ -30,6 +26,10 @@ use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
 use crate::policy::feedback::Pair;
+use crate::policy::reward::{
+    Assessment, Scorer, assess, head_weights, is_held_out, pack_batches, pair_groups,
+    save_reward_model,
+};
 use crate::rl::{metarm, reward};
 
 pub struct MetarmAdapt;

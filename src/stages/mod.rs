@@ -97,7 +97,20 @@ pub enum StageError {
 
 impl From<crate::policy::PolicyError> for StageError {
     fn from(e: crate::policy::PolicyError) -> Self {
-        StageError::Failed(e.to_string())
+        match e {
+            crate::policy::PolicyError::Cancelled => StageError::Cancelled,
+            e => StageError::Failed(e.to_string()),
+        }
+    }
+}
+
+impl crate::policy::Progress for StageContext<'_> {
+    fn cancelled(&self) -> bool {
+        StageContext::cancelled(self)
+    }
+
+    fn report(&self, done: u64, total: u64) {
+        StageContext::report(self, done, total);
     }
 }
 

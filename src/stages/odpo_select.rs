@@ -376,7 +376,7 @@ fn candidate_features(
         let seqs = chunk
             .iter()
             .map(|c| lm::reward_input(&tok, &p.template, &c.prompt, &c.response, context, eot))
-            .collect::<Result<Vec<_>, StageError>>()?;
+            .collect::<Result<Vec<_>, crate::policy::PolicyError>>()?;
         let h = last_hidden(&frozen, &seqs, eot, device)
             .and_then(|t| t.to_vec2::<f32>())
             .map_err(failed)?;

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 
 use candle_core::Tensor;
 use candle_nn::{Init, VarBuilder};
-use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use schemars::JsonSchema;
@@ -18,12 +17,15 @@ use serde_json::{Value, json};
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{self, Provenance};
-use crate::model::reward::{RewardModel, last_hidden};
+use crate::artifact::table::Provenance;
+use crate::model::reward::RewardModel;
+use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
-use crate::model::{CausalLm, tokenizer};
 use crate::policy::feedback::{FlagItem, Pair, ScoreItem};
-use crate::rl::{metrics, reward};
+use crate::policy::reward::{
+    Scorer, assess, head_weights, is_held_out, pack_batches, pair_groups, save_reward_model,
+};
+use crate::rl::reward;
 use crate::spec::node::PathSeg;
 
 pub struct RewardFit;
@@ -525,195 +527,6 @@ fn fit_member(
     })
 }
 
-/// The indices of `pairs` grouped by prompt (in prompt-id order): a prompt's pairs are
-/// trained on together.
-pub(super) fn pair_groups(pairs: &[Pair]) -> Vec<Vec<usize>> {
-    let mut groups: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
-    for (i, pair) in pairs.iter().enumerate() {
-        groups.entry(pair.prompt_id.as_str()).or_default().push(i);
-    }
-    groups.into_values().collect()
-}
-
-/// One pass over `groups` in an order shuffled by `rng`, packed into batches: whole groups
-/// are added until a batch holds at least `batch_size` pairs; the last may hold fewer.
-pub(super) fn pack_batches(
-    groups: &[Vec<usize>],
-    batch_size: usize,
-    rng: &mut impl rand::Rng,
-) -> Vec<Vec<usize>> {
-    let mut order = groups.to_vec();
-    order.shuffle(rng);
-    let mut batches: Vec<Vec<usize>> = Vec::new();
-    let mut current = Vec::new();
-    for group in order {
-        current.extend(group);
-        if current.len() >= batch_size {
-            batches.push(std::mem::take(&mut current));
-        }
-    }
-    if !current.is_empty() {
-        batches.push(current);
-    }
-    batches
-}
-
-/// Whether a prompt is held out of training: a hash of its id below `fraction`, so every
-/// stage that reads the same feedback holds out the same prompts.
-pub(super) fn is_held_out(prompt_id: &str, fraction: f64) -> bool {
-    let h = blake3::hash(prompt_id.as_bytes());
-    (u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) as f64 / u64::MAX as f64)
-        < fraction
-}
-
-/// The head's weights.
-pub(super) fn head_weights(rm: &RewardModel) -> Result<Vec<f64>, StageError> {
-    Ok(rm
-        .head
-        .as_tensor()
-        .flatten_all()
-        .and_then(|t| t.to_vec1::<f32>())
-        .map_err(failed)?
-        .into_iter()
-        .map(f64::from)
-        .collect())
-}
-
-/// How a fitted reward model ranks: `train` and `held_out` pair metrics, `reward_offset`
-/// (its mean over the training responses, removed when it scores) and, with an oracle
-/// table, `oracle_spearman`, `oracle_rows`, `oracle_pairs`, `oracle_pair_accuracy`.
-pub(super) struct Assessment {
-    pub metrics: serde_json::Map<String, Value>,
-    pub offset: f64,
-}
-
-pub(super) fn assess(
-    ctx: &StageContext<'_>,
-    scorer: &mut Scorer,
-    head: &[f64],
-    train_pairs: &[Pair],
-    test_pairs: &[Pair],
-    oracle: Option<&std::path::Path>,
-) -> Result<Assessment, StageError> {
-    let mut score = |items: &[(&str, &str)]| -> Result<Vec<f64>, StageError> {
-        Ok(scorer
-            .features(ctx, items)?
-            .iter()
-            .map(|f| f.iter().zip(head).map(|(a, b)| a * b).sum())
-            .collect())
-    };
-    let mut pair_metrics = |pairs: &[Pair]| -> Result<Value, StageError> {
-        if pairs.is_empty() {
-            return Ok(json!(null));
-        }
-        let chosen = score(
-            &pairs
-                .iter()
-                .map(|x| (x.prompt.as_str(), x.chosen.as_str()))
-                .collect::<Vec<_>>(),
-        )?;
-        let rejected = score(
-            &pairs
-                .iter()
-                .map(|x| (x.prompt.as_str(), x.rejected.as_str()))
-                .collect::<Vec<_>>(),
-        )?;
-        let probabilities = metrics::pair_probabilities(&chosen, &rejected);
-        Ok(json!({
-            "pairs": pairs.len(),
-            "accuracy": metrics::accuracy(&probabilities),
-            "log_loss": metrics::log_loss(&probabilities),
-            "ece": metrics::expected_calibration_error(&probabilities, 10),
-        }))
-    };
-    let train_sample: Vec<Pair> = train_pairs.iter().take(2000).cloned().collect();
-    let mut out = serde_json::Map::new();
-    out.insert("train".into(), pair_metrics(&train_sample)?);
-    out.insert("held_out".into(), pair_metrics(test_pairs)?);
-    // Normalisation: mean reward 0 over the training responses.
-    let mut responses: Vec<(&str, &str)> = train_pairs
-        .iter()
-        .flat_map(|x| {
-            [
-                (x.prompt.as_str(), x.chosen.as_str()),
-                (x.prompt.as_str(), x.rejected.as_str()),
-            ]
-        })
-        .collect();
-    responses.sort();
-    responses.dedup();
-    let offset = {
-        let r = score(&responses[..responses.len().min(2000)])?;
-        r.iter().sum::<f64>() / r.len().max(1) as f64
-    };
-    out.insert("reward_offset".into(), json!(offset));
-    if let Some(oracle) = oracle {
-        let rows = table::read_rows(oracle).map_err(failed)?;
-        let rows: Vec<_> = rows.into_iter().take(MAX_ORACLE_ROWS).collect();
-        let text = |r: &serde_json::Map<String, Value>, k: &str| {
-            r.get(k)
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string()
-        };
-        let owned: Vec<(String, String, String)> = rows
-            .iter()
-            .map(|r| (text(r, "prompt_id"), text(r, "prompt"), text(r, "response")))
-            .collect();
-        let items: Vec<(&str, &str)> = owned
-            .iter()
-            .map(|(_, p, r)| (p.as_str(), r.as_str()))
-            .collect();
-        let truth: Vec<f64> = rows
-            .iter()
-            .map(|r| r["reward"].as_f64().unwrap_or(f64::NAN))
-            .collect();
-        let predicted = score(&items)?;
-        let prompt_ids: Vec<&str> = owned.iter().map(|(id, _, _)| id.as_str()).collect();
-        let (correct, compared) = metrics::ordered_pair_agreement(&prompt_ids, &predicted, &truth);
-        out.insert(
-            "oracle_spearman".into(),
-            json!(metrics::spearman(&predicted, &truth)),
-        );
-        out.insert("oracle_rows".into(), json!(rows.len()));
-        out.insert("oracle_pairs".into(), json!(compared));
-        out.insert(
-            "oracle_pair_accuracy".into(),
-            if compared > 0 {
-                json!(correct / compared as f64)
-            } else {
-                json!(null)
-            },
-        );
-    }
-    Ok(Assessment {
-        metrics: out,
-        offset,
-    })
-}
-
-/// Writes a reward model, its tokenizer and `hone.json` (`{"hone": meta}`: the template it
-/// reads responses with, its offset) to `out`.
-pub(super) fn save_reward_model(
-    rm: &RewardModel,
-    tok: &tokenizers::Tokenizer,
-    out: &std::path::Path,
-    meta: Value,
-) -> Result<(), StageError> {
-    let eot = lm::end_of_text(&rm.base.config, tok);
-    rm.save(out, eot).map_err(failed)?;
-    tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
-    let meta = json!({ "hone": meta });
-    std::fs::write(
-        out.join("hone.json"),
-        format!("{}\n", serde_json::to_string_pretty(&meta).map_err(failed)?),
-    )
-    .map_err(failed)
-}
-
-/// At most this many oracle rows are scored for the oracle metrics.
-const MAX_ORACLE_ROWS: usize = 5000;
-
 /// The model training starts from: the `init` reward model (backbone and head), or the
 /// `model` causal LM with a fresh head drawn from `seed`.
 fn start_model(
@@ -785,75 +598,4 @@ fn fit_head(
         })
         .collect();
     Ok((fit.weights, history))
-}
-
-/// Last-layer features ψ(prompt, response) of a frozen copy of a reward model's backbone,
-/// each text encoded and run once however often it is asked for.
-pub(super) struct Scorer {
-    model: CausalLm,
-    tok: tokenizers::Tokenizer,
-    template: String,
-    eot: u32,
-    context: usize,
-    device: candle_core::Device,
-    cache: std::collections::HashMap<(String, String), Vec<f64>>,
-}
-
-impl Scorer {
-    pub(super) fn new(
-        rm: &RewardModel,
-        tok: &tokenizers::Tokenizer,
-        template: &str,
-        eot: u32,
-        device: &candle_core::Device,
-    ) -> Result<Self, StageError> {
-        Ok(Scorer {
-            model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device).map_err(failed)?,
-            tok: tok.clone(),
-            template: template.to_string(),
-            eot,
-            context: rm.base.config.context_len(),
-            device: device.clone(),
-            cache: std::collections::HashMap::new(),
-        })
-    }
-
-    pub(super) fn features(
-        &mut self,
-        ctx: &StageContext<'_>,
-        items: &[(&str, &str)],
-    ) -> Result<Vec<Vec<f64>>, StageError> {
-        let mut missing: Vec<(&str, &str)> = items
-            .iter()
-            .copied()
-            .filter(|&(p, r)| !self.cache.contains_key(&(p.to_string(), r.to_string())))
-            .collect();
-        missing.sort_unstable();
-        missing.dedup();
-        for (n, chunk) in missing.chunks(32).enumerate() {
-            if ctx.cancelled() {
-                return Err(StageError::Cancelled);
-            }
-            ctx.report((n * 32 + chunk.len()) as u64, missing.len() as u64);
-            let seqs = chunk
-                .iter()
-                .map(|(pr, re)| {
-                    lm::reward_input(&self.tok, &self.template, pr, re, self.context, self.eot)
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let h = last_hidden(&self.model, &seqs, self.eot, &self.device)
-                .and_then(|t| t.to_vec2::<f32>())
-                .map_err(failed)?;
-            for (&(pr, re), row) in chunk.iter().zip(h) {
-                self.cache.insert(
-                    (pr.to_string(), re.to_string()),
-                    row.into_iter().map(f64::from).collect(),
-                );
-            }
-        }
-        Ok(items
-            .iter()
-            .map(|&(p, r)| self.cache[&(p.to_string(), r.to_string())].clone())
-            .collect())
-    }
 }
