@@ -3,6 +3,7 @@
 pub mod files;
 pub mod fingerprint;
 pub mod lock;
+pub mod material;
 pub mod store;
 
 pub use fingerprint::{Fingerprint, fingerprint};

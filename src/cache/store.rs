@@ -96,8 +96,24 @@ impl Store {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
+    /// The workspace file-digest cache kept in the store (`files.json`).
+    pub fn file_cache(&self) -> super::files::FileCache {
+        super::files::FileCache::load(self.root.join("files.json"))
+    }
+
+    /// Removes every stage's resume checkpoints (`hone gc`).
+    pub fn clear_resume(&self) -> io::Result<()> {
+        match fs::remove_dir_all(self.root.join("resume")) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The size in bytes of a stored object (a directory's files together).
+    pub fn object_size(&self, digest: &str) -> u64 {
+        crate::artifact::digest_path(&self.object_path(digest))
+            .map(|d| d.size)
+            .unwrap_or(0)
     }
 
     /// Takes the workspace lock. Without `wait`, a busy workspace is an error that names

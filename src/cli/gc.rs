@@ -60,16 +60,14 @@ pub fn run(args: GcArgs) -> Result<u8, CliError> {
     for digest in store.list_objects().map_err(io)? {
         if !keep_objects.contains(&digest) {
             removed_objects += 1;
-            freed += crate::artifact::digest_path(&store.object_path(&digest))
-                .map(|d| d.size)
-                .unwrap_or(0);
+            freed += store.object_size(&digest);
             if !args.dry_run {
                 store.remove_object(&digest).map_err(io)?;
             }
         }
     }
     if !args.dry_run {
-        let _ = crate::artifact::remove_path(&store.root().join("resume"));
+        let _ = store.clear_resume();
     }
     out(&format!(
         "{} {removed_objects} object{} ({}) and {removed_runs} run record{}; kept what {} lock file{} reference\n",
