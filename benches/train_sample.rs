@@ -32,6 +32,9 @@
 //!   always makes). B also counts the variables' gradients that still carry a backprop graph
 //!   (`Tensor::track_op`): whatever keeps such a gradient keeps the step's graph alive.
 //!
+//! The weights are drawn from a fixed seed (`WEIGHT_SEED`, through `Trainable::seeded`),
+//! so every phase and every run starts from the same model.
+//!
 //! **Sampling** (in the parent process, on freshly initialised weights: without EOS the
 //! speed does not depend on them): 16 prompts of 64 LCG tokens (seed 99), 64 new tokens
 //! each, multinomial at temperature 1 with the KV cache, through `sample_batch` (hone
@@ -85,6 +88,9 @@ const WARMUP: usize = 3;
 const PROMPT_LEN: usize = 64;
 const NEW_TOKENS: usize = 64;
 const GEN_REPS: usize = 2;
+/// The seed of the model's initial weights (`Trainable::seeded`), the same in every phase and
+/// run: the numbers are measured on the same model each time.
+const WEIGHT_SEED: u64 = 0;
 const CHILD_ENV: &str = "HONE_BENCH_TRAIN_SAMPLE_CHILD";
 /// Other processes' load, in cores, above which a warning is printed.
 const BUSY_CORES: f64 = 0.25;
@@ -239,7 +245,7 @@ fn main() {
 
     let watch = Background::start();
     let device = Device::Cpu;
-    let trainable = Trainable::init(&model_config(), &device).expect("init model");
+    let trainable = Trainable::seeded(&model_config(), WEIGHT_SEED, &device).expect("init model");
     let hone_params: usize = trainable
         .varmap
         .all_vars()
@@ -540,7 +546,7 @@ fn phase_json<T: Serialize>(value: &T) {
 /// A child process: `steps` runs phase A, `breakdown` phase B.
 fn child(phase: &str, steps: usize) {
     let device = Device::Cpu;
-    let trainable = Trainable::init(&model_config(), &device).expect("init model");
+    let trainable = Trainable::seeded(&model_config(), WEIGHT_SEED, &device).expect("init model");
     let data = lcg_tokens(BATCH * (CTX + 1), 1234, VOCAB as u64);
     // As the reference: 16 rows of 129 tokens; inputs are tokens 0..128 of a row, targets
     // tokens 1..129, every position counts (`loss_from` 0).

@@ -235,7 +235,9 @@ pub struct Trainable {
 }
 
 impl Trainable {
-    /// A freshly initialised model.
+    /// A freshly initialised model, from candle's initialisers, which are not seedable: its
+    /// weights differ on every call. For weights that must be reproducible (tests, benches,
+    /// `pretrain-load`) use [`Trainable::seeded`]; [`Trainable::load`] overwrites every one.
     pub fn init(config: &ModelConfig, device: &Device) -> Result<Self> {
         let varmap = VarMap::new();
         let model = CausalLm::new(config, VarBuilder::from_varmap(&varmap, DType::F32, device))?;
@@ -244,6 +246,41 @@ impl Trainable {
             varmap,
             model,
         })
+    }
+
+    /// A model whose every weight is drawn from `seed` (see [`Trainable::reseed`]): the same
+    /// config and seed give the same weights on every run and machine.
+    pub fn seeded(config: &ModelConfig, seed: u64, device: &Device) -> Result<Self> {
+        let trainable = Trainable::init(config, device)?;
+        trainable.reseed(seed)?;
+        Ok(trainable)
+    }
+
+    /// Redraws every variable from `seed`, in the order of their sorted names, from one
+    /// ChaCha8 stream: normal(0, 0.02) for matrices (rank 2 and up), zeros for biases (1-D
+    /// `*.bias`), ones for the other 1-D variables (norm weights). `pretrain-load`'s initial
+    /// weights are these: a change to the order or the distributions changes its outputs.
+    pub fn reseed(&self, seed: u64) -> Result<()> {
+        use rand::SeedableRng;
+        use rand_distr::{Distribution, Normal};
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut names: Vec<&String> = data.keys().collect();
+        names.sort();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
+        for name in names {
+            let var = &data[name];
+            let n = var.elem_count();
+            let values: Vec<f32> = if var.rank() >= 2 {
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            } else if name.ends_with(".bias") {
+                vec![0.0; n]
+            } else {
+                vec![1.0; n]
+            };
+            var.set(&Tensor::from_vec(values, var.shape(), var.device())?)?;
+        }
+        Ok(())
     }
 
     /// Loads `config.json` and `model.safetensors` from a Hugging Face checkpoint directory.

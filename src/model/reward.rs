@@ -154,7 +154,7 @@ mod tests {
             bos_token_id: None,
             eos_token_id: Some(0),
         });
-        Trainable::init(&config, &Device::Cpu).unwrap()
+        Trainable::seeded(&config, 0, &Device::Cpu).unwrap()
     }
 
     #[test]

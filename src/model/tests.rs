@@ -1,10 +1,14 @@
 //! Model tests on tiny random models: every parameter trains, the KV cache changes nothing,
-//! checkpoints round-trip, and a few optimiser steps learn.
+//! checkpoints round-trip, and a few optimiser steps learn. The weights are drawn from
+//! [`SEED`], so every run checks the same models.
 
 use candle_core::{Device, Tensor};
 
 use super::train::{Batch, Schedule, Trainer, lm_loss};
 use super::{CausalLm, Gpt2Config, LlamaConfig, ModelConfig, Trainable};
+
+/// The seed of every test model's weights ([`Trainable::seeded`]).
+const SEED: u64 = 0;
 
 fn gpt2() -> ModelConfig {
     ModelConfig::Gpt2(Gpt2Config {
@@ -48,7 +52,7 @@ fn ids(values: &[u32]) -> Tensor {
 #[test]
 fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
     for config in [gpt2(), llama()] {
-        let t = Trainable::init(&config, &Device::Cpu).unwrap();
+        let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
             &[(vec![1, 5, 9, 3, 7, 2, 8], 0), (vec![4, 4, 6], 1)],
             0,
@@ -81,7 +85,7 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
 #[test]
 fn cached_decoding_matches_the_full_forward_pass() {
     for config in [gpt2(), llama()] {
-        let t = Trainable::init(&config, &Device::Cpu).unwrap();
+        let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
         let sequence = [3u32, 14, 15, 9, 2, 6, 5, 35];
         let full = model
@@ -124,7 +128,7 @@ fn cached_decoding_matches_the_full_forward_pass() {
 fn a_saved_checkpoint_loads_with_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
     for config in [gpt2(), llama()] {
-        let t = Trainable::init(&config, &Device::Cpu).unwrap();
+        let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
         let loaded = Trainable::load(dir.path(), &Device::Cpu).unwrap();
         assert_eq!(loaded.config, config);
@@ -138,7 +142,7 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
 #[test]
 fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
     for config in [gpt2(), llama()] {
-        let t = Trainable::init(&config, &Device::Cpu).unwrap();
+        let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
             peak_lr: 1e-2,
             warmup_steps: 5,
@@ -165,11 +169,106 @@ fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
 
 #[test]
 fn frozen_models_record_no_graph() {
-    let t = Trainable::init(&gpt2(), &Device::Cpu).unwrap();
+    let t = Trainable::seeded(&gpt2(), SEED, &Device::Cpu).unwrap();
     let frozen: CausalLm = t.frozen().unwrap();
     let logits = frozen.forward(&ids(&[1, 2]), None, 0).unwrap();
     let grads = logits.sum_all().unwrap().backward().unwrap();
     for var in t.varmap.all_vars() {
         assert!(grads.get(var.as_tensor()).is_none());
+    }
+}
+
+/// Every variable's values, by sorted name.
+fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
+    let data = t.varmap.data().lock().unwrap();
+    let mut all: Vec<(String, Vec<f32>)> = data
+        .iter()
+        .map(|(name, var)| {
+            let values = var.as_tensor().flatten_all().unwrap().to_vec1().unwrap();
+            (name.clone(), values)
+        })
+        .collect();
+    all.sort_by(|a, b| a.0.cmp(&b.0));
+    all
+}
+
+#[test]
+fn seeded_weights_depend_only_on_the_seed() {
+    for config in [gpt2(), llama()] {
+        let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
+        assert_eq!(
+            a,
+            weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap())
+        );
+        assert_ne!(
+            a,
+            weights(&Trainable::seeded(&config, 8, &Device::Cpu).unwrap())
+        );
+        let reseeded = Trainable::seeded(&config, 8, &Device::Cpu).unwrap();
+        reseeded.reseed(7).unwrap();
+        assert_eq!(a, weights(&reseeded));
+        for (name, values) in &a {
+            if name.ends_with(".bias") {
+                assert!(values.iter().all(|v| *v == 0.0), "{name}");
+            } else if name.ends_with("norm.weight") || name.contains(".ln_") {
+                assert!(values.iter().all(|v| *v == 1.0), "{name}");
+            } else {
+                let n = values.len() as f32;
+                let mean = values.iter().sum::<f32>() / n;
+                let std = (values.iter().map(|v| (v - mean).powi(2)).sum::<f32>() / n).sqrt();
+                assert!(
+                    mean.abs() < 0.01 && (std - 0.02).abs() < 0.005,
+                    "{name}: {mean} {std}"
+                );
+            }
+        }
+    }
+}
+
+/// `pretrain-load` starts from these weights: a change to the drawing order or the
+/// distributions changes every builtin model, so it must show here first. The first matrix
+/// in name order gets the stream's first draws, the token embedding (last) the draws after
+/// every other matrix.
+#[test]
+fn seeded_weights_are_drawn_in_sorted_name_order() {
+    let all = weights(&Trainable::seeded(&gpt2(), 0, &Device::Cpu).unwrap());
+    let first = |name: &str| -> Vec<f32> {
+        let (_, values) = all.iter().find(|(n, _)| n == name).unwrap();
+        values[..3].to_vec()
+    };
+    assert_eq!(
+        first("transformer.h.0.attn.c_attn.weight"),
+        [0.013999215, -0.0028812326, 0.0060577253]
+    );
+    assert_eq!(
+        first("transformer.wte.weight"),
+        [-0.023963334, 0.009341645, -0.0015546692]
+    );
+}
+
+#[test]
+fn a_checkpoint_missing_a_tensor_does_not_load() {
+    let dir = tempfile::tempdir().unwrap();
+    for (config, dropped) in [
+        (gpt2(), "transformer.h.1.ln_2.bias"),
+        (llama(), "model.layers.0.post_attention_layernorm.weight"),
+    ] {
+        Trainable::seeded(&config, SEED, &Device::Cpu)
+            .unwrap()
+            .save(dir.path())
+            .unwrap();
+        let path = dir.path().join("model.safetensors");
+        let mut tensors = candle_core::safetensors::load(&path, &Device::Cpu).unwrap();
+        assert!(tensors.remove(dropped).is_some(), "{dropped}");
+        candle_core::safetensors::save(&tensors, &path).unwrap();
+        let error = Trainable::load(dir.path(), &Device::Cpu)
+            .err()
+            .expect("a checkpoint without a tensor must not load");
+        assert!(
+            error
+                .to_string()
+                .contains(&format!("1 tensors missing, e.g. `{dropped}`")),
+            "{error}"
+        );
     }
 }

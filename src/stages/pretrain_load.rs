@@ -362,31 +362,13 @@ fn pretrain(
     lm::write_metrics(metrics_dir, &summary, &history, provenance)
 }
 
-/// Redraws every weight from the stage seed: normal(0, 0.02) for matrices, ones for norm
-/// weights (1-D `*.weight` of norms), zeros for biases.
+/// Redraws every weight from the stage seed ([`Trainable::reseed`]: normal(0, 0.02) for
+/// matrices, ones for norm weights (1-D `*.weight` of norms), zeros for biases), on the
+/// device the model was built on (`_device`, kept for the callers).
 pub fn seed_weights(
     trainable: &Trainable,
     seed: u64,
-    device: &candle_core::Device,
+    _device: &candle_core::Device,
 ) -> Result<(), StageError> {
-    use rand_distr::{Distribution, Normal};
-    let data = trainable.varmap.data().lock().expect("varmap lock");
-    let mut names: Vec<&String> = data.keys().collect();
-    names.sort();
-    let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let normal = Normal::new(0.0f32, 0.02).expect("valid normal");
-    for name in names {
-        let var = &data[name];
-        let n = var.elem_count();
-        let values: Vec<f32> = if var.rank() >= 2 {
-            (0..n).map(|_| normal.sample(&mut rng)).collect()
-        } else if name.ends_with(".bias") {
-            vec![0.0; n]
-        } else {
-            vec![1.0; n]
-        };
-        let tensor = candle_core::Tensor::from_vec(values, var.shape(), device).map_err(failed)?;
-        var.set(&tensor).map_err(failed)?;
-    }
-    Ok(())
+    trainable.reseed(seed).map_err(failed)
 }
