@@ -24,11 +24,11 @@ use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
-use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer, token_logprobs};
+use crate::model::{CausalLm, Trainable, tokenizer};
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::{per_token, value_of};
-use crate::policy::rollout::{RolloutParams, rollout};
+use crate::policy::rollout::{RolloutParams, check_fits, rollout};
 use crate::rl::ppo::{self, AdaptiveKl, Baseline, Credit, KlEstimator};
 use crate::spec::derive_seed;
 use crate::spec::node::PathSeg;
@@ -433,7 +433,6 @@ impl Kind for Ppo {
             &device,
         )?;
         let eos = lm::end_of_text(&policy.config, &tok);
-        let context = policy.config.context_len();
         let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
         if let Some(n) = p.max_prompts {
             prompts.truncate(n);
@@ -441,25 +440,8 @@ impl Kind for Ppo {
         if prompts.is_empty() {
             return Err(failed(format!("`{}` has no prompts", p.prompts)));
         }
-        let encoded: Vec<Vec<u32>> = prompts
-            .iter()
-            .map(|(id, text)| {
-                let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text))
-                    .map_err(failed)?;
-                if ids.len() + p.max_new_tokens > context {
-                    return Err(failed(format!(
-                        "prompt `{id}` has {} tokens; with {} new ones it exceeds the model's context of {context}",
-                        ids.len(),
-                        p.max_new_tokens
-                    )));
-                }
-                Ok(ids)
-            })
-            .collect::<Result<_, StageError>>()?;
+        let encoded = encode_prompts(p, &tok, &prompts, policy.config.context_len())?;
 
-        // The values: with `critic: policy` one linear map of the policy's last hidden
-        // state, trained with it and left out of the saved policy; with `critic:
-        // reward-model` the reward model's backbone and head with a bias, trained apart.
         let steps_per_iteration = p.epochs * p.rollouts.div_ceil(p.minibatch_size);
         let schedule = |lr: f64| Schedule {
             peak_lr: lr,
@@ -467,31 +449,14 @@ impl Kind for Ppo {
             total_steps: p.iterations * steps_per_iteration,
             final_fraction: 1.0,
         };
-        let (value_head, value_bias, mut critic) = match p.critic {
-            CriticKind::Policy => {
-                let hidden = policy.config.hidden_size();
-                let vb = VarBuilder::from_varmap(&policy.varmap, DType::F32, &device);
-                let head = vb
-                    .get_with_hints((1, hidden), "hone_value.weight", Init::Const(0.0))
-                    .map_err(failed)?;
-                let bias = vb
-                    .get_with_hints(1, "hone_value.bias", Init::Const(0.0))
-                    .map_err(failed)?;
-                (head, bias, None)
-            }
-            CriticKind::RewardModel => {
-                let critic = Critic::load(
-                    ctx,
-                    &tok,
-                    schedule(p.critic_lr.unwrap_or(p.lr)),
-                    p.max_grad_norm,
-                    &device,
-                )?;
-                let head = critic.model.head.as_tensor().clone();
-                let bias = critic.bias.clone();
-                (head, bias, Some(critic))
-            }
-        };
+        let (value_head, value_bias, mut critic) = value_model(
+            p,
+            ctx,
+            &policy,
+            &tok,
+            schedule(p.critic_lr.unwrap_or(p.lr)),
+            &device,
+        )?;
         let vars: Vec<(String, Var)> = Trainer::named_vars(&policy.varmap);
         let mut trainer =
             Trainer::new(vars, schedule(p.lr), 0.0, Some(p.max_grad_norm)).map_err(failed)?;
@@ -512,13 +477,15 @@ impl Kind for Ppo {
             target,
             horizon: p.kl_horizon,
         });
-        let rollout_params = RolloutParams {
-            temperature: p.temperature,
-            top_k: None,
-            top_p: None,
-            max_new_tokens: p.max_new_tokens,
+        let models = Models {
+            policy: &policy,
+            reference: &reference,
+            scorer: &scorer,
+            tok: &tok,
+            value_head: &value_head,
+            value_bias: &value_bias,
             eos,
-            stop: &p.stop,
+            device: &device,
         };
         let started = std::time::Instant::now();
         while state.iteration < p.iterations {
@@ -527,238 +494,35 @@ impl Kind for Ppo {
             }
             let iteration = state.iteration;
             let kl_coef = adaptive.map_or(state.kl_coef, |a| a.coef);
-            // This iteration's prompts: a seeded permutation per pass over the prompts, each
-            // prompt answered `samples_per_prompt` times in a row (its group).
-            let per_pass = prompts.len();
-            let group = p.samples_per_prompt;
-            let per_iteration = p.rollouts / group;
-            let batch: Vec<usize> = (0..per_iteration)
-                .flat_map(|k| {
-                    let global = iteration * per_iteration + k;
-                    let pass = global / per_pass;
-                    let mut order: Vec<usize> = (0..per_pass).collect();
-                    order.shuffle(&mut ChaCha8Rng::seed_from_u64(
-                        ctx.seed ^ (pass as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
-                    ));
-                    std::iter::repeat_n(order[global % per_pass], group)
-                })
-                .collect();
-
-            // 1. Rollouts with the KV cache from a detached copy of the policy.
-            let frozen = policy.frozen().map_err(failed)?;
-            let requests: Vec<(&[u32], u64)> = batch
-                .iter()
-                .enumerate()
-                .map(|(k, &i)| {
-                    let seed = derive_seed(ctx.seed, &format!("rollout-{iteration}-{k}"));
-                    (encoded[i].as_slice(), seed)
-                })
-                .collect();
-            let responses: Vec<(Vec<u32>, bool, String)> =
-                rollout(&frozen, &tok, &requests, &rollout_params, &device)?
-                    .into_iter()
-                    .map(|c| (c.tokens.clone(), c.ended(), c.text))
-                    .collect();
-
-            // 2. Scores, penalties and per-token KL.
-            let items: Vec<(&str, &str)> = batch
-                .iter()
-                .zip(&responses)
-                .map(|(&i, (_, _, text))| (prompts[i].1.as_str(), text.as_str()))
-                .collect();
-            let need_attention = p.credit == Credit::Abc;
-            let scored = scorer.score(&items, need_attention)?;
-            let raw_scores: Vec<f64> = scored.iter().map(|s| s.score).collect();
-            let mut scores: Vec<f64> = raw_scores
-                .iter()
-                .zip(&responses)
-                .map(|(s, (_, ended, _))| {
-                    let penalised = if *ended {
-                        *s
-                    } else {
-                        s - p.missing_eos_penalty
-                    };
-                    penalised.clamp(-p.reward_clip, p.reward_clip)
-                })
-                .collect();
-            if p.whiten_rewards {
-                scores = ppo::whiten(&scores, false);
-            }
-            let leave_one_out = p.baseline == Baseline::LeaveOneOut;
-            if leave_one_out {
-                scores = ppo::leave_one_out(&scores, group);
-            }
-            let sequences: Vec<(Vec<u32>, usize)> = batch
-                .iter()
-                .zip(&responses)
-                .map(|(&i, (tokens, _, _))| {
-                    let mut all = encoded[i].clone();
-                    all.extend(tokens);
-                    (all, encoded[i].len())
-                })
-                .collect();
-            let old = match &critic {
-                None => per_token(
-                    &frozen,
-                    Some((&value_head, &value_bias)),
-                    &sequences,
-                    eos,
-                    p.temperature,
-                    &device,
-                )?,
-                Some(critic) => {
-                    let logp = per_token(&frozen, None, &sequences, eos, p.temperature, &device)?;
-                    let critic_frozen = critic.model.base.frozen().map_err(failed)?;
-                    let values = per_token(
-                        &critic_frozen,
-                        Some((&value_head, &value_bias)),
-                        &sequences,
-                        eos,
-                        p.temperature,
-                        &device,
-                    )?;
-                    logp.into_iter()
-                        .zip(values)
-                        .map(|((lp, _), (_, v))| (lp, v))
-                        .collect()
-                }
-            };
-            let reference_logp =
-                per_token(&reference, None, &sequences, eos, p.temperature, &device)?;
-            let mut rollouts = Vec::with_capacity(batch.len());
-            let (mut kl_sum, mut reward_sum) = (0.0, 0.0);
-            for (k, ((tokens, prompt_len), score)) in sequences.iter().zip(&scores).enumerate() {
-                let logp = &old[k].0;
-                // Without a critic the values are 0 and GAE with lambda 1 gives the returns
-                // of the centred rewards.
-                let no_values = vec![0.0; logp.len()];
-                let (values, lambda) = if leave_one_out {
-                    (&no_values, 1.0)
-                } else {
-                    (&old[k].1, p.lambda)
-                };
-                let kl = ppo::kl_per_token(logp, &reference_logp[k].0, p.kl_estimator);
-                let n = logp.len();
-                // ABC: the reward model's attention over its own tokens of the response,
-                // spread onto the policy's tokens in proportion to position.
-                let attention = scored[k]
-                    .attention
-                    .as_deref()
-                    .map(|a| ppo::resample_weights(a, n));
-                let shaped =
-                    ppo::shape_score(*score, n, p.credit, attention.as_deref(), p.abc_beta);
-                let rewards: Vec<f64> = shaped
-                    .iter()
-                    .zip(&kl)
-                    .map(|(r, k)| r - kl_coef * k)
-                    .collect();
-                kl_sum += kl.iter().sum::<f64>();
-                reward_sum += rewards.iter().sum::<f64>();
-                let (advantages, returns) = ppo::gae(&rewards, values, p.gamma, lambda);
-                rollouts.push(Rollout {
-                    tokens: tokens.clone(),
-                    prompt_len: *prompt_len,
-                    old_logp: logp.clone(),
-                    values: values.clone(),
-                    advantages,
-                    returns,
-                });
-            }
-            // Advantages whitened over every token of the iteration.
-            let flat: Vec<f64> = rollouts.iter().flat_map(|r| r.advantages.clone()).collect();
-            let whitened = ppo::whiten(&flat, true);
-            let mut offset = 0;
-            for r in &mut rollouts {
-                let n = r.advantages.len();
-                r.advantages.copy_from_slice(&whitened[offset..offset + n]);
-                offset += n;
-            }
-
-            // 3. Updates: epochs of shuffled minibatches.
-            let (mut pg_sum, mut vf_sum, mut clip_sum, mut approx_sum, mut norm_sum) =
-                (0.0, 0.0, 0.0, 0.0, 0.0);
-            let mut updates = 0usize;
-            let lr = trainer.lr();
-            for epoch in 0..p.epochs {
-                let mut order: Vec<usize> = (0..rollouts.len()).collect();
-                order.shuffle(&mut ChaCha8Rng::seed_from_u64(crate::spec::derive_seed(
-                    ctx.seed,
-                    &format!("minibatch-{iteration}-{epoch}"),
-                )));
-                for chunk in order.chunks(p.minibatch_size) {
-                    let picked: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
-                    let mb = Minibatch::new(&picked, eos, &device)?;
-                    let (logp, hidden) =
-                        token_logprobs(&policy.model, &mb.ids, p.temperature).map_err(failed)?;
-                    let hidden = match &critic {
-                        None => hidden,
-                        Some(critic) => {
-                            token_logprobs(&critic.model.base.model, &mb.ids, p.temperature)
-                                .map_err(failed)?
-                                .1
-                        }
-                    };
-                    let (pg, clip_fraction, approx_kl) =
-                        ppo::policy_loss(&logp, &mb.old_logp, &mb.advantages, &mb.mask, p.clip)
-                            .map_err(failed)?;
-                    pg_sum += f64::from(pg.to_scalar::<f32>().map_err(failed)?);
-                    let norm = if leave_one_out {
-                        trainer.step(&pg).map_err(failed)?
-                    } else {
-                        let values = value_of(
-                            &hidden,
-                            &value_head,
-                            &value_bias,
-                            mb.ids.dim(1).map_err(failed)? - 1,
-                        )?;
-                        let vf = ppo::value_loss(
-                            &values,
-                            &mb.old_values,
-                            &mb.returns,
-                            &mb.mask,
-                            p.value_clip,
-                        )
-                        .map_err(failed)?;
-                        vf_sum += f64::from(vf.to_scalar::<f32>().map_err(failed)?);
-                        match &mut critic {
-                            None => {
-                                let loss =
-                                    (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
-                                trainer.step(&loss).map_err(failed)?
-                            }
-                            Some(critic) => {
-                                critic.trainer.step(&vf).map_err(failed)?;
-                                trainer.step(&pg).map_err(failed)?
-                            }
-                        }
-                    };
-                    clip_sum += clip_fraction;
-                    approx_sum += approx_kl;
-                    norm_sum += norm;
-                    updates += 1;
-                }
-            }
-            let n = rollouts.len() as f64;
-            let mean_kl = kl_sum / n;
-            let row = IterationRow {
-                iteration: iteration as u64 + 1,
-                score: raw_scores.iter().sum::<f64>() / n,
-                reward: reward_sum / n,
-                kl: mean_kl,
+            let batch = iteration_prompts(
+                prompts.len(),
+                p.rollouts / p.samples_per_prompt,
+                p.samples_per_prompt,
+                ctx.seed,
+                iteration,
+            );
+            let collected = collect(
+                p,
+                ctx.seed,
+                iteration,
+                &models,
+                critic.as_ref(),
+                &batch,
+                &prompts,
+                &encoded,
                 kl_coef,
-                policy_loss: pg_sum / updates as f64,
-                value_loss: vf_sum / updates as f64,
-                clip_fraction: clip_sum / updates as f64,
-                approx_kl: approx_sum / updates as f64,
-                response_length: rollouts
-                    .iter()
-                    .map(|r| r.old_logp.len() as f64)
-                    .sum::<f64>()
-                    / n,
-                eos_rate: responses.iter().filter(|r| r.1).count() as f64 / n,
-                grad_norm: norm_sum / updates as f64,
-                lr,
-            };
+            )?;
+            let lr = trainer.lr();
+            let sums = update(
+                p,
+                ctx.seed,
+                iteration,
+                &models,
+                critic.as_mut(),
+                &mut trainer,
+                &collected.rollouts,
+            )?;
+            let row = collected.row(iteration, kl_coef, &sums, lr);
             tracing::info!(
                 iteration = row.iteration,
                 of = p.iterations,
@@ -767,9 +531,10 @@ impl Kind for Ppo {
                 secs = started.elapsed().as_secs(),
                 "ppo"
             );
+            let mean_kl = row.kl;
             state.rows.push(row);
             if let Some(a) = &mut adaptive {
-                a.update(mean_kl, rollouts.len());
+                a.update(mean_kl, collected.rollouts.len());
             }
             state.iteration += 1;
             state.kl_coef = adaptive.map_or(state.kl_coef, |a| a.coef);
@@ -792,56 +557,412 @@ impl Kind for Ppo {
                 }
             }
         }
-
-        // The policy, without the value head.
-        let out = ctx.workspace.join(&ctx.outputs["policy"]);
-        policy
-            .save_filtered(&out, |name| !name.starts_with("hone_value."))
-            .map_err(failed)?;
-        tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
-        std::fs::write(
-            out.join("hone.json"),
-            format!(
-                "{}\n",
-                serde_json::to_string_pretty(
-                    &json!({"hone": {"stage": "ppo", "template": p.template}})
-                )
-                .map_err(failed)?
-            ),
-        )
-        .map_err(failed)?;
-        let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
-        std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
-        let last = |k: usize| -> Vec<&IterationRow> { state.rows.iter().rev().take(k).collect() };
-        let mean = |rows: &[&IterationRow], f: fn(&IterationRow) -> f64| {
-            rows.iter().map(|r| f(r)).sum::<f64>() / rows.len().max(1) as f64
-        };
-        let tail = last(3);
-        let head: Vec<&IterationRow> = state.rows.iter().take(3).collect();
-        let summary = json!({
-            "iterations": p.iterations,
-            "rollouts": p.iterations * p.rollouts,
-            "credit": p.credit,
-            "kl_estimator": p.kl_estimator,
-            "first_score": mean(&head, |r| r.score),
-            "final_score": mean(&tail, |r| r.score),
-            "final_kl": mean(&tail, |r| r.kl),
-            "final_kl_coef": state.kl_coef,
-            "final_response_length": mean(&tail, |r| r.response_length),
-            "final_eos_rate": mean(&tail, |r| r.eos_rate),
-        });
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
-        lm::write_summary_and_table(
-            &metrics_dir,
-            &summary,
-            "history.parquet",
-            &state.rows,
-            &provenance,
-        )
+        write_outputs(p, ctx, &policy, &tok, &state)
     }
+}
+
+/// The models one PPO iteration reads (the policy is updated in place between them).
+struct Models<'a> {
+    policy: &'a Trainable,
+    reference: &'a CausalLm,
+    scorer: &'a RewardScorer,
+    tok: &'a tokenizers::Tokenizer,
+    value_head: &'a Tensor,
+    value_bias: &'a Tensor,
+    eos: u32,
+    device: &'a Device,
+}
+
+/// Each prompt through the template, checked against the context.
+fn encode_prompts(
+    p: &PpoParams,
+    tok: &tokenizers::Tokenizer,
+    prompts: &[(String, String)],
+    context: usize,
+) -> Result<Vec<Vec<u32>>, StageError> {
+    prompts
+        .iter()
+        .map(|(id, text)| {
+            let ids =
+                tokenizer::encode(tok, &p.template.replace("{prompt}", text)).map_err(failed)?;
+            check_fits(id, ids.len(), p.max_new_tokens, context, "the model")?;
+            Ok(ids)
+        })
+        .collect()
+}
+
+/// The values: with `critic: policy` one linear map of the policy's last hidden state,
+/// trained with it and left out of the saved policy; with `critic: reward-model` the
+/// reward model's backbone and head with a bias, trained apart (`critic_schedule`).
+fn value_model(
+    p: &PpoParams,
+    ctx: &StageContext<'_>,
+    policy: &Trainable,
+    tok: &tokenizers::Tokenizer,
+    critic_schedule: Schedule,
+    device: &Device,
+) -> Result<(Tensor, Tensor, Option<Critic>), StageError> {
+    Ok(match p.critic {
+        CriticKind::Policy => {
+            let hidden = policy.config.hidden_size();
+            let vb = VarBuilder::from_varmap(&policy.varmap, DType::F32, device);
+            let head = vb
+                .get_with_hints((1, hidden), "hone_value.weight", Init::Const(0.0))
+                .map_err(failed)?;
+            let bias = vb
+                .get_with_hints(1, "hone_value.bias", Init::Const(0.0))
+                .map_err(failed)?;
+            (head, bias, None)
+        }
+        CriticKind::RewardModel => {
+            let critic = Critic::load(ctx, tok, critic_schedule, p.max_grad_norm, device)?;
+            let head = critic.model.head.as_tensor().clone();
+            let bias = critic.bias.clone();
+            (head, bias, Some(critic))
+        }
+    })
+}
+
+/// The prompts (indices) of an iteration: a seeded permutation per pass over the prompts,
+/// each prompt answered `group` times in a row.
+fn iteration_prompts(
+    n_prompts: usize,
+    per_iteration: usize,
+    group: usize,
+    seed: u64,
+    iteration: usize,
+) -> Vec<usize> {
+    (0..per_iteration)
+        .flat_map(|k| {
+            let global = iteration * per_iteration + k;
+            let pass = global / n_prompts;
+            let mut order: Vec<usize> = (0..n_prompts).collect();
+            order.shuffle(&mut ChaCha8Rng::seed_from_u64(
+                seed ^ (pass as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15),
+            ));
+            std::iter::repeat_n(order[global % n_prompts], group)
+        })
+        .collect()
+}
+
+/// An iteration's experience: its rollouts with advantages and returns, and what the
+/// history records of them.
+struct Collected {
+    rollouts: Vec<Rollout>,
+    raw_scores: Vec<f64>,
+    ended: Vec<bool>,
+    kl_sum: f64,
+    reward_sum: f64,
+}
+
+/// Loss and gradient sums over an iteration's updates.
+#[derive(Default)]
+struct UpdateSums {
+    policy_loss: f64,
+    value_loss: f64,
+    clip_fraction: f64,
+    approx_kl: f64,
+    grad_norm: f64,
+    updates: usize,
+}
+
+impl Collected {
+    fn row(&self, iteration: usize, kl_coef: f64, sums: &UpdateSums, lr: f64) -> IterationRow {
+        let n = self.rollouts.len() as f64;
+        let per_update = |x: f64| x / sums.updates as f64;
+        IterationRow {
+            iteration: iteration as u64 + 1,
+            score: self.raw_scores.iter().sum::<f64>() / n,
+            reward: self.reward_sum / n,
+            kl: self.kl_sum / n,
+            kl_coef,
+            policy_loss: per_update(sums.policy_loss),
+            value_loss: per_update(sums.value_loss),
+            clip_fraction: per_update(sums.clip_fraction),
+            approx_kl: per_update(sums.approx_kl),
+            response_length: self
+                .rollouts
+                .iter()
+                .map(|r| r.old_logp.len() as f64)
+                .sum::<f64>()
+                / n,
+            eos_rate: self.ended.iter().filter(|&&e| e).count() as f64 / n,
+            grad_norm: per_update(sums.grad_norm),
+            lr,
+        }
+    }
+}
+
+/// 1. Rollouts of the batch's prompts from a detached copy of the policy; 2. their scores
+/// (penalised, clipped, whitened or leave-one-out), per-token log-probabilities, values and
+/// KL to the reference, rewards placed by `credit`, and advantages by GAE, whitened over
+/// the iteration's tokens.
+#[allow(clippy::too_many_arguments)]
+fn collect(
+    p: &PpoParams,
+    seed: u64,
+    iteration: usize,
+    m: &Models<'_>,
+    critic: Option<&Critic>,
+    batch: &[usize],
+    prompts: &[(String, String)],
+    encoded: &[Vec<u32>],
+    kl_coef: f64,
+) -> Result<Collected, StageError> {
+    let (eos, device) = (m.eos, m.device);
+    let frozen = m.policy.frozen().map_err(failed)?;
+    let requests: Vec<(&[u32], u64)> = batch
+        .iter()
+        .enumerate()
+        .map(|(k, &i)| {
+            let seed = derive_seed(seed, &format!("rollout-{iteration}-{k}"));
+            (encoded[i].as_slice(), seed)
+        })
+        .collect();
+    let rollout_params = RolloutParams {
+        temperature: p.temperature,
+        top_k: None,
+        top_p: None,
+        max_new_tokens: p.max_new_tokens,
+        eos,
+        stop: &p.stop,
+    };
+    let responses: Vec<(Vec<u32>, bool, String)> =
+        rollout(&frozen, m.tok, &requests, &rollout_params, device)?
+            .into_iter()
+            .map(|c| (c.tokens.clone(), c.ended(), c.text))
+            .collect();
+
+    let items: Vec<(&str, &str)> = batch
+        .iter()
+        .zip(&responses)
+        .map(|(&i, (_, _, text))| (prompts[i].1.as_str(), text.as_str()))
+        .collect();
+    let need_attention = p.credit == Credit::Abc;
+    let scored = m.scorer.score(&items, need_attention)?;
+    let raw_scores: Vec<f64> = scored.iter().map(|s| s.score).collect();
+    let mut scores: Vec<f64> = raw_scores
+        .iter()
+        .zip(&responses)
+        .map(|(s, (_, ended, _))| {
+            let penalised = if *ended {
+                *s
+            } else {
+                s - p.missing_eos_penalty
+            };
+            penalised.clamp(-p.reward_clip, p.reward_clip)
+        })
+        .collect();
+    if p.whiten_rewards {
+        scores = ppo::whiten(&scores, false);
+    }
+    let leave_one_out = p.baseline == Baseline::LeaveOneOut;
+    if leave_one_out {
+        scores = ppo::leave_one_out(&scores, p.samples_per_prompt);
+    }
+    let sequences: Vec<(Vec<u32>, usize)> = batch
+        .iter()
+        .zip(&responses)
+        .map(|(&i, (tokens, _, _))| {
+            let mut all = encoded[i].clone();
+            all.extend(tokens);
+            (all, encoded[i].len())
+        })
+        .collect();
+    let head = Some((m.value_head, m.value_bias));
+    let old = match critic {
+        None => per_token(&frozen, head, &sequences, eos, p.temperature, device)?,
+        Some(critic) => {
+            let logp = per_token(&frozen, None, &sequences, eos, p.temperature, device)?;
+            let critic_frozen = critic.model.base.frozen().map_err(failed)?;
+            let values = per_token(&critic_frozen, head, &sequences, eos, p.temperature, device)?;
+            logp.into_iter()
+                .zip(values)
+                .map(|((lp, _), (_, v))| (lp, v))
+                .collect()
+        }
+    };
+    let reference_logp = per_token(m.reference, None, &sequences, eos, p.temperature, device)?;
+    let mut rollouts = Vec::with_capacity(batch.len());
+    let (mut kl_sum, mut reward_sum) = (0.0, 0.0);
+    for (k, ((tokens, prompt_len), score)) in sequences.iter().zip(&scores).enumerate() {
+        let logp = &old[k].0;
+        // Without a critic the values are 0 and GAE with lambda 1 gives the returns of the
+        // centred rewards.
+        let no_values = vec![0.0; logp.len()];
+        let (values, lambda) = if leave_one_out {
+            (&no_values, 1.0)
+        } else {
+            (&old[k].1, p.lambda)
+        };
+        let kl = ppo::kl_per_token(logp, &reference_logp[k].0, p.kl_estimator);
+        let n = logp.len();
+        // ABC: the reward model's attention over its own tokens of the response, spread
+        // onto the policy's tokens in proportion to position.
+        let attention = scored[k]
+            .attention
+            .as_deref()
+            .map(|a| ppo::resample_weights(a, n));
+        let shaped = ppo::shape_score(*score, n, p.credit, attention.as_deref(), p.abc_beta);
+        let rewards: Vec<f64> = shaped
+            .iter()
+            .zip(&kl)
+            .map(|(r, k)| r - kl_coef * k)
+            .collect();
+        kl_sum += kl.iter().sum::<f64>();
+        reward_sum += rewards.iter().sum::<f64>();
+        let (advantages, returns) = ppo::gae(&rewards, values, p.gamma, lambda);
+        rollouts.push(Rollout {
+            tokens: tokens.clone(),
+            prompt_len: *prompt_len,
+            old_logp: logp.clone(),
+            values: values.clone(),
+            advantages,
+            returns,
+        });
+    }
+    // Advantages whitened over every token of the iteration.
+    let flat: Vec<f64> = rollouts.iter().flat_map(|r| r.advantages.clone()).collect();
+    let whitened = ppo::whiten(&flat, true);
+    let mut offset = 0;
+    for r in &mut rollouts {
+        let n = r.advantages.len();
+        r.advantages.copy_from_slice(&whitened[offset..offset + n]);
+        offset += n;
+    }
+    Ok(Collected {
+        rollouts,
+        raw_scores,
+        ended: responses.iter().map(|r| r.1).collect(),
+        kl_sum,
+        reward_sum,
+    })
+}
+
+/// 3. Updates: epochs of shuffled minibatches of clipped policy (and value) losses.
+fn update(
+    p: &PpoParams,
+    seed: u64,
+    iteration: usize,
+    m: &Models<'_>,
+    mut critic: Option<&mut Critic>,
+    trainer: &mut Trainer,
+    rollouts: &[Rollout],
+) -> Result<UpdateSums, StageError> {
+    let leave_one_out = p.baseline == Baseline::LeaveOneOut;
+    let mut sums = UpdateSums::default();
+    for epoch in 0..p.epochs {
+        let mut order: Vec<usize> = (0..rollouts.len()).collect();
+        order.shuffle(&mut ChaCha8Rng::seed_from_u64(derive_seed(
+            seed,
+            &format!("minibatch-{iteration}-{epoch}"),
+        )));
+        for chunk in order.chunks(p.minibatch_size) {
+            let picked: Vec<&Rollout> = chunk.iter().map(|&i| &rollouts[i]).collect();
+            let mb = Minibatch::new(&picked, m.eos, m.device)?;
+            let (logp, hidden) =
+                token_logprobs(&m.policy.model, &mb.ids, p.temperature).map_err(failed)?;
+            let hidden = match &critic {
+                None => hidden,
+                Some(critic) => {
+                    token_logprobs(&critic.model.base.model, &mb.ids, p.temperature)
+                        .map_err(failed)?
+                        .1
+                }
+            };
+            let (pg, clip_fraction, approx_kl) =
+                ppo::policy_loss(&logp, &mb.old_logp, &mb.advantages, &mb.mask, p.clip)
+                    .map_err(failed)?;
+            sums.policy_loss += f64::from(pg.to_scalar::<f32>().map_err(failed)?);
+            let norm = if leave_one_out {
+                trainer.step(&pg).map_err(failed)?
+            } else {
+                let values = value_of(
+                    &hidden,
+                    m.value_head,
+                    m.value_bias,
+                    mb.ids.dim(1).map_err(failed)? - 1,
+                )?;
+                let vf =
+                    ppo::value_loss(&values, &mb.old_values, &mb.returns, &mb.mask, p.value_clip)
+                        .map_err(failed)?;
+                sums.value_loss += f64::from(vf.to_scalar::<f32>().map_err(failed)?);
+                match critic.as_deref_mut() {
+                    None => {
+                        let loss = (&pg + (&vf * p.vf_coef).map_err(failed)?).map_err(failed)?;
+                        trainer.step(&loss).map_err(failed)?
+                    }
+                    Some(critic) => {
+                        critic.trainer.step(&vf).map_err(failed)?;
+                        trainer.step(&pg).map_err(failed)?
+                    }
+                }
+            };
+            sums.clip_fraction += clip_fraction;
+            sums.approx_kl += approx_kl;
+            sums.grad_norm += norm;
+            sums.updates += 1;
+        }
+    }
+    Ok(sums)
+}
+
+/// The policy without the value head, and the metrics: a summary and the history.
+fn write_outputs(
+    p: &PpoParams,
+    ctx: &StageContext<'_>,
+    policy: &Trainable,
+    tok: &tokenizers::Tokenizer,
+    state: &PpoState,
+) -> Result<(), StageError> {
+    // The policy, without the value head.
+    let out = ctx.workspace.join(&ctx.outputs["policy"]);
+    policy
+        .save_filtered(&out, |name| !name.starts_with("hone_value."))
+        .map_err(failed)?;
+    tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+    std::fs::write(
+        out.join("hone.json"),
+        format!(
+            "{}\n",
+            serde_json::to_string_pretty(
+                &json!({"hone": {"stage": "ppo", "template": p.template}})
+            )
+            .map_err(failed)?
+        ),
+    )
+    .map_err(failed)?;
+    let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
+    std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
+    let last = |k: usize| -> Vec<&IterationRow> { state.rows.iter().rev().take(k).collect() };
+    let mean = |rows: &[&IterationRow], f: fn(&IterationRow) -> f64| {
+        rows.iter().map(|r| f(r)).sum::<f64>() / rows.len().max(1) as f64
+    };
+    let tail = last(3);
+    let head: Vec<&IterationRow> = state.rows.iter().take(3).collect();
+    let summary = json!({
+        "iterations": p.iterations,
+        "rollouts": p.iterations * p.rollouts,
+        "credit": p.credit,
+        "kl_estimator": p.kl_estimator,
+        "first_score": mean(&head, |r| r.score),
+        "final_score": mean(&tail, |r| r.score),
+        "final_kl": mean(&tail, |r| r.kl),
+        "final_kl_coef": state.kl_coef,
+        "final_response_length": mean(&tail, |r| r.response_length),
+        "final_eos_rate": mean(&tail, |r| r.eos_rate),
+    });
+    let provenance = Provenance {
+        stage: ctx.stage_id.to_string(),
+        fingerprint: ctx.fingerprint.to_string(),
+    };
+    lm::write_summary_and_table(
+        &metrics_dir,
+        &summary,
+        "history.parquet",
+        &state.rows,
+        &provenance,
+    )
 }
 
 /// `critic: reward-model`: a separate value model initialised from the reward model.
