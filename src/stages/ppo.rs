@@ -693,10 +693,10 @@ impl Collected {
     }
 }
 
-/// 1. Rollouts of the batch's prompts from a detached copy of the policy; 2. their scores
-/// (penalised, clipped, whitened or leave-one-out), per-token log-probabilities, values and
-/// KL to the reference, rewards placed by `credit`, and advantages by GAE, whitened over
-/// the iteration's tokens.
+/// An iteration's experience: rollouts of the batch's prompts from a detached copy of the
+/// policy, then their scores (penalised, clipped, whitened or leave-one-out), per-token
+/// log-probabilities, values and KL to the reference, rewards placed by `credit`, and
+/// advantages by GAE, whitened over the iteration's tokens.
 #[allow(clippy::too_many_arguments)]
 fn collect(
     p: &PpoParams,
@@ -839,7 +839,7 @@ fn collect(
     })
 }
 
-/// 3. Updates: epochs of shuffled minibatches of clipped policy (and value) losses.
+/// The updates: epochs of shuffled minibatches of clipped policy (and value) losses.
 fn update(
     p: &PpoParams,
     seed: u64,
