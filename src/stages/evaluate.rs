@@ -17,6 +17,7 @@ use super::lm::{self, RewardScorer, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Column, ColumnType::*, Provenance, TableKind, TableRow, col};
+use crate::model::CausalLm;
 use crate::model::tokenizer;
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::per_token;
@@ -270,167 +271,20 @@ impl Kind for Evaluate {
         let total = (p.policies.len() * prompts.len()) as u64;
         let mut rows: Vec<Row> = Vec::new();
         for (pi, name) in p.policies.iter().enumerate() {
-            let (policy, tok) = lm::load_input(ctx, name, &device)?;
-            let model = policy.frozen().map_err(failed)?;
-            let eos = lm::end_of_text(&policy.config, &tok);
-            let params = RolloutParams {
-                temperature: p.temperature,
-                top_k: None,
-                top_p: None,
-                max_new_tokens: p.max_new_tokens,
-                eos,
-                stop: &p.stop,
+            let done = (pi * prompts.len()) as u64;
+            let progress = |n: usize| ctx.report(done + n as u64, total);
+            let inputs = Inputs {
+                prompts: &prompts,
+                reference: &reference,
+                scorer: scorer.as_ref(),
+                world: world.as_ref(),
+                device: &device,
             };
-            let mut responses = Vec::new();
-            let mut sequences = Vec::new();
-            for (n, (id, text)) in prompts.iter().enumerate() {
-                if ctx.cancelled() {
-                    return Err(StageError::Cancelled);
-                }
-                let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text))
-                    .map_err(failed)?;
-                rollout::check_fits(
-                    id,
-                    ids.len(),
-                    p.max_new_tokens,
-                    policy.config.context_len(),
-                    &format!("`{name}`"),
-                )?;
-                // The same streams for every policy: differences come from the policies.
-                let requests: Vec<(&[u32], u64)> = (0..p.samples_per_prompt)
-                    .map(|k| (ids.as_slice(), derive_seed(ctx.seed, &format!("{id}/{k}"))))
-                    .collect();
-                for (k, c) in rollout(&model, &tok, &requests, &params, &device)?
-                    .into_iter()
-                    .enumerate()
-                {
-                    let mut all = ids.clone();
-                    all.extend(&c.tokens);
-                    sequences.push((all, ids.len()));
-                    let ended = c.ended();
-                    responses.push((id.clone(), text.clone(), k, c.text, c.tokens.len(), ended));
-                }
-                ctx.report((pi * prompts.len() + n + 1) as u64, total);
-            }
-            let own = per_token(&model, None, &sequences, eos, p.temperature, &device)?;
-            let against = per_token(&reference, None, &sequences, eos, p.temperature, &device)?;
-            let scores: Option<Vec<f64>> = match &scorer {
-                Some(s) => Some(
-                    s.score(
-                        &responses
-                            .iter()
-                            .map(|r| (r.1.as_str(), r.3.as_str()))
-                            .collect::<Vec<_>>(),
-                        false,
-                    )?
-                    .into_iter()
-                    .map(|x| x.score)
-                    .collect(),
-                ),
-                None => None,
-            };
-            for (k, (id, text, sample_index, response, n_tokens, ended)) in
-                responses.into_iter().enumerate()
-            {
-                let kl: f64 = own[k].0.iter().zip(&against[k].0).map(|(a, b)| a - b).sum();
-                rows.push(Row {
-                    policy: name.clone(),
-                    oracle: world.as_ref().map(|w| oracle::score(w, &text, &response)),
-                    prompt_id: id,
-                    prompt: text,
-                    sample: sample_index as u64,
-                    response,
-                    tokens: n_tokens as u64,
-                    ended,
-                    kl,
-                    rm_score: scores.as_ref().map(|s| s[k]),
-                });
-            }
+            rows.extend(evaluate_policy(p, ctx, name, &inputs, &progress)?);
             tracing::info!(policy = %name, "evaluated");
         }
 
-        // Per-policy summaries and win rates against the baseline.
-        let baseline = &p.policies[0];
-        let by_policy = |name: &str| rows.iter().filter(|r| r.policy == name).collect::<Vec<_>>();
-        let stat = |values: Vec<f64>| {
-            let (mean, se) = report::mean_se(&values);
-            json!({"mean": mean, "se": if se.is_finite() { json!(se) } else { json!(null) }})
-        };
-        let win_rate =
-            |mine: &[&Row], base: &[&Row], f: &dyn Fn(&Row) -> Option<f64>| -> Option<f64> {
-                let pairs: Vec<(f64, f64)> = mine
-                    .iter()
-                    .zip(base)
-                    .filter_map(|(a, b)| Some((f(a)?, f(b)?)))
-                    .collect();
-                if pairs.is_empty() {
-                    return None;
-                }
-                let wins: f64 = pairs
-                    .iter()
-                    .map(|(a, b)| {
-                        if a > b {
-                            1.0
-                        } else if a == b {
-                            0.5
-                        } else {
-                            0.0
-                        }
-                    })
-                    .sum();
-                Some(wins / pairs.len() as f64)
-            };
-        let base_rows = by_policy(baseline);
-        let mut policies = serde_json::Map::new();
-        for name in &p.policies {
-            let mine = by_policy(name);
-            let values = |f: fn(&Row) -> Option<f64>| -> Vec<f64> {
-                mine.iter().filter_map(|r| f(r)).collect()
-            };
-            let rate = |f: fn(&oracle::OracleScore) -> bool| -> Value {
-                let flags: Vec<bool> = mine
-                    .iter()
-                    .filter_map(|r| r.oracle.as_ref().map(f))
-                    .collect();
-                if flags.is_empty() {
-                    json!(null)
-                } else {
-                    json!(flags.iter().filter(|&&b| b).count() as f64 / flags.len() as f64)
-                }
-            };
-            let mut entry = json!({
-                "responses": mine.len(),
-                "kl": stat(values(|r| Some(r.kl))),
-                "tokens": stat(values(|r| Some(r.tokens as f64))),
-                "ended_rate": mine.iter().filter(|r| r.ended).count() as f64 / mine.len().max(1) as f64,
-            });
-            if scorer.is_some() {
-                entry["rm_score"] = stat(values(|r| r.rm_score));
-                entry["win_rate_rm"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r.rm_score));
-            }
-            if world.is_some() {
-                entry["oracle_reward"] = stat(values(|r| r.oracle.as_ref().map(|o| o.reward)));
-                entry["helpfulness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.helpfulness)));
-                entry["honesty"] = stat(values(|r| r.oracle.as_ref().map(|o| o.honesty)));
-                entry["harmlessness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.harmlessness)));
-                entry["hallucination_rate"] = rate(|o| o.flags.hallucination);
-                entry["bias_rate"] = rate(|o| o.flags.bias);
-                entry["unsafe_rate"] = rate(|o| o.flags.unsafe_advice);
-                entry["win_rate_oracle"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r
-                    .oracle
-                    .as_ref()
-                    .map(|o| o.reward)));
-            }
-            policies.insert(name.clone(), entry);
-        }
-        let summary = json!({
-            "baseline": baseline,
-            "prompts": prompts.len(),
-            "samples_per_prompt": p.samples_per_prompt,
-            "temperature": p.temperature,
-            "tags": p.tags,
-            "policies": policies,
-        });
+        let summary = summarise(p, &rows, scorer.is_some(), world.is_some(), prompts.len());
 
         let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
         std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
@@ -471,6 +325,205 @@ impl Kind for Evaluate {
         .map_err(failed)?;
         Ok(())
     }
+}
+
+/// What every policy is evaluated against.
+struct Inputs<'a> {
+    prompts: &'a [(String, String)],
+    reference: &'a CausalLm,
+    scorer: Option<&'a RewardScorer>,
+    world: Option<&'a World>,
+    device: &'a candle_core::Device,
+}
+
+/// One policy's answers to every prompt (`samples_per_prompt` each, the same random
+/// streams for every policy), scored by the reward model and the oracle, with their KL to
+/// the reference.
+fn evaluate_policy(
+    p: &EvaluateParams,
+    ctx: &StageContext<'_>,
+    name: &str,
+    inputs: &Inputs<'_>,
+    progress: &dyn Fn(usize),
+) -> Result<Vec<Row>, StageError> {
+    let Inputs {
+        prompts,
+        reference,
+        scorer,
+        world,
+        device,
+    } = *inputs;
+    let device = device.clone();
+    let mut out = Vec::new();
+    let (policy, tok) = lm::load_input(ctx, name, &device)?;
+    let model = policy.frozen().map_err(failed)?;
+    let eos = lm::end_of_text(&policy.config, &tok);
+    let params = RolloutParams {
+        temperature: p.temperature,
+        top_k: None,
+        top_p: None,
+        max_new_tokens: p.max_new_tokens,
+        eos,
+        stop: &p.stop,
+    };
+    let mut responses = Vec::new();
+    let mut sequences = Vec::new();
+    for (n, (id, text)) in prompts.iter().enumerate() {
+        if ctx.cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text)).map_err(failed)?;
+        rollout::check_fits(
+            id,
+            ids.len(),
+            p.max_new_tokens,
+            policy.config.context_len(),
+            &format!("`{name}`"),
+        )?;
+        // The same streams for every policy: differences come from the policies.
+        let requests: Vec<(&[u32], u64)> = (0..p.samples_per_prompt)
+            .map(|k| (ids.as_slice(), derive_seed(ctx.seed, &format!("{id}/{k}"))))
+            .collect();
+        for (k, c) in rollout(&model, &tok, &requests, &params, &device)?
+            .into_iter()
+            .enumerate()
+        {
+            let mut all = ids.clone();
+            all.extend(&c.tokens);
+            sequences.push((all, ids.len()));
+            let ended = c.ended();
+            responses.push((id.clone(), text.clone(), k, c.text, c.tokens.len(), ended));
+        }
+        progress(n + 1);
+    }
+    let own = per_token(&model, None, &sequences, eos, p.temperature, &device)?;
+    let against = per_token(reference, None, &sequences, eos, p.temperature, &device)?;
+    let scores: Option<Vec<f64>> = match &scorer {
+        Some(s) => Some(
+            s.score(
+                &responses
+                    .iter()
+                    .map(|r| (r.1.as_str(), r.3.as_str()))
+                    .collect::<Vec<_>>(),
+                false,
+            )?
+            .into_iter()
+            .map(|x| x.score)
+            .collect(),
+        ),
+        None => None,
+    };
+    for (k, (id, text, sample_index, response, n_tokens, ended)) in
+        responses.into_iter().enumerate()
+    {
+        let kl: f64 = own[k].0.iter().zip(&against[k].0).map(|(a, b)| a - b).sum();
+        out.push(Row {
+            policy: name.to_string(),
+            oracle: world.as_ref().map(|w| oracle::score(w, &text, &response)),
+            prompt_id: id,
+            prompt: text,
+            sample: sample_index as u64,
+            response,
+            tokens: n_tokens as u64,
+            ended,
+            kl,
+            rm_score: scores.as_ref().map(|s| s[k]),
+        });
+    }
+    Ok(out)
+}
+
+/// Per-policy summaries (means with standard errors, rates) and win rates against the
+/// first policy.
+fn summarise(
+    p: &EvaluateParams,
+    rows: &[Row],
+    has_scorer: bool,
+    has_world: bool,
+    n_prompts: usize,
+) -> Value {
+    // Per-policy summaries and win rates against the baseline.
+    let baseline = &p.policies[0];
+    let by_policy = |name: &str| rows.iter().filter(|r| r.policy == name).collect::<Vec<_>>();
+    let stat = |values: Vec<f64>| {
+        let (mean, se) = report::mean_se(&values);
+        json!({"mean": mean, "se": if se.is_finite() { json!(se) } else { json!(null) }})
+    };
+    let win_rate = |mine: &[&Row], base: &[&Row], f: &dyn Fn(&Row) -> Option<f64>| -> Option<f64> {
+        let pairs: Vec<(f64, f64)> = mine
+            .iter()
+            .zip(base)
+            .filter_map(|(a, b)| Some((f(a)?, f(b)?)))
+            .collect();
+        if pairs.is_empty() {
+            return None;
+        }
+        let wins: f64 = pairs
+            .iter()
+            .map(|(a, b)| {
+                if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+            .sum();
+        Some(wins / pairs.len() as f64)
+    };
+    let base_rows = by_policy(baseline);
+    let mut policies = serde_json::Map::new();
+    for name in &p.policies {
+        let mine = by_policy(name);
+        let values =
+            |f: fn(&Row) -> Option<f64>| -> Vec<f64> { mine.iter().filter_map(|r| f(r)).collect() };
+        let rate = |f: fn(&oracle::OracleScore) -> bool| -> Value {
+            let flags: Vec<bool> = mine
+                .iter()
+                .filter_map(|r| r.oracle.as_ref().map(f))
+                .collect();
+            if flags.is_empty() {
+                json!(null)
+            } else {
+                json!(flags.iter().filter(|&&b| b).count() as f64 / flags.len() as f64)
+            }
+        };
+        let mut entry = json!({
+            "responses": mine.len(),
+            "kl": stat(values(|r| Some(r.kl))),
+            "tokens": stat(values(|r| Some(r.tokens as f64))),
+            "ended_rate": mine.iter().filter(|r| r.ended).count() as f64 / mine.len().max(1) as f64,
+        });
+        if has_scorer {
+            entry["rm_score"] = stat(values(|r| r.rm_score));
+            entry["win_rate_rm"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r.rm_score));
+        }
+        if has_world {
+            entry["oracle_reward"] = stat(values(|r| r.oracle.as_ref().map(|o| o.reward)));
+            entry["helpfulness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.helpfulness)));
+            entry["honesty"] = stat(values(|r| r.oracle.as_ref().map(|o| o.honesty)));
+            entry["harmlessness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.harmlessness)));
+            entry["hallucination_rate"] = rate(|o| o.flags.hallucination);
+            entry["bias_rate"] = rate(|o| o.flags.bias);
+            entry["unsafe_rate"] = rate(|o| o.flags.unsafe_advice);
+            entry["win_rate_oracle"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r
+                .oracle
+                .as_ref()
+                .map(|o| o.reward)));
+        }
+        policies.insert(name.clone(), entry);
+    }
+    let summary = json!({
+        "baseline": baseline,
+        "prompts": n_prompts,
+        "samples_per_prompt": p.samples_per_prompt,
+        "temperature": p.temperature,
+        "tags": p.tags,
+        "policies": policies,
+    });
+
+    summary
 }
 
 fn esc(s: &str) -> String {
