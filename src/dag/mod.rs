@@ -33,17 +33,7 @@ pub fn load(
     overrides: &[String],
     kinds: Kinds<'static>,
 ) -> Result<Pipeline, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|err| SpecError {
-        file: std::sync::Arc::new(spec::SourceFile {
-            name: path.display().to_string(),
-            text: String::new(),
-        }),
-        diagnostics: vec![Diagnostic::new(
-            "",
-            spec::node::Span::command_line(),
-            format!("cannot read the spec `{}`: {err}", path.display()),
-        )],
-    })?;
+    let text = spec::read_file(path)?;
     load_str(&path.display().to_string(), text, overrides, kinds)
 }
 

@@ -69,7 +69,17 @@ pub fn load_file(
     overrides: &[String],
     kinds: Kinds<'static>,
 ) -> Result<Spec, SpecError> {
-    let text = std::fs::read_to_string(path).map_err(|err| SpecError {
+    load_str(
+        &path.display().to_string(),
+        read_file(path)?,
+        overrides,
+        kinds,
+    )
+}
+
+/// The text of a spec file, or an error saying why it cannot be read.
+pub fn read_file(path: &Path) -> Result<String, SpecError> {
+    std::fs::read_to_string(path).map_err(|err| SpecError {
         file: Arc::new(SourceFile {
             name: path.display().to_string(),
             text: String::new(),
@@ -77,10 +87,9 @@ pub fn load_file(
         diagnostics: vec![Diagnostic::new(
             "",
             node::Span::command_line(),
-            format!("cannot read the spec: {err}"),
+            format!("cannot read the spec `{}`: {err}", path.display()),
         )],
-    })?;
-    load_str(&path.display().to_string(), text, overrides, kinds)
+    })
 }
 
 /// Validates a spec given as text (what the tests use).

@@ -13,7 +13,7 @@ use super::raw::{RawGroup, RawSpec, RawStage};
 /// The formats JSON Schema 2020-12 defines. schemars also writes `uint`, `int64`,
 /// `double` and the like, which strict validators (ajv) refuse as unknown; the bounds they
 /// stand for are already in `minimum`/`maximum`.
-const STANDARD_FORMATS: &[&str] = &[
+pub const STANDARD_FORMATS: &[&str] = &[
     "date-time",
     "date",
     "time",

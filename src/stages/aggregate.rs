@@ -16,9 +16,7 @@ use serde_json::{Value, json};
 use super::lm::failed;
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::report::{self, svg};
 use crate::spec::node::PathSeg;
 
@@ -290,10 +288,7 @@ impl Kind for Aggregate {
             }
         }
 
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let mut writer: TableWriter<Row> =
             TableWriter::create(&ctx.workspace.join(&ctx.outputs["table"]), &provenance)
                 .map_err(failed)?;

@@ -18,9 +18,7 @@ use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
 use crate::artifact::feedback::{Comparison, FeedbackWriter, Flag, Ranking, Record, Score};
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::spec::node::PathSeg;
 use crate::world::annotator::{self, DEFAULT_PROBIT_THRESHOLDS};
 use crate::world::{OracleScore, World, oracle};
@@ -331,10 +329,7 @@ impl Kind for Annotate {
             prompt_ids.truncate(n);
             prompt_ids.sort_unstable();
         }
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         if p.mode == Mode::Export {
             let path = ctx.workspace.join(&ctx.outputs["batch"]);
             return export(p, &groups, &prompt_ids, &path, &mut rng).map_err(|e| StageError::Io {
@@ -689,10 +684,7 @@ fn label_pairs(
             .unwrap_or_default()
             .to_string()
     };
-    let provenance = Provenance {
-        stage: ctx.stage_id.to_string(),
-        fingerprint: ctx.fingerprint.to_string(),
-    };
+    let provenance = ctx.provenance();
     let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
     let mut seen: BTreeMap<(String, String), Candidate> = BTreeMap::new();
     let mut writer =

@@ -12,9 +12,7 @@ use serde_json::json;
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, tokenizer};
 use crate::policy::data::epoch_batches;
@@ -232,10 +230,7 @@ impl Kind for Dpo {
                 examples.len() as u64,
             );
         }
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let mut writer: TableWriter<RefRow> = TableWriter::create(
             &ctx.workspace.join(&ctx.outputs["reference_logprobs"]),
             &provenance,

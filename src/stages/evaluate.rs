@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use super::lm::{self, RewardScorer, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{self, Column, ColumnType::*, Provenance, TableKind, TableRow, col};
+use crate::artifact::table::{self, Column, ColumnType::*, TableKind, TableRow, col};
 use crate::model::CausalLm;
 use crate::model::tokenizer;
 use crate::policy::data::read_prompts;
@@ -288,10 +288,7 @@ impl Kind for Evaluate {
 
         let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
         std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         lm::write_summary_and_table(
             &metrics_dir,
             &summary,

@@ -7,7 +7,6 @@ use serde::{Deserialize, Serialize};
 
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::Provenance;
 use crate::feedback::{self, FileType, Format, IngestError, IngestOptions, OnBadRows};
 use crate::spec::node::PathSeg;
 
@@ -142,10 +141,7 @@ impl Kind for FeedbackIngest {
             annotator: p.annotator.clone(),
             dedupe: p.dedupe,
         };
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let feedback_dir = ctx.workspace.join(&ctx.outputs["feedback"]);
         let rejects = ctx.workspace.join(&ctx.outputs["rejects"]);
         let summary = feedback::ingest(

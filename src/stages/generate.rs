@@ -9,7 +9,7 @@ use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::Candidate;
-use crate::artifact::table::{Provenance, TableWriter};
+use crate::artifact::table::TableWriter;
 use crate::model::tokenizer;
 use crate::policy::data::read_prompts;
 use crate::policy::rollout::{self, RolloutParams, rollout};
@@ -128,10 +128,7 @@ impl Kind for Generate {
             stop: &p.stop,
         };
         let context = trainable.config.context_len();
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let mut writer: TableWriter<Candidate> =
             TableWriter::create(&ctx.workspace.join(&ctx.outputs["candidates"]), &provenance)
                 .map_err(failed)?;

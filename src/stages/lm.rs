@@ -11,9 +11,8 @@ use serde_json::Value;
 use tokenizers::Tokenizer;
 
 use super::{StageContext, StageError};
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::Provenance;
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::{self, Trainable, tokenizer};
 
 pub fn failed(e: impl std::fmt::Display) -> StageError {

@@ -21,7 +21,7 @@ use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
-use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
@@ -336,10 +336,7 @@ impl Kind for MetarmAdapt {
         meta_out["template"] = json!(template);
         save_reward_model(&rm, &tok, &out, meta_out)?;
 
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         lm::write_summary_and_table(
             &ctx.workspace.join(&ctx.outputs["metrics"]),
             &summary,

@@ -76,6 +76,14 @@ impl StageContext<'_> {
         self.cancel.load(Ordering::Relaxed)
     }
 
+    /// Who wrote a table: recorded in the Parquet files the stage writes.
+    pub fn provenance(&self) -> crate::artifact::table::Provenance {
+        crate::artifact::table::Provenance {
+            stage: self.stage_id.to_string(),
+            fingerprint: self.fingerprint.to_string(),
+        }
+    }
+
     /// Tells the live display how far the stage is (steps, prompts, rows).
     pub fn report(&self, done: u64, total: u64) {
         (self.progress)(done, total);

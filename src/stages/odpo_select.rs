@@ -15,9 +15,7 @@ use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::read_candidates;
-use crate::artifact::table::{
-    Column, ColumnType::*, Provenance, TableKind, TableRow, TableWriter, col,
-};
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::reward::{RewardModel, last_hidden};
 use crate::model::{CausalLm, tokenizer};
 use crate::rl::design;
@@ -281,10 +279,7 @@ impl Kind for OdpoSelect {
                 (order, scores)
             }
         };
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let mut writer: TableWriter<PairRow> =
             TableWriter::create(&ctx.workspace.join(&ctx.outputs["pairs"]), &provenance)
                 .map_err(failed)?;

@@ -22,7 +22,7 @@ use serde_json::json;
 use super::lm::{self, RewardScorer, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::{Column, ColumnType::*, Provenance, TableKind, TableRow, col};
+use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
 use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, Trainable, tokenizer};
@@ -952,10 +952,7 @@ fn write_outputs(
         "final_response_length": mean(&tail, |r| r.response_length),
         "final_eos_rate": mean(&tail, |r| r.eos_rate),
     });
-    let provenance = Provenance {
-        stage: ctx.stage_id.to_string(),
-        fingerprint: ctx.fingerprint.to_string(),
-    };
+    let provenance = ctx.provenance();
     lm::write_summary_and_table(
         &metrics_dir,
         &summary,

@@ -207,10 +207,7 @@ impl Kind for PretrainLoad {
 
     fn run(&self, p: &PretrainParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let model_dir = ctx.workspace.join(&ctx.outputs["model"]);
         let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
         match p.source {

@@ -17,7 +17,6 @@ use serde_json::{Value, json};
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::Provenance;
 use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
@@ -351,10 +350,7 @@ impl Kind for RewardFit {
                     .map_err(failed)?;
             }
         }
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         lm::write_metrics(
             &ctx.workspace.join(&ctx.outputs["metrics"]),
             &summary,

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::table::Provenance;
 use crate::model::tokenizer;
 use crate::model::train::{Batch, Schedule, Trainer};
 use crate::policy::data::epoch_batches;
@@ -184,10 +183,7 @@ impl Kind for Sft {
             &tok,
             json!({"hone": {"stage": "sft", "demos": p.demos, "steps": total, "final_loss": final_loss}}),
         )?;
-        let provenance = Provenance {
-            stage: ctx.stage_id.to_string(),
-            fingerprint: ctx.fingerprint.to_string(),
-        };
+        let provenance = ctx.provenance();
         let summary = json!({"steps": total, "examples": examples.len(), "skipped": skipped, "final_loss": final_loss});
         lm::write_metrics(
             &ctx.workspace.join(&ctx.outputs["metrics"]),

@@ -89,18 +89,7 @@ fn overrides_are_typed_and_reach_the_stage() {
 
 #[test]
 fn every_shipped_pipeline_validates_and_declares_the_schema() {
-    let mut specs = Vec::new();
-    let mut stack = vec![repo().join("pipelines")];
-    while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(dir).unwrap() {
-            let path = entry.unwrap().path();
-            if path.is_dir() {
-                stack.push(path);
-            } else if path.extension().is_some_and(|e| e == "yaml") {
-                specs.push(path);
-            }
-        }
-    }
+    let specs = shipped_specs();
     assert!(!specs.is_empty());
     for spec in specs {
         let text = std::fs::read_to_string(&spec).unwrap();
@@ -246,27 +235,7 @@ fn the_schema_uses_only_standard_keywords_and_formats() {
         "unevaluatedProperties",
         "format",
     ];
-    const FORMATS: &[&str] = &[
-        "date-time",
-        "date",
-        "time",
-        "duration",
-        "email",
-        "idn-email",
-        "hostname",
-        "idn-hostname",
-        "ipv4",
-        "ipv6",
-        "uri",
-        "uri-reference",
-        "iri",
-        "iri-reference",
-        "uuid",
-        "uri-template",
-        "json-pointer",
-        "relative-json-pointer",
-        "regex",
-    ];
+    const FORMATS: &[&str] = hone::spec::schema::STANDARD_FORMATS;
     // Keys whose values are maps of names to schemas, not schemas.
     const MAPS: &[&str] = &[
         "properties",
