@@ -189,47 +189,10 @@ impl Kind for Dpo {
                 feedback_dir.display()
             )));
         }
-        // (tokens, first response token) of each pair's chosen and rejected answers.
-        let encode = |prompt: &str, response: &str| -> Result<(Vec<u32>, usize), StageError> {
-            let mut tokens =
-                tokenizer::encode(&tok, &p.template.replace("{prompt}", prompt)).map_err(failed)?;
-            let start = tokens.len();
-            tokens.extend(tokenizer::encode(&tok, &format!(" {response}")).map_err(failed)?);
-            tokens.push(eot);
-            tokens.truncate(context);
-            if start + 1 >= tokens.len() {
-                return Err(failed(format!(
-                    "a prompt fills the model's context of {context}: `{prompt}`"
-                )));
-            }
-            Ok((tokens, start))
-        };
-        let examples: Vec<[(Vec<u32>, usize); 2]> = pairs
-            .iter()
-            .map(|x| {
-                Ok([
-                    encode(&x.prompt, &x.chosen)?,
-                    encode(&x.prompt, &x.rejected)?,
-                ])
-            })
-            .collect::<Result<_, StageError>>()?;
+        let examples = encode_pairs(p, &tok, &pairs, eot, context)?;
 
         // The reference's log-probabilities, once.
-        let mut reference_sums: Vec<[f64; 2]> = Vec::with_capacity(examples.len());
-        for (n, chunk) in examples.chunks(16).enumerate() {
-            if ctx.cancelled() {
-                return Err(StageError::Cancelled);
-            }
-            let seqs: Vec<&(Vec<u32>, usize)> = chunk.iter().flat_map(|e| e.iter()).collect();
-            let sums = response_logprobs(&reference, &seqs, eot, &device)?
-                .to_vec1::<f32>()
-                .map_err(failed)?;
-            reference_sums.extend(sums.chunks(2).map(|s| [f64::from(s[0]), f64::from(s[1])]));
-            ctx.report(
-                ((n + 1) * 16).min(examples.len()) as u64,
-                examples.len() as u64,
-            );
-        }
+        let reference_sums = response_sums(ctx, &reference, &examples, eot, &device)?;
         let provenance = ctx.provenance();
         let mut writer: TableWriter<RefRow> = TableWriter::create(
             &ctx.workspace.join(&ctx.outputs["reference_logprobs"]),
@@ -308,18 +271,8 @@ impl Kind for Dpo {
         // Implicit-reward accuracy on the pairs: how often β·(log π - log π_ref) ranks the
         // chosen response first.
         let frozen = policy.frozen().map_err(failed)?;
-        let (mut correct, mut margin_sum) = (0usize, 0.0);
-        for (chunk, refs) in examples.chunks(16).zip(reference_sums.chunks(16)) {
-            let seqs: Vec<&(Vec<u32>, usize)> = chunk.iter().flat_map(|e| e.iter()).collect();
-            let sums = response_logprobs(&frozen, &seqs, eot, &device)?
-                .to_vec1::<f32>()
-                .map_err(failed)?;
-            for (s, r) in sums.chunks(2).zip(refs) {
-                let margin = p.beta * ((f64::from(s[0]) - r[0]) - (f64::from(s[1]) - r[1]));
-                correct += usize::from(margin > 0.0);
-                margin_sum += margin;
-            }
-        }
+        let (correct, margin_sum) =
+            implicit_rewards(&frozen, &examples, &reference_sums, p.beta, eot, &device)?;
         let out = ctx.workspace.join(&ctx.outputs["policy"]);
         lm::write_model(
             &out,
@@ -344,6 +297,93 @@ impl Kind for Dpo {
         )?;
         Ok(())
     }
+}
+
+/// A pair's chosen and rejected answers as (tokens, first response token), each the
+/// template's prompt, a space, the response and end-of-text, cut to the context.
+type Example = [(Vec<u32>, usize); 2];
+
+fn encode_pairs(
+    p: &DpoParams,
+    tok: &tokenizers::Tokenizer,
+    pairs: &[Pair],
+    eot: u32,
+    context: usize,
+) -> Result<Vec<Example>, StageError> {
+    let encode = |prompt: &str, response: &str| -> Result<(Vec<u32>, usize), StageError> {
+        let mut tokens =
+            tokenizer::encode(tok, &p.template.replace("{prompt}", prompt)).map_err(failed)?;
+        let start = tokens.len();
+        tokens.extend(tokenizer::encode(tok, &format!(" {response}")).map_err(failed)?);
+        tokens.push(eot);
+        tokens.truncate(context);
+        if start + 1 >= tokens.len() {
+            return Err(failed(format!(
+                "a prompt fills the model's context of {context}: `{prompt}`"
+            )));
+        }
+        Ok((tokens, start))
+    };
+    pairs
+        .iter()
+        .map(|x| {
+            Ok([
+                encode(&x.prompt, &x.chosen)?,
+                encode(&x.prompt, &x.rejected)?,
+            ])
+        })
+        .collect()
+}
+
+/// The summed response log-probabilities of each pair's two answers under `model`.
+fn response_sums(
+    ctx: &StageContext<'_>,
+    model: &CausalLm,
+    examples: &[Example],
+    eot: u32,
+    device: &Device,
+) -> Result<Vec<[f64; 2]>, StageError> {
+    let mut out: Vec<[f64; 2]> = Vec::with_capacity(examples.len());
+    for (n, chunk) in examples.chunks(16).enumerate() {
+        if ctx.cancelled() {
+            return Err(StageError::Cancelled);
+        }
+        let seqs: Vec<&(Vec<u32>, usize)> = chunk.iter().flat_map(|e| e.iter()).collect();
+        let sums = response_logprobs(model, &seqs, eot, device)?
+            .to_vec1::<f32>()
+            .map_err(failed)?;
+        out.extend(sums.chunks(2).map(|s| [f64::from(s[0]), f64::from(s[1])]));
+        ctx.report(
+            ((n + 1) * 16).min(examples.len()) as u64,
+            examples.len() as u64,
+        );
+    }
+    Ok(out)
+}
+
+/// Implicit-reward accuracy on the pairs: how often β·(log π - log π_ref) ranks the chosen
+/// response first; (pairs ranked right, summed margin).
+fn implicit_rewards(
+    policy: &CausalLm,
+    examples: &[Example],
+    reference_sums: &[[f64; 2]],
+    beta: f64,
+    eot: u32,
+    device: &Device,
+) -> Result<(usize, f64), StageError> {
+    let (mut correct, mut margin_sum) = (0usize, 0.0);
+    for (chunk, refs) in examples.chunks(16).zip(reference_sums.chunks(16)) {
+        let seqs: Vec<&(Vec<u32>, usize)> = chunk.iter().flat_map(|e| e.iter()).collect();
+        let sums = response_logprobs(policy, &seqs, eot, device)?
+            .to_vec1::<f32>()
+            .map_err(failed)?;
+        for (s, r) in sums.chunks(2).zip(refs) {
+            let margin = beta * ((f64::from(s[0]) - r[0]) - (f64::from(s[1]) - r[1]));
+            correct += usize::from(margin > 0.0);
+            margin_sum += margin;
+        }
+    }
+    Ok((correct, margin_sum))
 }
 
 /// Summed log-probabilities [n] of each sequence's response (tokens from its start index).
