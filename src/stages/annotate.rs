@@ -339,28 +339,7 @@ impl Kind for Annotate {
         }
 
         // The oracle's verdicts, once per candidate.
-        let mut verdicts: BTreeMap<(&str, &str), OracleScore> = BTreeMap::new();
-        let mut unrecognised = 0usize;
-        for c in &candidates {
-            let mut verdict = oracle::score(&world, &c.prompt, &c.response);
-            if !verdict.recognised_prompt {
-                unrecognised += 1;
-                verdict.reward = f64::NAN;
-            }
-            verdicts.insert((c.prompt_id.as_str(), c.response.as_str()), verdict);
-        }
-        if unrecognised == candidates.len() {
-            return Err(failed(format!(
-                "none of the {} candidates' prompts is an HHH world prompt: the oracle cannot judge them",
-                candidates.len()
-            )));
-        }
-        if unrecognised > 0 {
-            tracing::warn!(
-                unrecognised,
-                "candidates whose prompt is not an HHH world prompt are left unlabelled"
-            );
-        }
+        let verdicts = judge(&world, &candidates)?;
         let mut oracle_rows: TableWriter<OracleRow<'_>> =
             TableWriter::create(&ctx.workspace.join(&ctx.outputs["oracle"]), &provenance)
                 .map_err(|e| failed(e.to_string()))?;
@@ -400,127 +379,18 @@ impl Kind for Annotate {
             }
             let prompt = &responses[0].0.prompt;
             for kind in &p.labels {
-                match kind {
-                    LabelKind::Pairs => {
-                        let mut pairs: Vec<(usize, usize)> = (0..responses.len())
-                            .flat_map(|i| (i + 1..responses.len()).map(move |j| (i, j)))
-                            .collect();
-                        pairs.shuffle(&mut rng);
-                        pairs.truncate(p.pairs_per_prompt);
-                        for (i, j) in pairs {
-                            // Present the pair in a random order, as a labelling tool would.
-                            let (i, j) = if rng.random_bool(0.5) { (i, j) } else { (j, i) };
-                            for a in pick_annotators(p, &mut rng) {
-                                item += 1;
-                                let first = annotator::prefer_first(
-                                    &mut rng,
-                                    responses[i].1,
-                                    responses[j].1,
-                                    a.temperature,
-                                );
-                                let (chosen, rejected) = if first { (i, j) } else { (j, i) };
-                                push(
-                                    &mut writer,
-                                    Record::Comparison(Comparison {
-                                        prompt_id: prompt_id.to_string(),
-                                        prompt: prompt.clone(),
-                                        chosen: responses[chosen].0.response.clone(),
-                                        rejected: responses[rejected].0.response.clone(),
-                                        margin: None,
-                                        annotator: Some(a.id.clone()),
-                                        source_row: item,
-                                    }),
-                                )?;
-                            }
-                        }
-                    }
-                    LabelKind::Rankings => {
-                        if responses.len() < 2 {
-                            continue;
-                        }
-                        let mut subset: Vec<usize> = (0..responses.len()).collect();
-                        subset.shuffle(&mut rng);
-                        subset.truncate(p.ranking_size.unwrap_or(responses.len()));
-                        let rewards: Vec<f64> = subset.iter().map(|&k| responses[k].1).collect();
-                        for a in pick_annotators(p, &mut rng) {
-                            item += 1;
-                            let order = annotator::plackett_luce(&mut rng, &rewards, a.temperature);
-                            push(
-                                &mut writer,
-                                Record::Ranking(Ranking {
-                                    prompt_id: prompt_id.to_string(),
-                                    prompt: prompt.clone(),
-                                    responses: order
-                                        .iter()
-                                        .map(|&o| responses[subset[o]].0.response.clone())
-                                        .collect(),
-                                    annotator: Some(a.id.clone()),
-                                    source_row: item,
-                                }),
-                            )?;
-                        }
-                    }
-                    LabelKind::Scores => {
-                        for (c, reward) in &responses {
-                            for a in pick_annotators(p, &mut rng) {
-                                item += 1;
-                                let score = annotator::ordered_probit(
-                                    &mut rng,
-                                    *reward,
-                                    &thresholds,
-                                    a.score_noise,
-                                );
-                                push(
-                                    &mut writer,
-                                    Record::Score(Score {
-                                        prompt_id: prompt_id.to_string(),
-                                        prompt: prompt.clone(),
-                                        response: c.response.clone(),
-                                        aspect: "overall".into(),
-                                        score: f64::from(score),
-                                        scale_min: 1.0,
-                                        scale_max: 5.0,
-                                        annotator: Some(a.id.clone()),
-                                        source_row: item,
-                                    }),
-                                )?;
-                            }
-                        }
-                    }
-                    LabelKind::Flags => {
-                        for (c, _) in &responses {
-                            let truth =
-                                &verdicts[&(c.prompt_id.as_str(), c.response.as_str())].flags;
-                            for a in pick_annotators(p, &mut rng) {
-                                for (flag, present) in [
-                                    ("hallucination", truth.hallucination),
-                                    ("bias", truth.bias),
-                                    ("unsafe", truth.unsafe_advice),
-                                ] {
-                                    item += 1;
-                                    let value = annotator::flag(
-                                        &mut rng,
-                                        present,
-                                        a.miss_rate,
-                                        a.false_alarm_rate,
-                                    );
-                                    push(
-                                        &mut writer,
-                                        Record::Flag(Flag {
-                                            prompt_id: prompt_id.to_string(),
-                                            prompt: prompt.clone(),
-                                            response: c.response.clone(),
-                                            flag: flag.into(),
-                                            value,
-                                            annotator: Some(a.id.clone()),
-                                            source_row: item,
-                                        }),
-                                    )?;
-                                }
-                            }
-                        }
-                    }
-                }
+                label(
+                    p,
+                    *kind,
+                    prompt_id,
+                    prompt,
+                    &responses,
+                    &verdicts,
+                    &thresholds,
+                    &mut rng,
+                    &mut writer,
+                    &mut item,
+                )?;
             }
         }
         writer.summary.rows_read = item;
@@ -534,6 +404,160 @@ impl Kind for Annotate {
         );
         Ok(())
     }
+}
+
+/// The oracle's verdict on each (prompt id, response); an error when it can judge none.
+fn judge<'c>(
+    world: &World,
+    candidates: &'c [Candidate],
+) -> Result<BTreeMap<(&'c str, &'c str), OracleScore>, StageError> {
+    let failed = StageError::Failed;
+    let mut verdicts: BTreeMap<(&str, &str), OracleScore> = BTreeMap::new();
+    let mut unrecognised = 0usize;
+    for c in candidates {
+        let mut verdict = oracle::score(world, &c.prompt, &c.response);
+        if !verdict.recognised_prompt {
+            unrecognised += 1;
+            verdict.reward = f64::NAN;
+        }
+        verdicts.insert((c.prompt_id.as_str(), c.response.as_str()), verdict);
+    }
+    if unrecognised == candidates.len() {
+        return Err(failed(format!(
+            "none of the {} candidates' prompts is an HHH world prompt: the oracle cannot judge them",
+            candidates.len()
+        )));
+    }
+    if unrecognised > 0 {
+        tracing::warn!(
+            unrecognised,
+            "candidates whose prompt is not an HHH world prompt are left unlabelled"
+        );
+    }
+    Ok(verdicts)
+}
+
+/// One prompt's labels of one kind, from the simulated annotators.
+#[allow(clippy::too_many_arguments)]
+fn label(
+    p: &AnnotateParams,
+    kind: LabelKind,
+    prompt_id: &str,
+    prompt: &str,
+    responses: &[(&Candidate, f64)],
+    verdicts: &BTreeMap<(&str, &str), OracleScore>,
+    thresholds: &[f64; 4],
+    rng: &mut ChaCha8Rng,
+    writer: &mut FeedbackWriter,
+    item: &mut u64,
+) -> Result<(), StageError> {
+    match kind {
+        LabelKind::Pairs => {
+            let mut pairs: Vec<(usize, usize)> = (0..responses.len())
+                .flat_map(|i| (i + 1..responses.len()).map(move |j| (i, j)))
+                .collect();
+            pairs.shuffle(rng);
+            pairs.truncate(p.pairs_per_prompt);
+            for (i, j) in pairs {
+                // Present the pair in a random order, as a labelling tool would.
+                let (i, j) = if rng.random_bool(0.5) { (i, j) } else { (j, i) };
+                for a in pick_annotators(p, rng) {
+                    *item += 1;
+                    let first =
+                        annotator::prefer_first(rng, responses[i].1, responses[j].1, a.temperature);
+                    let (chosen, rejected) = if first { (i, j) } else { (j, i) };
+                    push(
+                        writer,
+                        Record::Comparison(Comparison {
+                            prompt_id: prompt_id.to_string(),
+                            prompt: prompt.to_string(),
+                            chosen: responses[chosen].0.response.clone(),
+                            rejected: responses[rejected].0.response.clone(),
+                            margin: None,
+                            annotator: Some(a.id.clone()),
+                            source_row: *item,
+                        }),
+                    )?;
+                }
+            }
+        }
+        LabelKind::Rankings => {
+            if responses.len() < 2 {
+                return Ok(());
+            }
+            let mut subset: Vec<usize> = (0..responses.len()).collect();
+            subset.shuffle(rng);
+            subset.truncate(p.ranking_size.unwrap_or(responses.len()));
+            let rewards: Vec<f64> = subset.iter().map(|&k| responses[k].1).collect();
+            for a in pick_annotators(p, rng) {
+                *item += 1;
+                let order = annotator::plackett_luce(rng, &rewards, a.temperature);
+                push(
+                    writer,
+                    Record::Ranking(Ranking {
+                        prompt_id: prompt_id.to_string(),
+                        prompt: prompt.to_string(),
+                        responses: order
+                            .iter()
+                            .map(|&o| responses[subset[o]].0.response.clone())
+                            .collect(),
+                        annotator: Some(a.id.clone()),
+                        source_row: *item,
+                    }),
+                )?;
+            }
+        }
+        LabelKind::Scores => {
+            for (c, reward) in responses {
+                for a in pick_annotators(p, rng) {
+                    *item += 1;
+                    let score = annotator::ordered_probit(rng, *reward, thresholds, a.score_noise);
+                    push(
+                        writer,
+                        Record::Score(Score {
+                            prompt_id: prompt_id.to_string(),
+                            prompt: prompt.to_string(),
+                            response: c.response.clone(),
+                            aspect: "overall".into(),
+                            score: f64::from(score),
+                            scale_min: 1.0,
+                            scale_max: 5.0,
+                            annotator: Some(a.id.clone()),
+                            source_row: *item,
+                        }),
+                    )?;
+                }
+            }
+        }
+        LabelKind::Flags => {
+            for (c, _) in responses {
+                let truth = &verdicts[&(c.prompt_id.as_str(), c.response.as_str())].flags;
+                for a in pick_annotators(p, rng) {
+                    for (flag, present) in [
+                        ("hallucination", truth.hallucination),
+                        ("bias", truth.bias),
+                        ("unsafe", truth.unsafe_advice),
+                    ] {
+                        *item += 1;
+                        let value = annotator::flag(rng, present, a.miss_rate, a.false_alarm_rate);
+                        push(
+                            writer,
+                            Record::Flag(Flag {
+                                prompt_id: prompt_id.to_string(),
+                                prompt: prompt.to_string(),
+                                response: c.response.clone(),
+                                flag: flag.into(),
+                                value,
+                                annotator: Some(a.id.clone()),
+                                source_row: *item,
+                            }),
+                        )?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn push(writer: &mut FeedbackWriter, record: Record) -> Result<(), StageError> {
@@ -709,7 +733,7 @@ fn label_pairs(
             seen.entry((prompt_id.clone(), response.clone()))
                 .or_insert_with(|| Candidate {
                     prompt_id: prompt_id.clone(),
-                    prompt: prompt.clone(),
+                    prompt: prompt.to_string(),
                     response: response.clone(),
                     sample: 0,
                     token_ids: None,
@@ -726,7 +750,7 @@ fn label_pairs(
                 &mut writer,
                 Record::Comparison(Comparison {
                     prompt_id: prompt_id.clone(),
-                    prompt: prompt.clone(),
+                    prompt: prompt.to_string(),
                     chosen: chosen.clone(),
                     rejected: rejected.clone(),
                     margin: None,
