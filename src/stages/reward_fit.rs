@@ -230,77 +230,23 @@ impl Kind for RewardFit {
             .iter()
             .filter(|f| !held_out(&f.prompt_id))
             .collect();
-        let bootstrap = |k: usize| -> (u64, Vec<Pair>) {
-            // A bootstrap resample of the training pairs and a seed of its own.
-            let seed = crate::spec::derive_seed(ctx.seed, &format!("member-{k}"));
-            let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let resample = (0..train_pairs.len())
-                .map(|_| train_pairs[rng.random_range(0..train_pairs.len())].clone())
-                .collect();
-            (seed, resample)
+        let data = TrainData {
+            pairs: &train_pairs,
+            scores: &train_scores,
+            flags: &train_flags,
         };
-
         // Members 1.. of an ensemble: heads (or whole models) fitted on resamples.
-        let mut members: Vec<RewardModel> = Vec::new();
-        let (rm, thresholds_raw, history, mut scorer) = match p.train {
-            TrainMode::Full => {
-                let trained = fit_member(
-                    ctx,
-                    p,
-                    rm,
-                    &tok,
-                    &train_pairs,
-                    &train_scores,
-                    &train_flags,
-                    ctx.seed,
-                    ctx.resume_dir,
-                    &device,
-                )?;
-                for k in 1..p.ensemble {
-                    let (seed, resample) = bootstrap(k);
-                    let (start, _) = start_model(ctx, seed, &device)?;
-                    let resume = ctx.resume_dir.join(format!("member-{k}"));
-                    let member = fit_member(
-                        ctx,
-                        p,
-                        start,
-                        &tok,
-                        &resample,
-                        &train_scores,
-                        &train_flags,
-                        seed,
-                        &resume,
-                        &device,
-                    )?;
-                    members.push(member.model);
-                    tracing::info!(member = k, of = p.ensemble, "ensemble member fitted");
-                }
-                let scorer = Scorer::new(&trained.model, &tok, &p.template, eot, &device)?;
-                (trained.model, trained.thresholds, trained.history, scorer)
-            }
-            TrainMode::Head => {
-                if !train_scores.is_empty() || !train_flags.is_empty() {
-                    tracing::warn!(
-                        scores = train_scores.len(),
-                        flags = train_flags.len(),
-                        "`train: head` fits pairs only; scores and flags are not used"
-                    );
-                }
-                let mut scorer = Scorer::new(&rm, &tok, &p.template, eot, &device)?;
-                let (weights, history) = fit_head(ctx, p, &mut scorer, &train_pairs)?;
-                set_head(&rm, &weights, &device)?;
-                for k in 1..p.ensemble {
-                    let (_, resample) = bootstrap(k);
-                    let (weights, _) = fit_head(ctx, p, &mut scorer, &resample)?;
-                    let (member, _) = start_model(ctx, ctx.seed, &device)?;
-                    set_head(&member, &weights, &device)?;
-                    members.push(member);
-                }
-                let thresholds =
-                    Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], &device).map_err(failed)?;
-                (rm, thresholds, history, scorer)
-            }
+        let fitted = match p.train {
+            TrainMode::Full => fit_full(ctx, p, rm, &tok, &data, eot, &device)?,
+            TrainMode::Head => fit_heads(ctx, p, rm, &tok, &data, eot, &device)?,
         };
+        let Fitted {
+            model: rm,
+            thresholds: thresholds_raw,
+            history,
+            mut scorer,
+            members,
+        } = fitted;
         let total = history.len();
         let oracle = ctx
             .inputs
@@ -359,6 +305,125 @@ impl Kind for RewardFit {
         )?;
         Ok(())
     }
+}
+
+/// What the reward model is trained on (held-out prompts removed).
+struct TrainData<'a> {
+    pairs: &'a [Pair],
+    scores: &'a [&'a ScoreItem],
+    flags: &'a [&'a FlagItem],
+}
+
+/// A fitted reward model, its ordinal thresholds (raw), its history, a scorer of its
+/// features, and the other members of its ensemble.
+struct Fitted {
+    model: RewardModel,
+    thresholds: Tensor,
+    history: Vec<lm::HistoryRow>,
+    scorer: Scorer,
+    members: Vec<RewardModel>,
+}
+
+/// Ensemble member `k`'s bootstrap resample of the training pairs, and its seed.
+fn bootstrap(stage_seed: u64, pairs: &[Pair], k: usize) -> (u64, Vec<Pair>) {
+    let seed = crate::spec::derive_seed(stage_seed, &format!("member-{k}"));
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let resample = (0..pairs.len())
+        .map(|_| pairs[rng.random_range(0..pairs.len())].clone())
+        .collect();
+    (seed, resample)
+}
+
+/// `train: full`: backbone and head fitted on every kind of label, and each further
+/// ensemble member from its own start on a resample.
+fn fit_full(
+    ctx: &StageContext<'_>,
+    p: &RewardFitParams,
+    rm: RewardModel,
+    tok: &tokenizers::Tokenizer,
+    data: &TrainData<'_>,
+    eot: u32,
+    device: &candle_core::Device,
+) -> Result<Fitted, StageError> {
+    let trained = fit_member(
+        ctx,
+        p,
+        rm,
+        tok,
+        data.pairs,
+        data.scores,
+        data.flags,
+        ctx.seed,
+        ctx.resume_dir,
+        device,
+    )?;
+    let mut members = Vec::new();
+    for k in 1..p.ensemble {
+        let (seed, resample) = bootstrap(ctx.seed, data.pairs, k);
+        let (start, _) = start_model(ctx, seed, device)?;
+        let resume = ctx.resume_dir.join(format!("member-{k}"));
+        let member = fit_member(
+            ctx,
+            p,
+            start,
+            tok,
+            &resample,
+            data.scores,
+            data.flags,
+            seed,
+            &resume,
+            device,
+        )?;
+        members.push(member.model);
+        tracing::info!(member = k, of = p.ensemble, "ensemble member fitted");
+    }
+    let scorer = Scorer::new(&trained.model, tok, &p.template, eot, device)?;
+    Ok(Fitted {
+        model: trained.model,
+        thresholds: trained.thresholds,
+        history: trained.history,
+        scorer,
+        members,
+    })
+}
+
+/// `train: head`: the backbone frozen, the linear head by exact maximum likelihood on the
+/// pairs; each further member's head on a resample.
+fn fit_heads(
+    ctx: &StageContext<'_>,
+    p: &RewardFitParams,
+    rm: RewardModel,
+    tok: &tokenizers::Tokenizer,
+    data: &TrainData<'_>,
+    eot: u32,
+    device: &candle_core::Device,
+) -> Result<Fitted, StageError> {
+    if !data.scores.is_empty() || !data.flags.is_empty() {
+        tracing::warn!(
+            scores = data.scores.len(),
+            flags = data.flags.len(),
+            "`train: head` fits pairs only; scores and flags are not used"
+        );
+    }
+    let mut scorer = Scorer::new(&rm, tok, &p.template, eot, device)?;
+    let (weights, history) = fit_head(ctx, p, &mut scorer, data.pairs)?;
+    set_head(&rm, &weights, device)?;
+    let mut members = Vec::new();
+    for k in 1..p.ensemble {
+        let (_, resample) = bootstrap(ctx.seed, data.pairs, k);
+        let (weights, _) = fit_head(ctx, p, &mut scorer, &resample)?;
+        let (member, _) = start_model(ctx, ctx.seed, device)?;
+        set_head(&member, &weights, device)?;
+        members.push(member);
+    }
+    let thresholds = Tensor::new(&[-1.5f32, 0.58, 0.58, 0.58], device).map_err(failed)?;
+    Ok(Fitted {
+        model: rm,
+        thresholds,
+        history,
+        scorer,
+        members,
+    })
 }
 
 /// One reward model trained on `train_pairs` (and the scores and flags) from `base`, with
