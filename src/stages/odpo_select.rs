@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::artifact::candidates::read_candidates;
+use crate::artifact::candidates::{Candidate, read_candidates};
 use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::reward::{RewardModel, last_hidden};
 use crate::model::{CausalLm, tokenizer};
@@ -190,94 +190,8 @@ impl Kind for OdpoSelect {
                 let n = order.len();
                 (order, vec![0.0; n])
             }
-            Method::DOptimal => {
-                let device = lm::device(&p.device)?;
-                let dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
-                let (features, _) = candidate_features(ctx, p, &dir, &candidates, &device)?;
-                let z: Vec<Vec<f64>> = pairs
-                    .iter()
-                    .map(|&(i, j)| {
-                        features[i]
-                            .iter()
-                            .zip(&features[j])
-                            .map(|(a, b)| a - b)
-                            .collect()
-                    })
-                    .collect();
-                let z = match p.dims {
-                    Some(k) => design::project(&z, &design::principal_directions(&z, k, 100)),
-                    None => z,
-                };
-                let design = design::d_optimal(&z, p.ridge, p.eps, p.max_iterations);
-                tracing::info!(
-                    iterations = design.iterations,
-                    max_variance = design.max_variance,
-                    dimension = z[0].len(),
-                    "D-optimal design"
-                );
-                let chosen = design::greedy_rounding(&z, &design.weights, p.budget, p.ridge);
-                let scores = chosen.iter().map(|&k| design.weights[k]).collect();
-                (chosen, scores)
-            }
-            Method::Uncertainty => {
-                let device = lm::device(&p.device)?;
-                let dir = ctx
-                    .workspace
-                    .join(&ctx.inputs["reward_model"][0])
-                    .join("members");
-                let mut members: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
-                    .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
-                    .unwrap_or_default();
-                members.sort_by_key(|m| {
-                    m.file_name()
-                        .and_then(|n| n.to_str())
-                        .and_then(|n| n.parse::<usize>().ok())
-                });
-                if members.len() < 2 {
-                    return Err(failed(
-                        "`uncertainty` needs a reward model fitted with `ensemble: 2` or more (it has no `members/`)",
-                    ));
-                }
-                // Each member's reward of every candidate: ψ · head. Members that share
-                // a backbone (`train: head` ensembles) share ψ, computed once.
-                let mut rewards: Vec<Vec<f64>> = Vec::new();
-                let mut shared: Option<(blake3::Hash, Vec<Vec<f64>>)> = None;
-                for member in &members {
-                    let digest = backbone_digest(member)?;
-                    let (features, head) = match &shared {
-                        Some((d, features)) if *d == digest => {
-                            (features.clone(), member_head(member, &device)?)
-                        }
-                        _ => {
-                            let (features, head) =
-                                candidate_features(ctx, p, member, &candidates, &device)?;
-                            shared = Some((digest, features.clone()));
-                            (features, head)
-                        }
-                    };
-                    rewards.push(
-                        features
-                            .iter()
-                            .map(|f| f.iter().zip(&head).map(|(a, b)| a * b).sum())
-                            .collect(),
-                    );
-                }
-                let disagreement: Vec<f64> = pairs
-                    .iter()
-                    .map(|&(i, j)| {
-                        let diffs: Vec<f64> = rewards.iter().map(|r| r[i] - r[j]).collect();
-                        let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
-                        (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>()
-                            / (diffs.len() - 1) as f64)
-                            .sqrt()
-                    })
-                    .collect();
-                let mut order: Vec<usize> = (0..pairs.len()).collect();
-                order.sort_by(|&a, &b| disagreement[b].total_cmp(&disagreement[a]).then(a.cmp(&b)));
-                order.truncate(p.budget);
-                let scores = order.iter().map(|&k| disagreement[k]).collect();
-                (order, scores)
-            }
+            Method::DOptimal => d_optimal(ctx, p, &candidates, &pairs)?,
+            Method::Uncertainty => most_disputed(ctx, p, &candidates, &pairs)?,
         };
         let provenance = ctx.provenance();
         let mut writer: TableWriter<PairRow> =
@@ -304,6 +218,108 @@ impl Kind for OdpoSelect {
         writer.finish().map_err(failed)?;
         Ok(())
     }
+}
+
+/// The pairs (indices) ODPO picks, by D-optimal design over the reward model's
+/// pair-difference features and greedy rounding to the budget, with their design weights.
+fn d_optimal(
+    ctx: &StageContext<'_>,
+    p: &SelectParams,
+    candidates: &[Candidate],
+    pairs: &[(usize, usize)],
+) -> Result<(Vec<usize>, Vec<f64>), StageError> {
+    let device = lm::device(&p.device)?;
+    let dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
+    let (features, _) = candidate_features(ctx, p, &dir, candidates, &device)?;
+    let z: Vec<Vec<f64>> = pairs
+        .iter()
+        .map(|&(i, j)| {
+            features[i]
+                .iter()
+                .zip(&features[j])
+                .map(|(a, b)| a - b)
+                .collect()
+        })
+        .collect();
+    let z = match p.dims {
+        Some(k) => design::project(&z, &design::principal_directions(&z, k, 100)),
+        None => z,
+    };
+    let design = design::d_optimal(&z, p.ridge, p.eps, p.max_iterations);
+    tracing::info!(
+        iterations = design.iterations,
+        max_variance = design.max_variance,
+        dimension = z[0].len(),
+        "D-optimal design"
+    );
+    let chosen = design::greedy_rounding(&z, &design.weights, p.budget, p.ridge);
+    let scores = chosen.iter().map(|&k| design.weights[k]).collect();
+    Ok((chosen, scores))
+}
+
+/// The pairs an ensemble of reward models disputes most (the spread of the members'
+/// reward differences), with that spread.
+fn most_disputed(
+    ctx: &StageContext<'_>,
+    p: &SelectParams,
+    candidates: &[Candidate],
+    pairs: &[(usize, usize)],
+) -> Result<(Vec<usize>, Vec<f64>), StageError> {
+    let device = lm::device(&p.device)?;
+    let dir = ctx
+        .workspace
+        .join(&ctx.inputs["reward_model"][0])
+        .join("members");
+    let mut members: Vec<std::path::PathBuf> = std::fs::read_dir(&dir)
+        .map(|rd| rd.filter_map(|e| e.ok()).map(|e| e.path()).collect())
+        .unwrap_or_default();
+    members.sort_by_key(|m| {
+        m.file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.parse::<usize>().ok())
+    });
+    if members.len() < 2 {
+        return Err(failed(
+            "`uncertainty` needs a reward model fitted with `ensemble: 2` or more (it has no `members/`)",
+        ));
+    }
+    // Each member's reward of every candidate: ψ · head. Members that share
+    // a backbone (`train: head` ensembles) share ψ, computed once.
+    let mut rewards: Vec<Vec<f64>> = Vec::new();
+    let mut shared: Option<(blake3::Hash, Vec<Vec<f64>>)> = None;
+    for member in &members {
+        let digest = backbone_digest(member)?;
+        let (features, head) = match &shared {
+            Some((d, features)) if *d == digest => {
+                (features.clone(), member_head(member, &device)?)
+            }
+            _ => {
+                let (features, head) = candidate_features(ctx, p, member, candidates, &device)?;
+                shared = Some((digest, features.clone()));
+                (features, head)
+            }
+        };
+        rewards.push(
+            features
+                .iter()
+                .map(|f| f.iter().zip(&head).map(|(a, b)| a * b).sum())
+                .collect(),
+        );
+    }
+    let disagreement: Vec<f64> = pairs
+        .iter()
+        .map(|&(i, j)| {
+            let diffs: Vec<f64> = rewards.iter().map(|r| r[i] - r[j]).collect();
+            let mean = diffs.iter().sum::<f64>() / diffs.len() as f64;
+            (diffs.iter().map(|d| (d - mean).powi(2)).sum::<f64>() / (diffs.len() - 1) as f64)
+                .sqrt()
+        })
+        .collect();
+    let mut order: Vec<usize> = (0..pairs.len()).collect();
+    order.sort_by(|&a, &b| disagreement[b].total_cmp(&disagreement[a]).then(a.cmp(&b)));
+    order.truncate(p.budget);
+    let scores = order.iter().map(|&k| disagreement[k]).collect();
+    Ok((order, scores))
 }
 
 /// A digest of a reward model's backbone: every tensor but the head, by name.
