@@ -177,63 +177,11 @@ impl Kind for Aggregate {
     }
 
     fn run(&self, p: &AggregateParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
-        // (panel, series) in order of first appearance, then x -> values.
-        let mut panels: Vec<String> = Vec::new();
-        let mut series: Vec<String> = Vec::new();
-        let mut values: BTreeMap<(usize, usize), ByX> = BTreeMap::new();
         let runs = ctx.inputs.get("runs").cloned().unwrap_or_default();
         if runs.is_empty() {
             return Err(failed("no runs to aggregate"));
         }
-        for (n, run) in runs.iter().enumerate() {
-            ctx.report(n as u64, runs.len() as u64);
-            let path = ctx.workspace.join(run).join("summary.json");
-            let summary: Value = std::fs::read_to_string(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
-                .map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
-            let get = |key: &str| {
-                lookup(&summary, key)
-                    .filter(|v| !v.is_null())
-                    .ok_or_else(|| failed(format!("`{}` has no `{key}`", path.display())))
-            };
-            let number = |key: &str| {
-                get(key).and_then(|v| {
-                    v.as_f64().ok_or_else(|| {
-                        failed(format!(
-                            "`{}`: `{key}` is {v}, not a number",
-                            path.display()
-                        ))
-                    })
-                })
-            };
-            let x = number(&p.x)?;
-            let y = number(&p.y)?;
-            let panel = match &p.panel {
-                Some(key) => text(get(key)?),
-                None => String::new(),
-            };
-            let line = match &p.series {
-                Some(key) => text(get(key)?),
-                None => String::new(),
-            };
-            let index =
-                |list: &mut Vec<String>, name: String| match list.iter().position(|v| *v == name) {
-                    Some(i) => i,
-                    None => {
-                        list.push(name);
-                        list.len() - 1
-                    }
-                };
-            let key = (index(&mut panels, panel), index(&mut series, line));
-            values
-                .entry(key)
-                .or_default()
-                .entry(x.to_bits())
-                .or_insert_with(|| (x, Vec::new()))
-                .1
-                .push(y);
-        }
+        let (panels, series, values) = read_runs(p, ctx, &runs)?;
         let mut rows: Vec<Row> = Vec::new();
         for ((pi, si), by_x) in &values {
             let mut points: Vec<&(f64, Vec<f64>)> = by_x.values().collect();
@@ -252,41 +200,7 @@ impl Kind for Aggregate {
         }
 
         // Labels to reach the baseline's final level, per panel.
-        let curve = |panel: &str, line: &str| -> Vec<(f64, f64)> {
-            rows.iter()
-                .filter(|r| r.panel == panel && r.series == line)
-                .map(|r| (r.x, r.mean))
-                .collect()
-        };
-        let mut reach = Vec::new();
-        let mut levels = Vec::new();
-        if let Some(baseline) = &p.baseline {
-            if !series.contains(baseline) {
-                return Err(failed(format!(
-                    "`baseline: {baseline}` is not a series; the series are: {}",
-                    series.join(", ")
-                )));
-            }
-            for panel in &panels {
-                let base = curve(panel, baseline);
-                let Some(&(base_x, target)) = base.last() else {
-                    levels.push(f64::NAN);
-                    continue;
-                };
-                levels.push(target);
-                for line in &series {
-                    let at = report::first_reach(&curve(panel, line), target);
-                    reach.push(json!({
-                        "panel": panel,
-                        "series": line,
-                        "target": target,
-                        "baseline_x": base_x,
-                        "x": at,
-                        "saving": at.map(|x| 1.0 - x / base_x),
-                    }));
-                }
-            }
-        }
+        let (reach, levels) = reach(p, &rows, &panels, &series)?;
 
         let provenance = ctx.provenance();
         let mut writer: TableWriter<Row> =
@@ -301,39 +215,7 @@ impl Kind for Aggregate {
             .title
             .clone()
             .unwrap_or_else(|| format!("{} by {}", p.y, p.x));
-        let chart = svg::Chart {
-            title: title.clone(),
-            x_label: p.x_label.clone().unwrap_or_else(|| p.x.clone()),
-            y_label: p.y_label.clone().unwrap_or_else(|| p.y.clone()),
-            log_x: p.log_x,
-            reference: p
-                .baseline
-                .as_ref()
-                .map(|b| (format!("{b}'s final mean"), levels.clone())),
-            panels: panels
-                .iter()
-                .map(|panel| svg::Panel {
-                    title: panel_title(p, panel),
-                    series: series
-                        .iter()
-                        .map(|line| svg::Series {
-                            name: line.clone(),
-                            points: rows
-                                .iter()
-                                .filter(|r| &r.panel == panel && &r.series == line)
-                                .map(|r| svg::Point {
-                                    x: r.x,
-                                    y: r.mean,
-                                    lo: r.se.map_or(f64::NAN, |se| r.mean - 2.0 * se),
-                                    hi: r.se.map_or(f64::NAN, |se| r.mean + 2.0 * se),
-                                })
-                                .collect(),
-                        })
-                        .filter(|s| !s.points.is_empty())
-                        .collect(),
-                })
-                .collect(),
-        };
+        let chart = chart(p, &title, &panels, &series, &rows, &levels);
         let plot = svg::render(&chart);
         let markdown = markdown(p, &rows, &reach);
         let dir = ctx.workspace.join(&ctx.outputs["report"]);
@@ -365,6 +247,159 @@ impl Kind for Aggregate {
             ),
         )?;
         Ok(())
+    }
+}
+
+/// Each run's (panel, series, x, y) from its `summary.json`: the panels and series in
+/// order of first appearance, and the values by (panel, series) and x.
+#[allow(clippy::type_complexity)]
+fn read_runs(
+    p: &AggregateParams,
+    ctx: &StageContext<'_>,
+    runs: &[std::path::PathBuf],
+) -> Result<(Vec<String>, Vec<String>, BTreeMap<(usize, usize), ByX>), StageError> {
+    let mut panels: Vec<String> = Vec::new();
+    let mut series: Vec<String> = Vec::new();
+    let mut values: BTreeMap<(usize, usize), ByX> = BTreeMap::new();
+    for (n, run) in runs.iter().enumerate() {
+        ctx.report(n as u64, runs.len() as u64);
+        let path = ctx.workspace.join(run).join("summary.json");
+        let summary: Value = std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|t| serde_json::from_str(&t).map_err(|e| e.to_string()))
+            .map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
+        let get = |key: &str| {
+            lookup(&summary, key)
+                .filter(|v| !v.is_null())
+                .ok_or_else(|| failed(format!("`{}` has no `{key}`", path.display())))
+        };
+        let number = |key: &str| {
+            get(key).and_then(|v| {
+                v.as_f64().ok_or_else(|| {
+                    failed(format!(
+                        "`{}`: `{key}` is {v}, not a number",
+                        path.display()
+                    ))
+                })
+            })
+        };
+        let x = number(&p.x)?;
+        let y = number(&p.y)?;
+        let panel = match &p.panel {
+            Some(key) => text(get(key)?),
+            None => String::new(),
+        };
+        let line = match &p.series {
+            Some(key) => text(get(key)?),
+            None => String::new(),
+        };
+        let index =
+            |list: &mut Vec<String>, name: String| match list.iter().position(|v| *v == name) {
+                Some(i) => i,
+                None => {
+                    list.push(name);
+                    list.len() - 1
+                }
+            };
+        let key = (index(&mut panels, panel), index(&mut series, line));
+        values
+            .entry(key)
+            .or_default()
+            .entry(x.to_bits())
+            .or_insert_with(|| (x, Vec::new()))
+            .1
+            .push(y);
+    }
+    Ok((panels, series, values))
+}
+
+/// Where each series first reaches the baseline's final mean, per panel, and those levels.
+fn reach(
+    p: &AggregateParams,
+    rows: &[Row],
+    panels: &[String],
+    series: &[String],
+) -> Result<(Vec<Value>, Vec<f64>), StageError> {
+    let curve = |panel: &str, line: &str| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|r| r.panel == panel && r.series == line)
+            .map(|r| (r.x, r.mean))
+            .collect()
+    };
+    let mut reach = Vec::new();
+    let mut levels = Vec::new();
+    if let Some(baseline) = &p.baseline {
+        if !series.contains(baseline) {
+            return Err(failed(format!(
+                "`baseline: {baseline}` is not a series; the series are: {}",
+                series.join(", ")
+            )));
+        }
+        for panel in panels {
+            let base = curve(panel, baseline);
+            let Some(&(base_x, target)) = base.last() else {
+                levels.push(f64::NAN);
+                continue;
+            };
+            levels.push(target);
+            for line in series {
+                let at = report::first_reach(&curve(panel, line), target);
+                reach.push(json!({
+                    "panel": panel,
+                    "series": line,
+                    "target": target,
+                    "baseline_x": base_x,
+                    "x": at,
+                    "saving": at.map(|x| 1.0 - x / base_x),
+                }));
+            }
+        }
+    }
+
+    Ok((reach, levels))
+}
+
+/// The chart: a panel per panel value, a line with ± 2 SE bars per series.
+fn chart(
+    p: &AggregateParams,
+    title: &str,
+    panels: &[String],
+    series: &[String],
+    rows: &[Row],
+    levels: &[f64],
+) -> svg::Chart {
+    svg::Chart {
+        title: title.to_string(),
+        x_label: p.x_label.clone().unwrap_or_else(|| p.x.clone()),
+        y_label: p.y_label.clone().unwrap_or_else(|| p.y.clone()),
+        log_x: p.log_x,
+        reference: p
+            .baseline
+            .as_ref()
+            .map(|b| (format!("{b}'s final mean"), levels.to_vec())),
+        panels: panels
+            .iter()
+            .map(|panel| svg::Panel {
+                title: panel_title(p, panel),
+                series: series
+                    .iter()
+                    .map(|line| svg::Series {
+                        name: line.clone(),
+                        points: rows
+                            .iter()
+                            .filter(|r| &r.panel == panel && &r.series == line)
+                            .map(|r| svg::Point {
+                                x: r.x,
+                                y: r.mean,
+                                lo: r.se.map_or(f64::NAN, |se| r.mean - 2.0 * se),
+                                hi: r.se.map_or(f64::NAN, |se| r.mean + 2.0 * se),
+                            })
+                            .collect(),
+                    })
+                    .filter(|s| !s.points.is_empty())
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
