@@ -519,17 +519,8 @@ fn fit_member(
             }
             let rewards = rm
                 .rewards(model, head, &sequences, eot, &device)
-                .map_err(failed)?
-                .reshape((batch.len(), 2))
                 .map_err(failed)?;
-            let chosen = rewards
-                .narrow(1, 0, 1)
-                .and_then(|t| t.squeeze(1))
-                .map_err(failed)?;
-            let rejected = rewards
-                .narrow(1, 1, 1)
-                .and_then(|t| t.squeeze(1))
-                .map_err(failed)?;
+            let (chosen, rejected) = chosen_rejected(&rewards, batch.len())?;
             let margins: Vec<f32> = batch
                 .iter()
                 .map(|&i| train_pairs[i].margin as f32)
@@ -539,9 +530,7 @@ fn fit_member(
                 reward::bradley_terry_loss(&chosen, &rejected, Some(&margin)).map_err(failed)?;
             // Scores and flags: a rotating slice of the same size each step.
             if p.scores_weight > 0.0 && !train_scores.is_empty() {
-                let slice: Vec<&ScoreItem> = (0..aux_batch)
-                    .map(|k| train_scores[(step * aux_batch + k) % train_scores.len()])
-                    .collect();
+                let slice = rotating(train_scores, step, aux_batch);
                 let seqs = slice
                     .iter()
                     .map(|s| encode(&s.prompt, &s.response))
@@ -549,15 +538,11 @@ fn fit_member(
                 let r = rm
                     .rewards(model, head, &seqs, eot, &device)
                     .map_err(failed)?;
-                let th = reward::ordered_thresholds(&thresholds_raw).map_err(failed)?;
-                let classes: Vec<u32> = slice.iter().map(|s| s.class).collect();
-                let ordinal = reward::ordinal_nll(&r, &th, &classes).map_err(failed)?;
+                let ordinal = ordinal_loss(&r, &thresholds_raw, &slice)?;
                 loss = (loss + (ordinal * p.scores_weight).map_err(failed)?).map_err(failed)?;
             }
             if p.flags_weight > 0.0 && !train_flags.is_empty() {
-                let slice: Vec<&FlagItem> = (0..aux_batch)
-                    .map(|k| train_flags[(step * aux_batch + k) % train_flags.len()])
-                    .collect();
+                let slice = rotating(train_flags, step, aux_batch);
                 let seqs = slice
                     .iter()
                     .map(|f| encode(&f.prompt, &f.response))
@@ -565,16 +550,7 @@ fn fit_member(
                 let r = rm
                     .rewards(model, head, &seqs, eot, &device)
                     .map_err(failed)?;
-                let flagged = Tensor::new(
-                    slice
-                        .iter()
-                        .map(|f| f.flagged)
-                        .collect::<Vec<f32>>()
-                        .as_slice(),
-                    &device,
-                )
-                .map_err(failed)?;
-                let flags = reward::flag_nll(&r, &flag_bias, &flagged).map_err(failed)?;
+                let flags = flag_loss(&r, &flag_bias, &slice, &device)?;
                 loss = (loss + (flags * p.flags_weight).map_err(failed)?).map_err(failed)?;
             }
             Ok((loss, batch.len() as u64))
@@ -586,6 +562,48 @@ fn fit_member(
         thresholds: thresholds_raw,
         history,
     })
+}
+
+/// Rewards laid out as (chosen, rejected) pairs, split into the two columns.
+fn chosen_rejected(rewards: &Tensor, pairs: usize) -> Result<(Tensor, Tensor), StageError> {
+    let rewards = rewards.reshape((pairs, 2)).map_err(failed)?;
+    let column = |k: usize| {
+        rewards
+            .narrow(1, k, 1)
+            .and_then(|t| t.squeeze(1))
+            .map_err(failed)
+    };
+    Ok((column(0)?, column(1)?))
+}
+
+/// The `size` items that step `step` trains on: a slice that rotates through `items`.
+fn rotating<'a, T>(items: &[&'a T], step: usize, size: usize) -> Vec<&'a T> {
+    (0..size)
+        .map(|k| items[(step * size + k) % items.len()])
+        .collect()
+}
+
+/// The ordered-logit loss of 1-5 scores given their rewards.
+fn ordinal_loss(
+    rewards: &Tensor,
+    thresholds_raw: &Tensor,
+    items: &[&ScoreItem],
+) -> Result<Tensor, StageError> {
+    let th = reward::ordered_thresholds(thresholds_raw).map_err(failed)?;
+    let classes: Vec<u32> = items.iter().map(|s| s.class).collect();
+    reward::ordinal_nll(rewards, &th, &classes).map_err(failed)
+}
+
+/// The likelihood of flags as evidence of low reward.
+fn flag_loss(
+    rewards: &Tensor,
+    flag_bias: &Tensor,
+    items: &[&FlagItem],
+    device: &candle_core::Device,
+) -> Result<Tensor, StageError> {
+    let flagged: Vec<f32> = items.iter().map(|f| f.flagged).collect();
+    let flagged = Tensor::new(flagged.as_slice(), device).map_err(failed)?;
+    reward::flag_nll(rewards, flag_bias, &flagged).map_err(failed)
 }
 
 /// The model training starts from: the `init` reward model (backbone and head), or the
