@@ -541,20 +541,7 @@ impl Kind for Ppo {
             ctx.report(state.iteration as u64, p.iterations as u64);
             if state.iteration.is_multiple_of(p.checkpoint_every) && state.iteration < p.iterations
             {
-                // The critic first, under this iteration's name: the policy's checkpoint
-                // (which holds the iteration) then points at a critic that exists.
-                if let Some(critic) = &critic {
-                    critic.save(ctx.resume_dir, state.iteration)?;
-                }
-                resume.save_with(
-                    &policy,
-                    &trainer,
-                    &[],
-                    serde_json::to_value(&state).map_err(failed)?,
-                )?;
-                if let Some(critic) = &critic {
-                    critic.forget_before(ctx.resume_dir, state.iteration);
-                }
+                checkpoint(ctx, &resume, &policy, &trainer, critic.as_ref(), &state)?;
             }
         }
         write_outputs(p, ctx, &policy, &tok, &state)
@@ -693,6 +680,88 @@ impl Collected {
     }
 }
 
+/// The scores PPO optimises: the reward model's, less `missing_eos_penalty` for a
+/// response that never ended, clipped to ±`reward_clip`, then whitened (`whiten_rewards`)
+/// and, with `baseline: leave-one-out`, each measured against its prompt's other answers.
+fn final_scores(p: &PpoParams, raw: &[f64], ended: &[bool]) -> Vec<f64> {
+    let mut scores: Vec<f64> = raw
+        .iter()
+        .zip(ended)
+        .map(|(s, ended)| {
+            let penalised = if *ended {
+                *s
+            } else {
+                s - p.missing_eos_penalty
+            };
+            penalised.clamp(-p.reward_clip, p.reward_clip)
+        })
+        .collect();
+    if p.whiten_rewards {
+        scores = ppo::whiten(&scores, false);
+    }
+    if p.baseline == Baseline::LeaveOneOut {
+        scores = ppo::leave_one_out(&scores, p.samples_per_prompt);
+    }
+    scores
+}
+
+/// The rollouts' per-token log-probabilities under the policy they were sampled from, and
+/// the values of the states before them (from the policy's head or the separate critic).
+fn old_logp_values(
+    p: &PpoParams,
+    m: &Models<'_>,
+    critic: Option<&Critic>,
+    frozen: &CausalLm,
+    sequences: &[(Vec<u32>, usize)],
+) -> Result<Vec<crate::policy::logprobs::TokenValues>, StageError> {
+    let head = Some((m.value_head, m.value_bias));
+    Ok(match critic {
+        None => per_token(frozen, head, sequences, m.eos, p.temperature, m.device)?,
+        Some(critic) => {
+            let logp = per_token(frozen, None, sequences, m.eos, p.temperature, m.device)?;
+            let critic_frozen = critic.model.base.frozen().map_err(failed)?;
+            let values = per_token(
+                &critic_frozen,
+                head,
+                sequences,
+                m.eos,
+                p.temperature,
+                m.device,
+            )?;
+            logp.into_iter()
+                .zip(values)
+                .map(|((lp, _), (_, v))| (lp, v))
+                .collect()
+        }
+    })
+}
+
+/// Saves what a killed stage resumes from: the critic first, under this iteration's name,
+/// so that the policy's checkpoint (which holds the iteration) points at a critic that
+/// exists.
+fn checkpoint(
+    ctx: &StageContext<'_>,
+    resume: &lm::ResumeState<'_>,
+    policy: &Trainable,
+    trainer: &Trainer,
+    critic: Option<&Critic>,
+    state: &PpoState,
+) -> Result<(), StageError> {
+    if let Some(critic) = critic {
+        critic.save(ctx.resume_dir, state.iteration)?;
+    }
+    resume.save_with(
+        policy,
+        trainer,
+        &[],
+        serde_json::to_value(state).map_err(failed)?,
+    )?;
+    if let Some(critic) = critic {
+        critic.forget_before(ctx.resume_dir, state.iteration);
+    }
+    Ok(())
+}
+
 /// An iteration's experience: rollouts of the batch's prompts from a detached copy of the
 /// policy, then their scores (penalised, clipped, whitened or leave-one-out), per-token
 /// log-probabilities, values and KL to the reference, rewards placed by `credit`, and
@@ -741,25 +810,9 @@ fn collect(
     let need_attention = p.credit == Credit::Abc;
     let scored = m.scorer.score(&items, need_attention)?;
     let raw_scores: Vec<f64> = scored.iter().map(|s| s.score).collect();
-    let mut scores: Vec<f64> = raw_scores
-        .iter()
-        .zip(&responses)
-        .map(|(s, (_, ended, _))| {
-            let penalised = if *ended {
-                *s
-            } else {
-                s - p.missing_eos_penalty
-            };
-            penalised.clamp(-p.reward_clip, p.reward_clip)
-        })
-        .collect();
-    if p.whiten_rewards {
-        scores = ppo::whiten(&scores, false);
-    }
+    let ended: Vec<bool> = responses.iter().map(|r| r.1).collect();
+    let scores = final_scores(p, &raw_scores, &ended);
     let leave_one_out = p.baseline == Baseline::LeaveOneOut;
-    if leave_one_out {
-        scores = ppo::leave_one_out(&scores, p.samples_per_prompt);
-    }
     let sequences: Vec<(Vec<u32>, usize)> = batch
         .iter()
         .zip(&responses)
@@ -769,19 +822,7 @@ fn collect(
             (all, encoded[i].len())
         })
         .collect();
-    let head = Some((m.value_head, m.value_bias));
-    let old = match critic {
-        None => per_token(&frozen, head, &sequences, eos, p.temperature, device)?,
-        Some(critic) => {
-            let logp = per_token(&frozen, None, &sequences, eos, p.temperature, device)?;
-            let critic_frozen = critic.model.base.frozen().map_err(failed)?;
-            let values = per_token(&critic_frozen, head, &sequences, eos, p.temperature, device)?;
-            logp.into_iter()
-                .zip(values)
-                .map(|((lp, _), (_, v))| (lp, v))
-                .collect()
-        }
-    };
+    let old = old_logp_values(p, m, critic, &frozen, &sequences)?;
     let reference_logp = per_token(m.reference, None, &sequences, eos, p.temperature, device)?;
     let mut rollouts = Vec::with_capacity(batch.len());
     let (mut kl_sum, mut reward_sum) = (0.0, 0.0);
@@ -833,7 +874,7 @@ fn collect(
     Ok(Collected {
         rollouts,
         raw_scores,
-        ended: responses.iter().map(|r| r.1).collect(),
+        ended,
         kl_sum,
         reward_sum,
     })
@@ -1096,5 +1137,30 @@ impl Minibatch {
             advantages: next()?,
             returns: next()?,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(with: serde_json::Value) -> PpoParams {
+        serde_json::from_value(with).unwrap()
+    }
+
+    #[test]
+    fn final_scores_penalise_clip_and_centre_by_hand() {
+        // Defaults: a response without EOS loses 1, scores are clipped to ±5.
+        let p = params(json!({}));
+        assert_eq!(
+            final_scores(&p, &[1.0, 3.0, 9.0], &[true, false, true]),
+            [1.0, 2.0, 5.0]
+        );
+        // Leave-one-out in groups of 2: each score less the other one.
+        let p = params(json!({"baseline": "leave-one-out", "samples_per_prompt": 2}));
+        assert_eq!(
+            final_scores(&p, &[1.0, 3.0, -7.0, 0.5], &[true, true, true, false]),
+            [-2.0, 2.0, -4.5, 4.5]
+        );
     }
 }
