@@ -411,6 +411,30 @@ fn spread(
     }))
 }
 
+/// The batches of every step: preference batches of whole prompt groups, reshuffled each
+/// pass; meta batches of prompts (`groups` of candidates), reshuffled each pass. Both drawn
+/// from the stage's seed, enough for every step.
+fn batch_plan(
+    p: &MetarmParams,
+    train_pairs: &[Pair],
+    groups: &[Vec<usize>],
+    seed: u64,
+) -> (Vec<Vec<usize>>, Vec<Vec<usize>>) {
+    let prompt_groups = pair_groups(train_pairs);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let mut pref_batches: Vec<Vec<usize>> = Vec::new();
+    while pref_batches.len() < p.steps {
+        pref_batches.extend(pack_batches(&prompt_groups, p.batch_size, &mut rng));
+    }
+    let mut meta_batches: Vec<Vec<usize>> = Vec::new();
+    while meta_batches.len() < p.steps {
+        let mut order: Vec<usize> = (0..groups.len()).collect();
+        order.shuffle(&mut rng);
+        meta_batches.extend(order.chunks(p.meta_prompts).map(<[usize]>::to_vec));
+    }
+    (pref_batches, meta_batches)
+}
+
 /// Runs the meta steps on `rm` in place; returns one row per step. Resumable: the model,
 /// the optimiser and the rows are checkpointed every `checkpoint_every` steps.
 #[expect(
@@ -433,20 +457,7 @@ fn adapt(
     let encode = |prompt: &str, response: &str| {
         lm::reward_input(tok, template, prompt, response, context, eot)
     };
-    // Preference batches: whole prompt groups, reshuffled each pass; meta batches: prompts,
-    // reshuffled each pass. Both drawn from the stage's seed, enough for every step.
-    let prompt_groups = pair_groups(train_pairs);
-    let mut rng = ChaCha8Rng::seed_from_u64(ctx.seed);
-    let mut pref_batches: Vec<Vec<usize>> = Vec::new();
-    while pref_batches.len() < p.steps {
-        pref_batches.extend(pack_batches(&prompt_groups, p.batch_size, &mut rng));
-    }
-    let mut meta_batches: Vec<Vec<usize>> = Vec::new();
-    while meta_batches.len() < p.steps {
-        let mut order: Vec<usize> = (0..groups.len()).collect();
-        order.shuffle(&mut rng);
-        meta_batches.extend(order.chunks(p.meta_prompts).map(<[usize]>::to_vec));
-    }
+    let (pref_batches, meta_batches) = batch_plan(p, train_pairs, groups, ctx.seed);
 
     let schedule = Schedule {
         peak_lr: p.lr,
