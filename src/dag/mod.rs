@@ -483,3 +483,82 @@ impl Pipeline {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::kind::testing::KINDS;
+
+    fn pipeline(stages: &str) -> Result<Pipeline, Vec<String>> {
+        load_str("p.yaml", format!("name: p\nstages:\n{stages}"), &[], &KINDS)
+            .map_err(|e| e.diagnostics.into_iter().map(|d| d.message).collect())
+    }
+
+    fn errors(stages: &str) -> Vec<String> {
+        match pipeline(stages) {
+            Ok(_) => panic!("the spec should be refused"),
+            Err(errors) => errors,
+        }
+    }
+
+    fn ids(p: &Pipeline, indices: &[usize]) -> Vec<String> {
+        indices
+            .iter()
+            .map(|&i| p.spec.stages[i].id.clone())
+            .collect()
+    }
+
+    const DIAMOND: &str = "  d: {kind: node, inputs: {x: [b.out, c.out]}}\n  b: {kind: node, inputs: {x: a.out}}\n  c: {kind: node, inputs: {x: a.out}}\n  a: {kind: node}\n  e: {kind: node}\n";
+
+    #[test]
+    fn the_order_is_topological_and_keeps_the_spec_order_among_peers() {
+        let p = pipeline(DIAMOND).unwrap();
+        assert_eq!(ids(&p, &p.order), ["a", "b", "c", "d", "e"]);
+        let d = p.index_of("d").unwrap();
+        assert_eq!(ids(&p, &p.upstream(d)), ["b", "c"]);
+    }
+
+    #[test]
+    fn selection_takes_what_a_target_needs_or_with_downstream_what_needs_it() {
+        let p = pipeline(DIAMOND).unwrap();
+        let b = p.index_of("b").unwrap();
+        assert_eq!(ids(&p, &p.select(&[b], false)), ["a", "b"]);
+        // Downstream of b is d, and d cannot run without c.
+        assert_eq!(ids(&p, &p.select(&[b], true)), ["a", "b", "c", "d"]);
+        assert_eq!(
+            ids(&p, &p.select(&[], false)).len(),
+            5,
+            "no target: everything"
+        );
+    }
+
+    #[test]
+    fn a_cycle_is_reported_as_a_whole_circle() {
+        let errors = errors(
+            "  a: {kind: node, inputs: {x: c.out}}\n  b: {kind: node, inputs: {x: a.out}}\n  c: {kind: node, inputs: {x: b.out}}\n",
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("cycle") && e.contains('a') && e.contains('c')),
+            "{errors:?}"
+        );
+    }
+
+    #[test]
+    fn unknown_stages_and_outputs_are_named() {
+        let errors = errors(
+            "  a: {kind: node}\n  b: {kind: node, inputs: {x: aa.out}}\n  c: {kind: node, inputs: {x: a.output}}\n",
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("there is no stage `aa`")),
+            "{errors:?}"
+        );
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("stage `a` has no output `output`")),
+            "{errors:?}"
+        );
+    }
+}

@@ -170,3 +170,59 @@ fn describe(name: &str, error: &jsonschema::ValidationError<'_>) -> String {
         _ => format!("{name}: {error}"),
     }
 }
+
+/// A kind for testing `spec/` and `dag/` on strings, without `stages/`: `node` takes any
+/// `files` inputs and gives one `out`; its one parameter `n` is at least 1 (default 1).
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub struct Node;
+
+    impl KindDef for Node {
+        fn name(&self) -> &'static str {
+            "node"
+        }
+        fn version(&self) -> u32 {
+            1
+        }
+        fn summary(&self) -> &'static str {
+            "a test kind"
+        }
+        fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {
+            generator.subschema_for::<serde_json::Map<String, Value>>()
+        }
+        fn configure(
+            &self,
+            params: &Value,
+            _input_names: &[&str],
+        ) -> Result<Configured, Vec<FieldError>> {
+            let mut resolved = serde_json::Map::new();
+            let n = params.get("n").map_or(Some(1), Value::as_u64);
+            match n {
+                Some(n) if n >= 1 => {
+                    resolved.insert("n".into(), n.into());
+                }
+                _ => {
+                    return Err(vec![FieldError::new(
+                        vec![PathSeg::Key("n".into())],
+                        "`n` must be an integer of at least 1",
+                    )]);
+                }
+            }
+            let mut out = Port::new("out", ArtifactType::Files);
+            out.required = false;
+            Ok(Configured {
+                params: Params::new(Value::Object(resolved), Arc::new(())),
+                signature: Signature {
+                    inputs: Vec::new(),
+                    open_inputs: true,
+                    outputs: vec![out],
+                    deps: Vec::new(),
+                },
+            })
+        }
+    }
+
+    pub static KINDS: [&dyn KindDef; 1] = [&Node];
+}

@@ -1041,3 +1041,82 @@ fn set_path(node: &mut Node, keys: &[&str], value: Node) {
     let child = node.get_mut(first).expect("just inserted");
     set_path(child, rest, value);
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::spec::kind::testing::KINDS;
+
+    fn resolve_str(text: &str, overrides: &[&str]) -> (Option<Spec>, Vec<String>) {
+        let file = Arc::new(SourceFile {
+            name: "p.yaml".into(),
+            text: text.into(),
+        });
+        let overrides: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        let mut diags = Vec::new();
+        let spec = resolve(file, &overrides, &KINDS, &mut diags);
+        (spec, diags.into_iter().map(|d| d.message).collect())
+    }
+
+    fn ids(spec: &Spec) -> Vec<&str> {
+        spec.stages.iter().map(|s| s.id.as_str()).collect()
+    }
+
+    #[test]
+    fn a_matrix_unrolls_every_combination_in_the_order_written() {
+        let (spec, errors) = resolve_str(
+            "name: p\nstages:\n  g:\n    matrix: {a: [1, 2], b: [x, y]}\n    stages:\n      s: {kind: node, with: {n: \"${item.a}\"}}\n",
+            &[],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let spec = spec.unwrap();
+        assert_eq!(ids(&spec), ["s@1_x", "s@1_y", "s@2_x", "s@2_y"]);
+        // `${item.a}` alone is the value itself, typed: a number the kind accepts.
+        assert_eq!(spec.stages[2].params.resolved()["n"], 2);
+    }
+
+    #[test]
+    fn rounds_chain_their_copies_and_star_collects_them() {
+        let (spec, errors) = resolve_str(
+            "name: p\nstages:\n  loop:\n    rounds: 3\n    stages:\n      s: {kind: node}\n  all: {kind: node, inputs: {x: s@*.out}}\n",
+            &[],
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        let spec = spec.unwrap();
+        let all = spec.stage("all").unwrap();
+        let refs: Vec<&str> = all.inputs["x"].iter().map(|r| r.stage.as_str()).collect();
+        assert_eq!(refs, ["s@1", "s@2", "s@3"]);
+    }
+
+    #[test]
+    fn overrides_params_and_seeds() {
+        let text = "name: p\nseed: 5\nparams: {k: 3}\nstages:\n  a: {kind: node, with: {n: \"${params.k}\"}}\n  b: {kind: node, seed: 11}\n";
+        let (spec, errors) = resolve_str(text, &["params.k=4"]);
+        assert!(errors.is_empty(), "{errors:?}");
+        let spec = spec.unwrap();
+        assert_eq!(spec.stage("a").unwrap().params.resolved()["n"], 4);
+        assert_eq!(spec.stage("a").unwrap().seed, derive_seed(5, "a"));
+        assert_eq!(spec.stage("b").unwrap().seed, 11);
+    }
+
+    #[test]
+    fn unknown_kinds_and_refused_parameters_are_reported_with_the_stage_left_out() {
+        let (spec, errors) = resolve_str(
+            "name: p\nstages:\n  a: {kind: nod}\n  b: {kind: node, with: {n: 0}}\n  c: {kind: node}\n",
+            &[],
+        );
+        let spec = spec.unwrap();
+        assert_eq!(ids(&spec), ["c"]);
+        assert!(spec.invalid.contains("a") && spec.invalid.contains("b"));
+        assert!(
+            errors.iter().any(|e| e == "unknown stage kind `nod`"),
+            "{errors:?}"
+        );
+        assert!(
+            errors.iter().any(|e| e.contains("`n` must be")),
+            "{errors:?}"
+        );
+    }
+}
