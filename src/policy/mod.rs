@@ -7,11 +7,13 @@
 //! - [`logprobs`]: per-token log-probabilities (and values) of given sequences.
 //! - [`data`]: prompts and demonstrations from JSONL, and epoch batching.
 //! - [`feedback`]: the normalised feedback tables read back as typed training items.
+//! - [`meta`]: a model directory's `hone.json`, typed.
 //! - [`reward`]: the reward-model scorer, its assessment, pair batching, saving.
 
 pub mod data;
 pub mod feedback;
 pub mod logprobs;
+pub mod meta;
 pub mod reward;
 pub mod rollout;
 

@@ -207,16 +207,13 @@ pub fn save_reward_model(
     rm: &RewardModel,
     tok: &tokenizers::Tokenizer,
     out: &std::path::Path,
-    meta: Value,
+    meta: &super::meta::ModelMeta,
 ) -> Result<()> {
     let eot = super::end_of_text(&rm.base.config, tok);
     rm.save(out, eot).map_err(|e| PolicyError::input(out, e))?;
     tok.save(out.join("tokenizer.json"), true)
         .map_err(|e| PolicyError::input(out, e))?;
-    let meta = json!({ "hone": meta });
-    let path = out.join("hone.json");
-    let text = serde_json::to_string_pretty(&meta).map_err(|e| PolicyError::input(&path, e))?;
-    std::fs::write(&path, format!("{text}\n")).map_err(|e| PolicyError::input(&path, e))
+    meta.write(out)
 }
 
 /// At most this many oracle rows are scored for the oracle metrics.

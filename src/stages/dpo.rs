@@ -17,6 +17,7 @@ use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, tokenizer};
 use crate::policy::data::epoch_batches;
 use crate::policy::feedback::Pair;
+use crate::policy::meta::ModelMeta;
 use crate::rl::dpo::{DpoLoss, dpo_loss};
 use crate::spec::node::PathSeg;
 
@@ -278,7 +279,10 @@ impl Kind for Dpo {
             &out,
             &policy,
             &tok,
-            json!({"hone": {"stage": "dpo", "template": p.template}}),
+            &ModelMeta {
+                template: Some(p.template.clone()),
+                ..ModelMeta::of_stage("dpo")
+            },
         )?;
         let summary = json!({
             "pairs": pairs.len(),

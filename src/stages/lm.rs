@@ -14,6 +14,7 @@ use super::{StageContext, StageError};
 use crate::artifact::table::Provenance;
 use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::{self, Trainable, tokenizer};
+use crate::policy::meta::ModelMeta;
 
 pub fn failed(e: impl std::fmt::Display) -> StageError {
     StageError::Failed(e.to_string())
@@ -102,16 +103,11 @@ pub fn write_model(
     dir: &Path,
     trainable: &Trainable,
     tok: &Tokenizer,
-    meta: Value,
+    meta: &ModelMeta,
 ) -> Result<(), StageError> {
     trainable.save(dir).map_err(failed)?;
     tok.save(dir.join("tokenizer.json"), true).map_err(failed)?;
-    let mut text = serde_json::to_string_pretty(&meta).map_err(failed)?;
-    text.push('\n');
-    std::fs::write(dir.join("hone.json"), text).map_err(|source| StageError::Io {
-        context: "writing hone.json".into(),
-        source,
-    })
+    Ok(meta.write(dir)?)
 }
 
 /// One optimiser step of a training stage.
@@ -399,25 +395,16 @@ pub fn final_loss(history: &[HistoryRow]) -> f64 {
 
 pub use crate::policy::reward::reward_input;
 
-/// A reward model directory's `hone.json` (`{"hone": {"template", "reward_offset", ...}}`);
-/// null when it has none (a reward model from elsewhere).
-pub fn reward_meta(dir: &Path) -> Value {
-    std::fs::read_to_string(dir.join("hone.json"))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok())
-        .unwrap_or(Value::Null)
-}
-
 /// The template a reward model reads responses with: `template` if given, else the one it
 /// was fitted with, else reward-fit's default.
 pub fn reward_template(
-    meta: &Value,
+    meta: Option<&ModelMeta>,
     template: Option<&str>,
     dir: &Path,
 ) -> Result<String, StageError> {
     let template = template
         .map(str::to_string)
-        .or_else(|| meta["hone"]["template"].as_str().map(str::to_string))
+        .or_else(|| meta.and_then(|m| m.template.clone()))
         .unwrap_or_else(|| "User: {prompt}\nAssistant: {response}".into());
     if !template.contains("{prompt}") || !template.contains("{response}") {
         return Err(failed(format!(
@@ -453,14 +440,14 @@ impl RewardScorer {
     pub fn load(dir: &Path, template: Option<&str>, device: &Device) -> Result<Self, StageError> {
         let rm = model::reward::RewardModel::load(dir, 0, device).map_err(failed)?;
         let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
-        let meta = reward_meta(dir);
-        let template = reward_template(&meta, template, dir)?;
+        let meta = ModelMeta::read(dir)?;
+        let template = reward_template(meta.as_ref(), template, dir)?;
         let eot = end_of_text(&rm.base.config, &tok);
         Ok(RewardScorer {
             model: model::CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)
                 .map_err(failed)?,
             head: rm.head.as_tensor().detach(),
-            offset: meta["hone"]["reward_offset"].as_f64().unwrap_or(0.0),
+            offset: meta.and_then(|m| m.reward_offset).unwrap_or(0.0),
             context: rm.base.config.context_len(),
             tok,
             template,

@@ -26,6 +26,7 @@ use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
 use crate::policy::feedback::Pair;
+use crate::policy::meta::ModelMeta;
 use crate::policy::reward::{
     Assessment, Scorer, assess, head_weights, is_held_out, pack_batches, pair_groups,
     save_reward_model,
@@ -236,8 +237,8 @@ impl Kind for MetarmAdapt {
         let rm_dir = ctx.workspace.join(&ctx.inputs["reward_model"][0]);
         let rm = RewardModel::load(&rm_dir, ctx.seed, &device).map_err(failed)?;
         let tok = tokenizer::load(&rm_dir.join("tokenizer.json")).map_err(failed)?;
-        let meta = lm::reward_meta(&rm_dir);
-        let template = lm::reward_template(&meta, None, &rm_dir)?;
+        let meta = ModelMeta::read(&rm_dir)?;
+        let template = lm::reward_template(meta.as_ref(), None, &rm_dir)?;
         let eot = lm::end_of_text(&rm.base.config, &tok);
 
         let data = lm::read_feedback(ctx, p.use_margin)?;
@@ -327,14 +328,13 @@ impl Kind for MetarmAdapt {
         );
 
         let out = ctx.workspace.join(&ctx.outputs["reward_model"]);
-        let mut meta_out = meta["hone"].clone();
-        if !meta_out.is_object() {
-            meta_out = json!({});
-        }
-        meta_out["stage"] = json!("metarm-adapt");
-        meta_out["reward_offset"] = json!(offset);
-        meta_out["template"] = json!(template);
-        save_reward_model(&rm, &tok, &out, meta_out)?;
+        let meta_out = ModelMeta {
+            stage: Some("metarm-adapt".into()),
+            reward_offset: Some(offset),
+            template: Some(template.clone()),
+            ..meta.unwrap_or_default()
+        };
+        save_reward_model(&rm, &tok, &out, &meta_out)?;
 
         let provenance = ctx.provenance();
         lm::write_summary_and_table(

@@ -28,6 +28,7 @@ use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, Trainable, tokenizer};
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::{per_token, value_of};
+use crate::policy::meta::ModelMeta;
 use crate::policy::rollout::{RolloutParams, check_fits, rollout};
 use crate::rl::ppo::{self, AdaptiveKl, Baseline, Credit, KlEstimator};
 use crate::spec::derive_seed;
@@ -962,17 +963,11 @@ fn write_outputs(
         .save_filtered(&out, |name| !name.starts_with("hone_value."))
         .map_err(failed)?;
     tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
-    std::fs::write(
-        out.join("hone.json"),
-        format!(
-            "{}\n",
-            serde_json::to_string_pretty(
-                &json!({"hone": {"stage": "ppo", "template": p.template}})
-            )
-            .map_err(failed)?
-        ),
-    )
-    .map_err(failed)?;
+    ModelMeta {
+        template: Some(p.template.clone()),
+        ..ModelMeta::of_stage("ppo")
+    }
+    .write(&out)?;
     let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
     std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
     let last = |k: usize| -> Vec<&IterationRow> { state.rows.iter().rev().take(k).collect() };
@@ -1029,8 +1024,8 @@ impl Critic {
         }
         // Values start as the reward model's reading of each prefix, offset removed like
         // the scores PPO sees.
-        let offset = lm::reward_meta(&dir)["hone"]["reward_offset"]
-            .as_f64()
+        let offset = ModelMeta::read(&dir)?
+            .and_then(|m| m.reward_offset)
             .unwrap_or(0.0);
         let bias = VarBuilder::from_varmap(&model.base.varmap, DType::F32, device)
             .get_with_hints(1, "hone_value.bias", Init::Const(-offset))

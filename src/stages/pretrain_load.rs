@@ -15,6 +15,7 @@ use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
 use crate::model::train::{Batch, Schedule, Trainer};
 use crate::model::{Gpt2Config, LlamaConfig, ModelConfig, Trainable, tokenizer};
+use crate::policy::meta::ModelMeta;
 use crate::spec::node::PathSeg;
 
 pub struct PretrainLoad;
@@ -216,9 +217,12 @@ impl Kind for PretrainLoad {
                     .workspace
                     .join(p.path.as_deref().expect("checked by signature"));
                 let (trainable, tok) = lm::load_dir(&source, &device)?;
-                let meta =
-                    json!({"hone": {"stage": "pretrain-load", "source": "hf", "path": p.path}});
-                lm::write_model(&model_dir, &trainable, &tok, meta)?;
+                let meta = ModelMeta {
+                    source: Some("hf".into()),
+                    path: p.path.clone(),
+                    ..ModelMeta::of_stage("pretrain-load")
+                };
+                lm::write_model(&model_dir, &trainable, &tok, &meta)?;
                 lm::write_metrics(&metrics_dir, &json!({"source": "hf"}), &[], &provenance)
             }
             Source::Builtin => pretrain(ctx, p, &device, &model_dir, &metrics_dir, &provenance),
@@ -346,8 +350,14 @@ fn pretrain(
         },
     )?;
     let final_loss = lm::final_loss(&history);
-    let meta = json!({"hone": {"stage": "pretrain-load", "source": "builtin", "corpus": p.corpus, "steps": p.steps, "final_loss": final_loss}});
-    lm::write_model(model_dir, &trainable, &tok, meta)?;
+    let meta = ModelMeta {
+        source: Some("builtin".into()),
+        corpus: Some(p.corpus.clone()),
+        steps: Some(p.steps as u64),
+        final_loss: Some(final_loss),
+        ..ModelMeta::of_stage("pretrain-load")
+    };
+    lm::write_model(model_dir, &trainable, &tok, &meta)?;
     let summary = json!({
         "source": "builtin",
         "steps": p.steps,

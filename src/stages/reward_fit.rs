@@ -21,6 +21,7 @@ use crate::model::reward::RewardModel;
 use crate::model::tokenizer;
 use crate::model::train::{Schedule, Trainer};
 use crate::policy::feedback::{FlagItem, Pair, ScoreItem};
+use crate::policy::meta::ModelMeta;
 use crate::policy::reward::{
     Scorer, assess, head_weights, is_held_out, pack_batches, pair_groups, save_reward_model,
 };
@@ -286,7 +287,12 @@ impl Kind for RewardFit {
             &rm,
             &tok,
             &out,
-            json!({"stage": "reward-fit", "reward_offset": offset, "template": p.template, "ordinal_thresholds": thresholds}),
+            &ModelMeta {
+                reward_offset: Some(offset),
+                template: Some(p.template.clone()),
+                ordinal_thresholds: Some(thresholds),
+                ..ModelMeta::of_stage("reward-fit")
+            },
         )?;
         if p.ensemble > 1 {
             let member_dir = |k: usize| out.join("members").join(k.to_string());

@@ -13,6 +13,7 @@ use crate::artifact::ArtifactType;
 use crate::model::tokenizer;
 use crate::model::train::{Batch, Schedule, Trainer};
 use crate::policy::data::epoch_batches;
+use crate::policy::meta::ModelMeta;
 use crate::spec::node::PathSeg;
 
 pub struct Sft;
@@ -181,7 +182,12 @@ impl Kind for Sft {
             &ctx.workspace.join(&ctx.outputs["model"]),
             &trainable,
             &tok,
-            json!({"hone": {"stage": "sft", "demos": p.demos, "steps": total, "final_loss": final_loss}}),
+            &ModelMeta {
+                demos: Some(p.demos.clone()),
+                steps: Some(total as u64),
+                final_loss: Some(final_loss),
+                ..ModelMeta::of_stage("sft")
+            },
         )?;
         let provenance = ctx.provenance();
         let summary = json!({"steps": total, "examples": examples.len(), "skipped": skipped, "final_loss": final_loss});
