@@ -9,6 +9,7 @@
 //! - [`feedback`]: the normalised feedback tables read back as typed training items.
 //! - [`meta`]: a model directory's `hone.json`, typed.
 //! - [`reward`]: the reward-model scorer, its assessment, pair batching, saving.
+//! - [`train`]: which variables a stage trains.
 
 pub mod data;
 pub mod feedback;
@@ -16,6 +17,7 @@ pub mod logprobs;
 pub mod meta;
 pub mod reward;
 pub mod rollout;
+pub mod train;
 
 pub use rollout::{Completion, RolloutParams, StopReason, rollout};
 

@@ -225,7 +225,7 @@ impl Kind for Dpo {
             final_fraction: 0.1,
         };
         let mut trainer = Trainer::new(
-            Trainer::named_vars(&policy.varmap),
+            crate::policy::train::lm_vars(&policy),
             schedule,
             0.0,
             Some(p.max_grad_norm),

@@ -465,7 +465,7 @@ fn adapt(
         total_steps: p.steps,
         final_fraction: 1.0,
     };
-    let named = rm.trainable_vars();
+    let named = crate::policy::train::reward_model_vars(rm);
     let vars: Vec<candle_core::Var> = named.iter().map(|(_, v)| v.clone()).collect();
     let mut trainer =
         Trainer::new(named, schedule, p.weight_decay, Some(p.max_grad_norm)).map_err(failed)?;

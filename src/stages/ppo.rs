@@ -458,7 +458,7 @@ impl Kind for Ppo {
             schedule(p.critic_lr.unwrap_or(p.lr)),
             &device,
         )?;
-        let vars: Vec<(String, Var)> = Trainer::named_vars(&policy.varmap);
+        let vars: Vec<(String, Var)> = crate::policy::train::lm_vars(&policy);
         let mut trainer =
             Trainer::new(vars, schedule(p.lr), 0.0, Some(p.max_grad_norm)).map_err(failed)?;
         let resume = lm::ResumeState::new(ctx.resume_dir);
@@ -1030,8 +1030,13 @@ impl Critic {
         let bias = VarBuilder::from_varmap(&model.base.varmap, DType::F32, device)
             .get_with_hints(1, "hone_value.bias", Init::Const(-offset))
             .map_err(failed)?;
-        let trainer = Trainer::new(model.trainable_vars(), schedule, 0.0, Some(max_grad_norm))
-            .map_err(failed)?;
+        let trainer = Trainer::new(
+            crate::policy::train::reward_model_vars(&model),
+            schedule,
+            0.0,
+            Some(max_grad_norm),
+        )
+        .map_err(failed)?;
         Ok(Critic {
             model,
             bias,

@@ -322,7 +322,7 @@ fn pretrain(
         final_fraction: 0.1,
     };
     let mut trainer = Trainer::new(
-        Trainer::named_vars(&trainable.varmap),
+        crate::policy::train::lm_vars(&trainable),
         schedule,
         p.weight_decay,
         Some(p.max_grad_norm),

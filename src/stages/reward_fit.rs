@@ -499,7 +499,7 @@ fn fit_member(
         final_fraction: 0.1,
     };
     let mut trainer = Trainer::new(
-        rm.trainable_vars(),
+        crate::policy::train::reward_model_vars(&rm),
         schedule,
         p.weight_decay,
         Some(p.max_grad_norm),
