@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
 use super::feedback::Pair;
+use super::meta::ModelMeta;
 use super::{PolicyError, Progress, Result};
 use crate::artifact::table;
 use crate::model::reward::{RewardModel, last_hidden};
@@ -285,6 +286,137 @@ impl Scorer {
         Ok(items
             .iter()
             .map(|&(p, r)| self.cache[&(p.to_string(), r.to_string())].clone())
+            .collect())
+    }
+}
+
+/// The template a reward model reads responses with: `template` if given, else the one it
+/// was fitted with, else reward-fit's default.
+pub fn reward_template(
+    meta: Option<&ModelMeta>,
+    template: Option<&str>,
+    dir: &std::path::Path,
+) -> Result<String> {
+    let template = template
+        .map(str::to_string)
+        .or_else(|| meta.and_then(|m| m.template.clone()))
+        .unwrap_or_else(|| "User: {prompt}\nAssistant: {response}".into());
+    if !template.contains("{prompt}") || !template.contains("{response}") {
+        return Err(PolicyError::Invalid(format!(
+            "`{}`: the reward template `{template}` lacks `{{prompt}}` or `{{response}}`",
+            dir.display()
+        )));
+    }
+    Ok(template)
+}
+
+/// A reward model's score of one response, and with ABC the attention of its final token
+/// over the response's tokens (the reward model's tokenization).
+pub struct Scored {
+    pub score: f64,
+    pub attention: Option<Vec<f64>>,
+}
+
+/// A fitted reward model ready to score responses: a detached copy, its tokenizer, the
+/// template it was fitted with and its mean-zero offset (from `hone.json`).
+pub struct RewardScorer {
+    model: CausalLm,
+    head: candle_core::Tensor,
+    tok: Tokenizer,
+    template: String,
+    offset: f64,
+    eot: u32,
+    context: usize,
+    device: candle_core::Device,
+}
+
+impl RewardScorer {
+    /// Loads the reward model in `dir`; `template` overrides the one it was fitted with.
+    pub fn load(
+        dir: &std::path::Path,
+        template: Option<&str>,
+        device: &candle_core::Device,
+    ) -> Result<Self> {
+        let rm =
+            RewardModel::load(dir, 0, device).map_err(|e| PolicyError::Invalid(e.to_string()))?;
+        let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(PolicyError::Invalid)?;
+        let meta = ModelMeta::read(dir)?;
+        let template = reward_template(meta.as_ref(), template, dir)?;
+        let eot = super::end_of_text(&rm.base.config, &tok);
+        Ok(RewardScorer {
+            model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)
+                .map_err(PolicyError::from)?,
+            head: rm.head.as_tensor().detach(),
+            offset: meta.and_then(|m| m.reward_offset).unwrap_or(0.0),
+            context: rm.base.config.context_len(),
+            tok,
+            template,
+            eot,
+            device: device.clone(),
+        })
+    }
+
+    /// Scores (offset removed) of (prompt, response) pairs; with `attention`, also the
+    /// last layer's attention of the final token over the response, averaged over heads.
+    pub fn score(&self, items: &[(&str, &str)], attention: bool) -> Result<Vec<Scored>> {
+        let mut out = Vec::with_capacity(items.len());
+        for chunk in items.chunks(32) {
+            let seqs = chunk
+                .iter()
+                .map(|(p, r)| reward_input(&self.tok, &self.template, p, r, self.context, self.eot))
+                .collect::<Result<Vec<_>>>()?;
+            let rewards = last_hidden(&self.model, &seqs, self.eot, &self.device)
+                .and_then(|h| h.matmul(&self.head.t()?))
+                .and_then(|r| r.squeeze(1))
+                .and_then(|r| r.to_vec1::<f32>())
+                .map_err(PolicyError::from)?;
+            for ((prompt, _), (seq, r)) in chunk.iter().zip(seqs.iter().zip(rewards)) {
+                let weights = if attention {
+                    Some(self.response_attention(prompt, seq)?)
+                } else {
+                    None
+                };
+                out.push(Scored {
+                    score: f64::from(r) - self.offset,
+                    attention: weights,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn response_attention(&self, prompt: &str, seq: &[u32]) -> Result<Vec<f64>> {
+        let (before, after) = self
+            .template
+            .split_once("{response}")
+            .expect("checked at load");
+        let start = tokenizer::encode(&self.tok, &before.replace("{prompt}", prompt))
+            .map_err(PolicyError::Invalid)?
+            .len();
+        let tail = if after.is_empty() {
+            0
+        } else {
+            tokenizer::encode(&self.tok, &after.replace("{prompt}", prompt))
+                .map_err(PolicyError::Invalid)?
+                .len()
+        };
+        let last = seq.len() - 1; // the end-of-text token, where the reward is read
+        let end = last.saturating_sub(tail).max(start.min(last));
+        let ids = candle_core::Tensor::new(seq, &self.device)
+            .and_then(|t| t.unsqueeze(0))
+            .map_err(PolicyError::from)?;
+        let probs = self
+            .model
+            .last_attention(&ids)
+            .and_then(|a| a.squeeze(0)) // [heads, t, t]
+            .and_then(|a| a.narrow(1, last, 1)) // the final token's row
+            .and_then(|a| a.squeeze(1))
+            .and_then(|a| a.mean(0)) // [t]
+            .and_then(|a| a.to_vec1::<f32>())
+            .map_err(PolicyError::from)?;
+        Ok(probs[start.min(end)..end]
+            .iter()
+            .map(|&p| f64::from(p))
             .collect())
     }
 }

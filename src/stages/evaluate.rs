@@ -13,7 +13,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::lm::{self, RewardScorer, failed};
+use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Column, ColumnType::*, TableKind, TableRow, col};
@@ -21,6 +21,7 @@ use crate::model::CausalLm;
 use crate::model::tokenizer;
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::per_token;
+use crate::policy::reward::RewardScorer;
 use crate::policy::rollout::{self, RolloutParams, rollout};
 use crate::report::{self, svg};
 use crate::spec::derive_seed;

@@ -19,7 +19,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::lm::{self, RewardScorer, failed};
+use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, col};
@@ -29,6 +29,7 @@ use crate::model::{CausalLm, Trainable, tokenizer};
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::{per_token, value_of};
 use crate::policy::meta::ModelMeta;
+use crate::policy::reward::RewardScorer;
 use crate::policy::rollout::{RolloutParams, check_fits, rollout};
 use crate::rl::ppo::{self, AdaptiveKl, Baseline, Credit, KlEstimator};
 use crate::spec::derive_seed;
