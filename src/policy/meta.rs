@@ -21,9 +21,10 @@ pub struct ModelMeta {
     pub demos: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub final_loss: Option<f64>,
-    /// A reward model's thresholds between the five score classes.
+    /// A reward model's thresholds between the five score classes (its f32 values widened
+    /// to f64, as the file has always held them).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ordinal_thresholds: Option<Vec<f32>>,
+    pub ordinal_thresholds: Option<Vec<f64>>,
     /// `pretrain-load`'s checkpoint directory (`source: hf`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -90,12 +91,12 @@ mod tests {
         let meta = ModelMeta {
             reward_offset: Some(0.25),
             template: Some("User: {prompt}\nAssistant: {response}".into()),
-            ordinal_thresholds: Some(vec![-1.5, -0.5]),
+            ordinal_thresholds: Some(vec![f64::from(-1.5f32), f64::from(0.58f32)]),
             ..ModelMeta::of_stage("reward-fit")
         };
         meta.write(dir.path()).unwrap();
         let before = serde_json::json!({"hone": {
-            "stage": "reward-fit", "reward_offset": 0.25, "ordinal_thresholds": [-1.5f32, -0.5f32],
+            "stage": "reward-fit", "reward_offset": 0.25, "ordinal_thresholds": [-1.5f32, 0.58f32],
             "template": "User: {prompt}\nAssistant: {response}"}});
         let text = std::fs::read_to_string(dir.path().join("hone.json")).unwrap();
         assert_eq!(

@@ -290,7 +290,7 @@ impl Kind for RewardFit {
             &ModelMeta {
                 reward_offset: Some(offset),
                 template: Some(p.template.clone()),
-                ordinal_thresholds: Some(thresholds),
+                ordinal_thresholds: Some(thresholds.iter().map(|&t| f64::from(t)).collect()),
                 ..ModelMeta::of_stage("reward-fit")
             },
         )?;
