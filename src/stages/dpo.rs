@@ -231,7 +231,7 @@ impl Kind for Dpo {
             Some(p.max_grad_norm),
         )
         .map_err(failed)?;
-        let history = lm::train_with_loss(
+        let history = lm::train_with_loss::<StageError>(
             ctx,
             ctx.resume_dir,
             &policy,

@@ -1052,7 +1052,7 @@ impl Critic {
     fn save(&self, resume_dir: &std::path::Path, iteration: usize) -> Result<(), StageError> {
         let dir = Self::dir(resume_dir, iteration);
         std::fs::create_dir_all(&dir).map_err(failed)?;
-        lm::ResumeState::new(&dir).save(&self.model.base, &self.trainer, &[])
+        Ok(lm::ResumeState::new(&dir).save(&self.model.base, &self.trainer, &[])?)
     }
 
     /// Restores the critic saved with the policy's checkpoint of `iteration` (nothing at 0).

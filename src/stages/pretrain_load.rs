@@ -330,6 +330,7 @@ fn pretrain(
     .map_err(failed)?;
     let history = lm::train_steps(
         ctx,
+        ctx.resume_dir,
         &trainable,
         &mut trainer,
         p.steps,

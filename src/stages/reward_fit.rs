@@ -508,7 +508,7 @@ fn fit_member(
     let model = &rm.base.model;
     let head = rm.head.as_tensor();
     let aux_batch = p.batch_size;
-    let history = lm::train_with_loss(
+    let history = lm::train_with_loss::<StageError>(
         ctx,
         resume_dir,
         &rm.base,

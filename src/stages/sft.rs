@@ -164,6 +164,7 @@ impl Kind for Sft {
         .map_err(failed)?;
         let history = lm::train_steps(
             ctx,
+            ctx.resume_dir,
             &trainable,
             &mut trainer,
             total,
