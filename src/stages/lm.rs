@@ -1,12 +1,13 @@
-//! What the model stages share: reading a `causal-lm` input, writing a `causal-lm`
-//! directory (config.json, model.safetensors, tokenizer.json, hone.json), the training
-//! history table, and resumable training state.
+//! The glue the model stages share where it needs the stage's context or its error type:
+//! reading a `causal-lm` input and the reference, writing a `causal-lm` directory
+//! (config.json, model.safetensors, tokenizer.json, hone.json), the training history
+//! table, metrics directories, the `feedback` input. What needs no context is in
+//! `policy/`.
 
 use std::path::Path;
 
 use arrow::array::ArrayRef;
 use candle_core::Device;
-
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -20,7 +21,6 @@ pub fn failed(e: impl std::fmt::Display) -> StageError {
     StageError::Failed(e.to_string())
 }
 
-/// The default of every model stage's `device` parameter.
 /// How a prompt is put to a policy by default (the chat format of the HHH world's demos).
 pub fn default_template() -> String {
     "User: {prompt}\nAssistant:".into()
@@ -31,6 +31,7 @@ pub fn default_stop() -> Vec<String> {
     vec!["\nUser:".into()]
 }
 
+/// The default of every model stage's `device` parameter.
 pub fn default_device() -> String {
     "auto".into()
 }
