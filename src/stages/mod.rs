@@ -1,7 +1,8 @@
-//! The stage kinds: what each kind takes, gives and does. A kind declares typed ports and
-//! a parameter schema; the runner hands it resolved inputs and collects its outputs.
+//! The stage kinds: what each kind takes, gives and does. A kind declares its typed
+//! parameters and ports; the runner hands it the parameters parsed at validation and its
+//! resolved inputs, and collects its outputs.
 //!
-//! Adding a kind: a file here with a type implementing [`StageKind`], one line in
+//! Adding a kind: a file here with a type implementing [`Kind`], one line in
 //! [`registry`], and the schema regenerated with `hone schema` (see CONTRIBUTING.md).
 
 mod aggregate;
@@ -47,8 +48,8 @@ pub use pretrain_load::PretrainLoad;
 pub use reward_fit::RewardFit;
 pub use sft::Sft;
 
-/// What the runner tells a stage: its resolved parameters, the store paths of its
-/// inputs, and where to write each declared output.
+/// What the runner tells a stage besides its parameters: its id, seed and threads, the
+/// store paths of its inputs, and where to write each declared output.
 pub struct StageContext<'a> {
     pub stage_id: &'a str,
     /// The stage's fingerprint, recorded as provenance in the files it writes.
