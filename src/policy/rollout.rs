@@ -56,6 +56,21 @@ pub struct Completion {
     pub seed: u64,
 }
 
+impl<'a> RolloutParams<'a> {
+    /// Plain sampling at `temperature`, without top-k or top-p truncation (what PPO and
+    /// evaluate use: log-probabilities under the distribution sampled from).
+    pub fn sampling(temperature: f64, max_new_tokens: usize, eos: u32, stop: &'a [String]) -> Self {
+        RolloutParams {
+            temperature,
+            top_k: None,
+            top_p: None,
+            max_new_tokens,
+            eos,
+            stop,
+        }
+    }
+}
+
 impl Completion {
     /// Ended by EOS or a stop string, not by the token budget.
     pub fn ended(&self) -> bool {
@@ -88,11 +103,13 @@ pub fn rollout(
         .iter()
         .map(|&(prompt, seed)| {
             let mut rng = ChaCha8Rng::seed_from_u64(seed);
-            let s = sample(model, prompt, &sample_params, &mut rng, device)?;
+            let mut s = sample(model, prompt, &sample_params, &mut rng, device)?;
             let (kept, stop, text) = cut(&s.tokens, params.eos, params.stop, decode)?;
+            s.tokens.truncate(kept);
+            s.logprobs.truncate(kept);
             Ok(Completion {
-                logprobs: s.logprobs[..kept].to_vec(),
-                tokens: s.tokens[..kept].to_vec(),
+                tokens: s.tokens,
+                logprobs: s.logprobs,
                 text,
                 stop,
                 seed,

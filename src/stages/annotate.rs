@@ -453,9 +453,7 @@ fn label(
 ) -> Result<(), StageError> {
     match kind {
         LabelKind::Pairs => {
-            let mut pairs: Vec<(usize, usize)> = (0..responses.len())
-                .flat_map(|i| (i + 1..responses.len()).map(move |j| (i, j)))
-                .collect();
+            let mut pairs = all_pairs(responses.len());
             pairs.shuffle(rng);
             pairs.truncate(p.pairs_per_prompt);
             for (i, j) in pairs {
@@ -573,6 +571,13 @@ fn pick_annotators<'a>(p: &'a AnnotateParams, rng: &mut impl Rng) -> Vec<&'a Ann
         .collect()
 }
 
+/// Every pair (i, j), i < j, of `n` responses, in order.
+fn all_pairs(n: usize) -> Vec<(usize, usize)> {
+    (0..n)
+        .flat_map(|i| (i + 1..n).map(move |j| (i, j)))
+        .collect()
+}
+
 /// Writes the items to label as hone-format rows with the label left empty: pairs as
 /// `response_a`/`response_b` with `choice` ("a" or "b") to fill in, scores with `score`,
 /// flags with `value`, rankings as `responses` to reorder best first.
@@ -602,9 +607,7 @@ fn export(
         for kind in &p.labels {
             match kind {
                 LabelKind::Pairs => {
-                    let mut pairs: Vec<(usize, usize)> = (0..responses.len())
-                        .flat_map(|i| (i + 1..responses.len()).map(move |j| (i, j)))
-                        .collect();
+                    let mut pairs = all_pairs(responses.len());
                     pairs.shuffle(rng);
                     for (i, j) in pairs.into_iter().take(p.pairs_per_prompt) {
                         let mut row = base("comparison");

@@ -351,19 +351,11 @@ fn evaluate_policy(
         world,
         device,
     } = *inputs;
-    let device = device.clone();
     let mut out = Vec::new();
-    let (policy, tok) = lm::load_input(ctx, name, &device)?;
+    let (policy, tok) = lm::load_input(ctx, name, device)?;
     let model = policy.frozen().map_err(failed)?;
     let eos = lm::end_of_text(&policy.config, &tok);
-    let params = RolloutParams {
-        temperature: p.temperature,
-        top_k: None,
-        top_p: None,
-        max_new_tokens: p.max_new_tokens,
-        eos,
-        stop: &p.stop,
-    };
+    let params = RolloutParams::sampling(p.temperature, p.max_new_tokens, eos, &p.stop);
     let mut responses = Vec::new();
     let mut sequences = Vec::new();
     for (n, (id, text)) in prompts.iter().enumerate() {
@@ -382,7 +374,7 @@ fn evaluate_policy(
         let requests: Vec<(&[u32], u64)> = (0..p.samples_per_prompt)
             .map(|k| (ids.as_slice(), derive_seed(ctx.seed, &format!("{id}/{k}"))))
             .collect();
-        for (k, c) in rollout(&model, &tok, &requests, &params, &device)?
+        for (k, c) in rollout(&model, &tok, &requests, &params, device)?
             .into_iter()
             .enumerate()
         {
@@ -394,8 +386,8 @@ fn evaluate_policy(
         }
         progress(n + 1);
     }
-    let own = per_token(&model, None, &sequences, eos, p.temperature, &device)?;
-    let against = per_token(reference, None, &sequences, eos, p.temperature, &device)?;
+    let own = per_token(&model, None, &sequences, eos, p.temperature, device)?;
+    let against = per_token(reference, None, &sequences, eos, p.temperature, device)?;
     let scores: Option<Vec<f64>> = match &scorer {
         Some(s) => Some(
             s.score(

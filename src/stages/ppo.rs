@@ -790,18 +790,14 @@ fn collect(
             (encoded[i].as_slice(), seed)
         })
         .collect();
-    let rollout_params = RolloutParams {
-        temperature: p.temperature,
-        top_k: None,
-        top_p: None,
-        max_new_tokens: p.max_new_tokens,
-        eos,
-        stop: &p.stop,
-    };
+    let rollout_params = RolloutParams::sampling(p.temperature, p.max_new_tokens, eos, &p.stop);
     let responses: Vec<(Vec<u32>, bool, String)> =
         rollout(&frozen, m.tok, &requests, &rollout_params, device)?
             .into_iter()
-            .map(|c| (c.tokens.clone(), c.ended(), c.text))
+            .map(|c| {
+                let ended = c.ended();
+                (c.tokens, ended, c.text)
+            })
             .collect();
 
     let items: Vec<(&str, &str)> = batch
