@@ -219,18 +219,67 @@ fn is_executable(_meta: &fs::Metadata) -> bool {
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory,
 /// fsync, rename over the target, fsync of the directory. Readers see the old file
-/// or the new one, never a part.
+/// or the new one, never a part. The temporary file is `.NAME.tmp-XXXXXX`, so that
+/// [`remove_stale_temps`] can find what a killed writer left without touching anything
+/// else; the file gets mode 0644 (the target's mode when it exists), not the temporary
+/// file's 0600.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&temp_prefix(path))
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = fs::metadata(path)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o644);
+        tmp.as_file()
+            .set_permissions(fs::Permissions::from_mode(mode))?;
+    }
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     sync_dir(dir)
+}
+
+fn temp_prefix(path: &Path) -> String {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    format!(".{name}.tmp-")
+}
+
+/// Removes the temporary files that a [`write_atomic`] of `path` killed before its
+/// rename left beside it. Call only while no one else can be writing `path` (hone holds
+/// the workspace lock).
+pub fn remove_stale_temps(path: &Path) -> io::Result<usize> {
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let prefix = temp_prefix(path);
+    let mut removed = 0;
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.len() > prefix.len() && entry.file_type()?.is_file() {
+            fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 /// fsync of a directory, so that a rename into it survives a power cut.
@@ -275,6 +324,13 @@ pub fn set_readonly(path: &Path, readonly: bool) -> io::Result<()> {
     } else {
         set_mode(path, &meta, readonly)
     }
+}
+
+/// Makes the top directory of a tree writable (or read-only again) without touching what
+/// is inside: a directory can move to another parent only while writable.
+pub fn set_writable_top(path: &Path, writable: bool) -> io::Result<()> {
+    let meta = fs::symlink_metadata(path)?;
+    set_mode(path, &meta, !writable)
 }
 
 fn set_mode(path: &Path, meta: &fs::Metadata, readonly: bool) -> io::Result<()> {

@@ -26,6 +26,11 @@ pub struct Fingerprint {
     pub inputs: BTreeMap<String, Vec<String>>,
     /// Workspace path -> content digest of each file dependency.
     pub deps: BTreeMap<String, String>,
+    /// The run-time values the stage can observe besides its parameters (`stage`, its
+    /// id, and `threads`), for kinds that observe them; empty (and not serialised, so
+    /// other kinds' keys are unchanged) otherwise.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, Value>,
 }
 
 pub fn fingerprint(material: &Fingerprint) -> String {
@@ -46,6 +51,7 @@ mod tests {
             seed: 7,
             inputs: BTreeMap::from([("a".into(), vec!["00".into()])]),
             deps: BTreeMap::new(),
+            context: BTreeMap::new(),
         }
     }
 
@@ -74,8 +80,20 @@ mod tests {
         let mut m = base.clone();
         m.inputs.insert("a".into(), vec!["01".into()]);
         assert_ne!(fingerprint(&m), key);
-        let mut m = base;
+        let mut m = base.clone();
         m.deps.insert("x.py".into(), "00".into());
         assert_ne!(fingerprint(&m), key);
+        let mut m = base;
+        m.context.insert("stage".into(), "x".into());
+        assert_ne!(fingerprint(&m), key);
+    }
+
+    #[test]
+    fn an_empty_context_leaves_the_key_of_format_2() {
+        // Kinds that observe no context keep the keys (and locks) they had before the
+        // context existed.
+        let m = material(serde_json::json!(0.1));
+        let text = serde_json::to_string(&m).unwrap();
+        assert!(!text.contains("context"), "{text}");
     }
 }

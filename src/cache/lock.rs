@@ -35,6 +35,9 @@ pub struct LockEntry {
     pub inputs: BTreeMap<String, Vec<String>>,
     #[serde(default)]
     pub deps: BTreeMap<String, String>,
+    /// The run-time values in the key of a kind that observes them (`stage`, `threads`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub context: BTreeMap<String, Value>,
     pub outputs: BTreeMap<String, LockOutput>,
 }
 
@@ -115,6 +118,7 @@ impl LockEntry {
             params: material.params.clone(),
             inputs: material.inputs.clone(),
             deps: material.deps.clone(),
+            context: material.context.clone(),
             outputs,
         }
     }
@@ -162,6 +166,20 @@ pub fn explain(
     }
     for path in old.deps.keys().filter(|p| !new.deps.contains_key(*p)) {
         reasons.push(format!("file `{path}` removed from `deps`"));
+    }
+    for (name, value) in &new.context {
+        match old.context.get(name) {
+            Some(before) if before == value => {}
+            Some(before) => reasons.push(format!(
+                "`{name}` changed {} -> {}",
+                short(before),
+                short(value)
+            )),
+            None => reasons.push(format!(
+                "`{name}` ({}) is now part of the key",
+                short(value)
+            )),
+        }
     }
     reasons
 }
@@ -219,6 +237,7 @@ mod tests {
             params: serde_json::json!({"cmd": "echo hi", "lr": 0.001}),
             inputs: BTreeMap::from([("data".into(), vec!["cd".repeat(32)])]),
             deps: BTreeMap::from([("train.py".into(), "ef".repeat(32))]),
+            context: BTreeMap::from([("stage".into(), serde_json::json!("a"))]),
             outputs: BTreeMap::from([(
                 "out".into(),
                 LockOutput {
@@ -249,6 +268,10 @@ mod tests {
             seed: 3,
             inputs: BTreeMap::from([("data".into(), vec!["00".repeat(32)])]),
             deps: BTreeMap::from([("train.py".into(), "ef".repeat(32))]),
+            context: BTreeMap::from([
+                ("stage".into(), serde_json::json!("b")),
+                ("threads".into(), serde_json::json!(2)),
+            ]),
         };
         assert_eq!(
             explain(&old, &new, &|_| "`prep`".into()),
@@ -256,6 +279,8 @@ mod tests {
                 "`command` implementation version changed 1 -> 2",
                 "param `lr` changed 0.001 -> 0.0001",
                 "input `data` changed (output of `prep`)",
+                "`stage` changed \"a\" -> \"b\"",
+                "`threads` (2) is now part of the key",
             ]
         );
     }

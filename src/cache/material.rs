@@ -39,6 +39,11 @@ pub fn material(
             .map_err(|e| format!("file `{dep}` cannot be read: {e}"))?;
         deps.insert(dep.clone(), digest.hex);
     }
+    let mut context = BTreeMap::new();
+    if stage.kind.observes_context() {
+        context.insert("stage".to_string(), serde_json::json!(stage.id));
+        context.insert("threads".to_string(), serde_json::json!(stage.threads));
+    }
     Ok(Fingerprint {
         format: FORMAT,
         kind: stage.kind.name().to_string(),
@@ -47,6 +52,7 @@ pub fn material(
         seed: stage.seed,
         inputs,
         deps,
+        context,
     })
 }
 

@@ -10,11 +10,19 @@ use crate::cache::lock::lock_path;
 use crate::cache::{LockFile, Store};
 
 #[derive(Debug, Args)]
+#[command(
+    after_help = "Where gc looks for lock files: every `*.lock` hone wrote under the workspace \
+(hidden directories included; not `.git`, `.hone`, `target` or `node_modules`), every lock file a \
+run in this workspace wrote wherever it lives (recorded in `.hone/locks.json`), and each `--keep`."
+)]
 pub struct GcArgs {
-    /// Keep only what the lock files of these specs reference (default: every `*.lock`
-    /// file in the workspace).
+    /// Keep only what the lock files of these specs reference (default: every lock file
+    /// gc can find, see below).
     #[arg(value_name = "SPEC")]
     pub specs: Vec<PathBuf>,
+    /// Also keep what this lock file references (repeatable).
+    #[arg(long, value_name = "LOCK")]
+    pub keep: Vec<PathBuf>,
     /// Say what would be removed, remove nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -27,11 +35,33 @@ pub fn run(args: GcArgs) -> Result<u8, CliError> {
         return Ok(0);
     };
     let _guard = store.lock(false, "hone gc")?;
-    let locks: Vec<PathBuf> = if args.specs.is_empty() {
-        find_locks(&ws)
+    if !args.dry_run {
+        // Leftovers of killed runs and of a killed gc (objects half-way out).
+        store.clear_tmp()?;
+    }
+    let mut locks: BTreeSet<PathBuf> = BTreeSet::new();
+    let mut gone = Vec::new();
+    if args.specs.is_empty() {
+        locks.extend(find_locks(&ws).iter().map(|p| absolute(p)));
+        for known in store.known_locks() {
+            if known.exists() {
+                locks.insert(known);
+            } else {
+                gone.push(known);
+            }
+        }
     } else {
-        args.specs.iter().map(|s| lock_path(s)).collect()
-    };
+        locks.extend(args.specs.iter().map(|s| absolute(&lock_path(s))));
+    }
+    for keep in &args.keep {
+        if !keep.is_file() {
+            return Err(CliError::Input(format!(
+                "--keep `{}`: no such lock file",
+                keep.display()
+            )));
+        }
+        locks.insert(absolute(keep));
+    }
     let mut keep_runs = BTreeSet::new();
     let mut keep_objects = BTreeSet::new();
     for path in &locks {
@@ -68,6 +98,12 @@ pub fn run(args: GcArgs) -> Result<u8, CliError> {
     }
     if !args.dry_run {
         let _ = store.clear_resume();
+        for lock in &locks {
+            let _ = crate::artifact::remove_stale_temps(lock);
+        }
+        if !gone.is_empty() {
+            store.forget_locks(&gone)?;
+        }
     }
     out(&format!(
         "{} {removed_objects} object{} ({}) and {removed_runs} run record{}; kept what {} lock file{} reference\n",
@@ -82,10 +118,26 @@ pub fn run(args: GcArgs) -> Result<u8, CliError> {
         locks.len(),
         if locks.len() == 1 { "" } else { "s" },
     ));
+    for lock in &locks {
+        out(&format!("  kept: {}\n", shown(lock, &ws)));
+    }
     Ok(0)
 }
 
-/// Every hone lock file under the workspace, skipping hidden directories and `target/`.
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf())
+}
+
+/// A lock path relative to the workspace when it is inside it.
+fn shown(path: &Path, ws: &Path) -> String {
+    let ws = absolute(ws);
+    path.strip_prefix(&ws)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.display().to_string())
+}
+
+/// Every hone lock file under the workspace, hidden directories included, skipping
+/// `.git`, `.hone`, `target/` and `node_modules/`.
 fn find_locks(root: &Path) -> Vec<PathBuf> {
     let mut found = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -100,7 +152,7 @@ fn find_locks(root: &Path) -> Vec<PathBuf> {
                 continue;
             };
             if kind.is_dir() {
-                if !name.starts_with('.') && name != "target" && name != "node_modules" {
+                if ![".git", ".hone", "target", "node_modules"].contains(&name.as_str()) {
                     stack.push(path);
                 }
             } else if name.ends_with(".lock")

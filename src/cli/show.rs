@@ -76,7 +76,9 @@ pub fn run(args: ShowArgs) -> Result<u8, CliError> {
             match locked {
                 Some(entry)
                     if store.as_ref().is_some_and(|s| {
-                        entry.outputs.values().all(|o| s.has_object(&o.digest))
+                        entry.outputs.values().all(|o| {
+                            s.check_object(&o.digest) == crate::cache::store::Integrity::Intact
+                        })
                     }) =>
                 {
                     (

@@ -3,11 +3,14 @@
 use clap::Args;
 
 use super::{CliError, human_size, out, workspace};
-use crate::cache::Store;
+use std::collections::BTreeSet;
+
+use crate::cache::{RunRecord, Store};
 
 #[derive(Debug, Args)]
 pub struct VerifyArgs {
-    /// Remove corrupt objects and the run records that use them, so the next run recomputes them.
+    /// Remove corrupt objects, the run records that produced them and the run records of
+    /// everything computed from them, so the next run recomputes them.
     #[arg(long)]
     pub fix: bool,
 }
@@ -25,7 +28,7 @@ pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
     };
     let io = |e: std::io::Error| CliError::Failed(format!("reading the store: {e}"));
     let mut problems = Vec::new();
-    let mut corrupt = std::collections::BTreeSet::new();
+    let mut corrupt = BTreeSet::new();
     let (mut n_objects, mut bytes) = (0, 0u64);
     for digest in store.list_objects().map_err(io)? {
         n_objects += 1;
@@ -44,13 +47,14 @@ pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
             }
         }
     }
-    let mut bad_runs = Vec::new();
     let runs = store.list_runs().map_err(io)?;
+    let mut bad_runs = std::collections::BTreeSet::new();
+    let mut records = Vec::new();
     for fp in &runs {
         match store.read_run(fp) {
             None => {
                 problems.push(format!("run record {fp} cannot be read"));
-                bad_runs.push(fp.clone());
+                bad_runs.insert(fp.clone());
             }
             Some(record) => {
                 for (name, o) in &record.outputs {
@@ -59,17 +63,26 @@ pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
                             "stage `{}` output `{name}` uses corrupt object {}",
                             record.stage, o.digest
                         ));
-                        bad_runs.push(fp.clone());
+                        bad_runs.insert(fp.clone());
                     } else if !store.has_object(&o.digest) {
                         problems.push(format!(
                             "stage `{}` output `{name}`: object {} is missing",
                             record.stage, o.digest
                         ));
-                        bad_runs.push(fp.clone());
+                        bad_runs.insert(fp.clone());
                     }
                 }
+                records.push(record);
             }
         }
+    }
+    for (record, damaged) in derived_from(&records, &corrupt) {
+        problems.push(format!(
+            "stage `{}` (run {}) was computed from damaged object {damaged}",
+            record.stage,
+            &record.fingerprint[..12]
+        ));
+        bad_runs.insert(record.fingerprint.clone());
     }
     let mut text = format!(
         "checked {n_objects} objects ({}) and {} run records\n",
@@ -100,8 +113,98 @@ pub fn run(args: VerifyArgs) -> Result<u8, CliError> {
         return Ok(0);
     }
     text.push_str(
-        "run `hone verify --fix` to drop the damaged results so the next run recomputes them\n",
+        "run `hone verify --fix` to drop the damaged results, and what was computed from them, so the next run recomputes them\n",
     );
     out(&text);
     Ok(1)
+}
+
+/// The runs that read a damaged object, directly or through the outputs of other such
+/// runs, each with the damaged digest it read. A damaged object may have been read before
+/// anyone noticed, so everything downstream of it is suspect: the run records are
+/// dropped so the next run recomputes them (their objects match their digests and stay
+/// until `hone gc`).
+fn derived_from<'a>(
+    records: &'a [RunRecord],
+    damaged: &BTreeSet<String>,
+) -> Vec<(&'a RunRecord, String)> {
+    let mut tainted = damaged.clone();
+    let mut found: Vec<(&RunRecord, String)> = Vec::new();
+    let mut seen = BTreeSet::new();
+    loop {
+        let mut grew = false;
+        for record in records {
+            if seen.contains(&record.fingerprint) {
+                continue;
+            }
+            let read = record
+                .inputs
+                .values()
+                .flatten()
+                .find(|d| tainted.contains(*d));
+            if let Some(digest) = read {
+                seen.insert(record.fingerprint.clone());
+                found.push((record, digest.clone()));
+                tainted.extend(record.outputs.values().map(|o| o.digest.clone()));
+                grew = true;
+            }
+        }
+        if !grew {
+            return found;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::artifact::ArtifactType;
+    use crate::cache::LockOutput;
+    use std::collections::BTreeMap;
+
+    fn record(fp: &str, inputs: &[&str], output: &str) -> RunRecord {
+        RunRecord {
+            format: 1,
+            fingerprint: format!("{fp:0<64}"),
+            stage: fp.into(),
+            kind: "command".into(),
+            inputs: BTreeMap::from([(
+                "i".to_string(),
+                inputs.iter().map(|s| s.to_string()).collect(),
+            )]),
+            outputs: BTreeMap::from([(
+                "o".to_string(),
+                LockOutput {
+                    digest: output.into(),
+                    ty: ArtifactType::Files,
+                    size: 1,
+                },
+            )]),
+            duration_s: 0.0,
+            finished_at: 0,
+        }
+    }
+
+    #[test]
+    fn everything_downstream_of_a_damaged_object_is_found_and_nothing_else() {
+        // a -> A -> b -> B -> c -> C, and d reads only D (intact). The order of the records
+        // is not the order of the chain.
+        let records = [
+            record("c", &["B"], "C"),
+            record("a", &[], "A"),
+            record("b", &["A"], "B"),
+            record("d", &["D"], "E"),
+        ];
+        let damaged = BTreeSet::from(["A".to_string()]);
+        let mut found: Vec<(String, String)> = derived_from(&records, &damaged)
+            .into_iter()
+            .map(|(r, d)| (r.stage.clone(), d))
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            [("b".to_string(), "A".to_string()), ("c".into(), "B".into())]
+        );
+        assert!(derived_from(&records, &BTreeSet::new()).is_empty());
+    }
 }

@@ -35,7 +35,8 @@ impl ModelConfig {
         match value.get("model_type").and_then(Value::as_str) {
             Some("gpt2") => serde_json::from_value(value)
                 .map(ModelConfig::Gpt2)
-                .map_err(|e| format!("GPT-2 config: {e}")),
+                .map_err(|e| format!("GPT-2 config: {e}"))
+                .and_then(ModelConfig::checked),
             Some("llama") => {
                 // transformers 5 writes `rope_parameters.rope_theta`; older versions a
                 // top-level `rope_theta`.
@@ -48,11 +49,143 @@ impl ModelConfig {
                 serde_json::from_value(value)
                     .map(ModelConfig::Llama)
                     .map_err(|e| format!("Llama config: {e}"))
+                    .and_then(ModelConfig::checked)
             }
             Some(other) => Err(format!(
                 "unsupported `model_type` `{other}` (hone trains `gpt2` and `llama`)"
             )),
             None => Err("no `model_type` field".into()),
+        }
+    }
+
+    fn checked(self) -> std::result::Result<ModelConfig, String> {
+        self.check().map(|()| self)
+    }
+
+    /// Checks every value a network is built from before anything is allocated: sizes at
+    /// least 1 and within what a model can have, heads that divide the width, finite
+    /// positive epsilons, token ids inside the vocabulary. The message names the key.
+    pub fn check(&self) -> std::result::Result<(), String> {
+        fn size(key: &str, value: usize, max: usize) -> std::result::Result<(), String> {
+            if value == 0 || value > max {
+                return Err(format!(
+                    "`{key}` is {value}; it must be between 1 and {max}"
+                ));
+            }
+            Ok(())
+        }
+        fn positive(key: &str, value: f64) -> std::result::Result<(), String> {
+            if !(value.is_finite() && value > 0.0) {
+                return Err(format!("`{key}` is {value}; it must be a positive number"));
+            }
+            Ok(())
+        }
+        fn token(key: &str, id: Option<u32>, vocab: usize) -> std::result::Result<(), String> {
+            match id {
+                Some(id) if id as usize >= vocab => Err(format!(
+                    "`{key}` is {id}, outside the vocabulary (`vocab_size` {vocab})"
+                )),
+                _ => Ok(()),
+            }
+        }
+        const WIDTH: usize = 1 << 16;
+        const VOCAB: usize = 1 << 22;
+        const POSITIONS: usize = 1 << 22;
+        const LAYERS: usize = 1024;
+        match self {
+            ModelConfig::Gpt2(c) => {
+                size("vocab_size", c.vocab_size, VOCAB)?;
+                size("n_positions", c.n_positions, POSITIONS)?;
+                size("n_embd", c.n_embd, WIDTH)?;
+                size("n_layer", c.n_layer, LAYERS)?;
+                size("n_head", c.n_head, c.n_embd)?;
+                if c.n_embd % c.n_head != 0 {
+                    return Err(format!(
+                        "`n_embd` ({}) is not a multiple of `n_head` ({})",
+                        c.n_embd, c.n_head
+                    ));
+                }
+                if let Some(inner) = c.n_inner {
+                    size("n_inner", inner, 4 * WIDTH)?;
+                }
+                if !["gelu_new", "gelu", "gelu_pytorch_tanh"]
+                    .contains(&c.activation_function.as_str())
+                {
+                    return Err(format!(
+                        "`activation_function` `{}` is not one hone implements (gelu_new, gelu_pytorch_tanh, gelu)",
+                        c.activation_function
+                    ));
+                }
+                positive("layer_norm_epsilon", c.layer_norm_epsilon)?;
+                token("bos_token_id", c.bos_token_id, c.vocab_size)?;
+                token("eos_token_id", c.eos_token_id, c.vocab_size)?;
+            }
+            ModelConfig::Llama(c) => {
+                size("vocab_size", c.vocab_size, VOCAB)?;
+                size(
+                    "max_position_embeddings",
+                    c.max_position_embeddings,
+                    POSITIONS,
+                )?;
+                size("hidden_size", c.hidden_size, WIDTH)?;
+                size("intermediate_size", c.intermediate_size, 4 * WIDTH)?;
+                size("num_hidden_layers", c.num_hidden_layers, LAYERS)?;
+                size("num_attention_heads", c.num_attention_heads, c.hidden_size)?;
+                if c.hidden_size % c.num_attention_heads != 0 {
+                    return Err(format!(
+                        "`hidden_size` ({}) is not a multiple of `num_attention_heads` ({})",
+                        c.hidden_size, c.num_attention_heads
+                    ));
+                }
+                if c.head_dim() % 2 != 0 {
+                    return Err(format!(
+                        "the head width `hidden_size / num_attention_heads` is {}; rotary embeddings need an even one",
+                        c.head_dim()
+                    ));
+                }
+                let kv = c.n_kv_heads();
+                size("num_key_value_heads", kv, c.num_attention_heads)?;
+                if c.num_attention_heads % kv != 0 {
+                    return Err(format!(
+                        "`num_attention_heads` ({}) is not a multiple of `num_key_value_heads` ({kv})",
+                        c.num_attention_heads
+                    ));
+                }
+                positive("rms_norm_eps", c.rms_norm_eps)?;
+                positive("rope_theta", c.rope_theta)?;
+                token("bos_token_id", c.bos_token_id, c.vocab_size)?;
+                token("eos_token_id", c.eos_token_id, c.vocab_size)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// How many weights the network of this config has (what loading allocates, in f32).
+    pub fn parameter_count(&self) -> u128 {
+        match self {
+            ModelConfig::Gpt2(c) => {
+                let (v, p, d, l) = (
+                    c.vocab_size as u128,
+                    c.n_positions as u128,
+                    c.n_embd as u128,
+                    c.n_layer as u128,
+                );
+                let inner = c.n_inner.map(|n| n as u128).unwrap_or(4 * d);
+                let layer = 4 * d + (d * 3 * d + 3 * d) + (d * d + d) + 2 * d * inner + inner + d;
+                v * d + p * d + l * layer + 2 * d
+            }
+            ModelConfig::Llama(c) => {
+                let (v, d, i, l) = (
+                    c.vocab_size as u128,
+                    c.hidden_size as u128,
+                    c.intermediate_size as u128,
+                    c.num_hidden_layers as u128,
+                );
+                let kv = (c.n_kv_heads() * c.head_dim()) as u128;
+                let layer = 2 * d * d + 2 * d * kv + 3 * d * i + 2 * d;
+                let head = if c.tie_word_embeddings { 0 } else { v * d };
+                v * d + l * layer + d + head
+            }
         }
     }
 
@@ -296,7 +429,6 @@ impl Trainable {
                 path: config_path.display().to_string(),
                 reason,
             })?;
-        let trainable = Trainable::init(&config, device)?;
         let weights_path = dir.join("model.safetensors");
         if !weights_path.is_file() {
             return Err(CheckpointError::Invalid {
@@ -304,6 +436,22 @@ impl Trainable {
                 reason: "missing (hone reads safetensors checkpoints)".into(),
             });
         }
+        // Every weight takes at least two bytes in the file (bf16): a config that implies
+        // more weights than that does not describe this checkpoint, and building its
+        // network could exhaust memory before any tensor is compared.
+        let file_size = std::fs::metadata(&weights_path)
+            .map(|m| m.len() as u128)
+            .unwrap_or(0);
+        let implied = config.parameter_count();
+        if implied * 2 > file_size {
+            return Err(CheckpointError::Invalid {
+                path: config_path.display().to_string(),
+                reason: format!(
+                    "the sizes in it imply {implied} weights, more than `model.safetensors` ({file_size} bytes) can hold"
+                ),
+            });
+        }
+        let trainable = Trainable::init(&config, device)?;
         let stored = candle_core::safetensors::load(&weights_path, device).map_err(|e| {
             CheckpointError::Invalid {
                 path: weights_path.display().to_string(),

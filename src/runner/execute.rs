@@ -192,6 +192,7 @@ fn execute_stage(
         fingerprint: job.fingerprint.clone(),
         stage: stage.id.clone(),
         kind: stage.kind.name().to_string(),
+        inputs: job.material.inputs.clone(),
         outputs: committed.clone(),
         duration_s: started.elapsed().as_secs_f64(),
         finished_at: SystemTime::now()
@@ -329,6 +330,7 @@ mod tests {
             seed: stage.seed,
             inputs: BTreeMap::new(),
             deps: BTreeMap::new(),
+            context: BTreeMap::new(),
         };
         Job {
             fingerprint: fingerprint(&material),

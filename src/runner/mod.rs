@@ -180,6 +180,9 @@ pub fn run(
     let _guard = store.lock(options.wait, &format!("hone run {}", spec_path.display()))?;
     store.clear_tmp()?;
     let lock_file = lock_path(spec_path);
+    // What a run killed while writing the lock file left beside it.
+    let _ = crate::artifact::remove_stale_temps(&lock_file);
+    store.register_lock(&lock_file)?;
     let old_lock = LockFile::read(&lock_file)?;
     let mut lock = old_lock
         .clone()

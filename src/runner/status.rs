@@ -11,6 +11,7 @@ use super::{Outputs, RunError, StageReport, Status, stage_indices, upstream_name
 use crate::cache::files::FileCache;
 use crate::cache::lock::{explain, lock_path};
 use crate::cache::material::{material, material_with_inputs};
+use crate::cache::store::Lookup;
 use crate::cache::{Fingerprint, LockFile, Store, fingerprint};
 use crate::dag::Pipeline;
 use crate::stages::StageError;
@@ -104,8 +105,18 @@ fn survey(pipeline: &Pipeline, spec_path: &Path, workspace: &Path) -> Result<Sur
                 },
                 Ok(m) => {
                     let fp = fingerprint(&m);
-                    let cached = store.as_ref().and_then(|s| s.cached_run(&fp));
+                    let (cached, damaged) = match store.as_ref().map(|s| s.lookup(&fp)) {
+                        Some(Lookup::Hit(record)) => (Some(record), None),
+                        Some(Lookup::Damaged { output, why }) => (
+                            None,
+                            Some(format!(
+                                "stored output `{output}` is damaged ({why}); the next run recomputes it"
+                            )),
+                        ),
+                        _ => (None, None),
+                    };
                     let reasons = match (&cached, old) {
+                        (None, _) if damaged.is_some() => damaged.into_iter().collect(),
                         (Some(_), Some(old)) if old.fingerprint == fp => Vec::new(),
                         (Some(_), _) => vec![
                             "stored result found; the lock file will be updated on the next run"

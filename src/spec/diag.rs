@@ -90,15 +90,42 @@ fn render(file: &SourceFile, diag: &Diagnostic, f: &mut fmt::Formatter<'_>) -> f
                 0
             }
             .max(1);
+            // A long line is quoted as a window around the column.
+            let (shown, col, width) = window(line_text, span.col, width);
             writeln!(f, "{pad} |")?;
-            writeln!(f, "{} | {}", span.line, line_text)?;
-            writeln!(f, "{pad} | {}{}", " ".repeat(span.col), "^".repeat(width))?;
+            writeln!(f, "{} | {}", span.line, shown)?;
+            writeln!(f, "{pad} | {}{}", " ".repeat(col), "^".repeat(width))?;
         }
     }
     if let Some(help) = &diag.help {
         writeln!(f, "  = help: {help}")?;
     }
     Ok(())
+}
+
+/// At most [`WINDOW`] characters of `line` around column `col`, with `…` where it was
+/// cut, and the column and caret width within what is shown.
+fn window(line: &str, col: usize, width: usize) -> (String, usize, usize) {
+    const WINDOW: usize = 120;
+    let chars: Vec<char> = line.chars().collect();
+    if chars.len() <= WINDOW {
+        return (line.to_string(), col, width);
+    }
+    let start = col
+        .saturating_sub(WINDOW / 2)
+        .min(chars.len().saturating_sub(WINDOW));
+    let end = (start + WINDOW).min(chars.len());
+    let rel = col.min(end) - start;
+    let mut shown = String::new();
+    if start > 0 {
+        shown.push('…');
+    }
+    shown.extend(&chars[start..end]);
+    if end < chars.len() {
+        shown.push('…');
+    }
+    let width = width.min(end - start - rel).max(1);
+    (shown, rel + usize::from(start > 0), width)
 }
 
 /// The candidate closest to `name`, when it is close enough to be a likely typo.
@@ -140,6 +167,17 @@ mod tests {
         check("kidn", &["kind", "inputs"], Some("kind"));
         check("banana", &["kind", "inputs", "with"], None);
         check("with", &["with"], None);
+    }
+
+    #[test]
+    fn a_long_line_is_quoted_as_a_window_around_the_column() {
+        let line = format!("{}X{}", "a".repeat(5000), "b".repeat(5000));
+        let (shown, col, width) = window(&line, 5000, 1);
+        assert!(shown.chars().count() <= 122, "{}", shown.len());
+        assert_eq!(shown.chars().nth(col), Some('X'));
+        assert_eq!(width, 1);
+        assert!(shown.starts_with('…') && shown.ends_with('…'));
+        assert_eq!(window("short", 2, 3), ("short".to_string(), 2, 3));
     }
 
     #[test]

@@ -111,6 +111,13 @@ pub trait KindDef: Send + Sync {
     fn version(&self) -> u32;
     /// One line for `hone schema` and editor hover text.
     fn summary(&self) -> &'static str;
+    /// Whether what the stage runs can see its own id and thread count (a command sees
+    /// them in `${stage}`, `${threads}` and its environment): then both are part of its
+    /// cache key. Other kinds' outputs do not depend on them, so renaming such a stage
+    /// keeps its results.
+    fn observes_context(&self) -> bool {
+        false
+    }
     /// The JSON Schema of the `with` block.
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema;
     /// Parses and checks the (interpolated) `with` parameters, and returns them typed and

@@ -55,7 +55,12 @@ fn default_shell() -> String {
 impl Kind for Command {
     const NAME: &'static str = "command";
 
-    const VERSION: u32 = 1;
+    /// 2: the stage's id and thread count are part of its key (the command sees both).
+    const VERSION: u32 = 2;
+
+    // `${stage}` and `${threads}` in the command, `HONE_STAGE` and `HONE_THREADS` in its
+    // environment (and so in any script it runs).
+    const OBSERVES_CONTEXT: bool = true;
 
     const SUMMARY: &'static str =
         "run a shell command with declared inputs, file dependencies and outputs";

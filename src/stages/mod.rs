@@ -139,6 +139,9 @@ pub trait Kind: Send + Sync + 'static {
     const VERSION: u32;
     /// One line for `hone schema` and editor hover text.
     const SUMMARY: &'static str;
+    /// Whether the work can see the stage's id and thread count (then both go into its
+    /// cache key; see `KindDef::observes_context`).
+    const OBSERVES_CONTEXT: bool = false;
     /// Checks what the schema cannot say (relations between parameters) and returns the
     /// stage's ports. Called only with parameters that satisfy the schema. `input_names`
     /// are the input ports the spec binds, for kinds whose parameters refer to them.
@@ -167,6 +170,10 @@ impl<K: Kind> KindDef for K {
 
     fn summary(&self) -> &'static str {
         K::SUMMARY
+    }
+
+    fn observes_context(&self) -> bool {
+        K::OBSERVES_CONTEXT
     }
 
     fn params_schema(&self, generator: &mut SchemaGenerator) -> Schema {

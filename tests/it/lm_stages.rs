@@ -130,6 +130,67 @@ fn a_hugging_face_checkpoint_loads_as_the_base_model() {
     );
 }
 
+/// A checkpoint's `config.json` is untrusted input: each bad value is a failed stage whose
+/// message names the key and the file, never a panic, an abort or a raw shape error.
+#[test]
+fn an_untrusted_checkpoint_config_is_checked_before_anything_is_built() {
+    let ws = Workspace::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2-tiny");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture.join("config.json")).unwrap())
+            .unwrap();
+    let cases: [(&str, serde_json::Value, &str); 6] = [
+        ("n_head", serde_json::json!(0), "`n_head` is 0"),
+        (
+            "n_embd",
+            serde_json::json!(1_000_000_000_000u64),
+            "`n_embd` is 1000000000000",
+        ),
+        (
+            "n_head",
+            serde_json::json!(5),
+            "`n_embd` (32) is not a multiple of `n_head` (5)",
+        ),
+        (
+            "n_layer",
+            serde_json::json!(1000),
+            "more than `model.safetensors`",
+        ),
+        (
+            "eos_token_id",
+            serde_json::json!(500),
+            "`eos_token_id` is 500",
+        ),
+        (
+            "layer_norm_epsilon",
+            serde_json::json!(-1.0),
+            "`layer_norm_epsilon` is -1",
+        ),
+    ];
+    for (n, (key, value, expect)) in cases.into_iter().enumerate() {
+        let dir = format!("models/m{n}");
+        for file in ["model.safetensors", "tokenizer.json"] {
+            std::fs::create_dir_all(ws.path(&dir)).unwrap();
+            std::fs::copy(fixture.join(file), ws.path(&format!("{dir}/{file}"))).unwrap();
+        }
+        let mut bad = config.clone();
+        bad[key] = value;
+        ws.write(&format!("{dir}/config.json"), &bad.to_string());
+        ws.write(
+            "p.yaml",
+            &format!("name: hf\nstages:\n  base: {{ kind: pretrain-load, with: {{ source: hf, path: {dir}, device: cpu }} }}\n"),
+        );
+        let out = ws.hone(&["run", "p.yaml"]);
+        assert_eq!(out.code, 1, "{key}: {}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stdout.contains(expect) && out.stdout.contains(&format!("{dir}/config.json")),
+            "{key}: {}",
+            out.stdout
+        );
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+}
+
 #[test]
 #[cfg(unix)]
 fn a_killed_pretraining_resumes_to_the_same_model() {

@@ -8,5 +8,6 @@ mod lm_stages;
 mod models;
 mod policy;
 mod run;
+mod store;
 mod support;
 mod validate;

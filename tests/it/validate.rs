@@ -540,3 +540,37 @@ stages:
     );
     assert!(!out.stderr.contains("matches no stage"), "{}", out.stderr);
 }
+
+/// Hostile specs are answered with exit 2 and a message, quickly: deep nesting (which
+/// overflowed the stack, exit 134) and a "billion laughs" alias bomb (which took 19 s and
+/// 5.9 GB).
+#[test]
+fn hostile_yaml_is_refused_with_exit_2() {
+    let ws = Workspace::new();
+    ws.write(
+        "d.yaml",
+        &format!("name: x\nstages: {{}}\nb:\n  {}1\n", "- ".repeat(50_000)),
+    );
+    let out = ws.hone(&["validate", "d.yaml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("deeper than 128 levels"),
+        "{}",
+        out.stderr
+    );
+    // The quoted line is a window, not 100 KB.
+    assert!(out.stderr.len() < 2_000, "{} bytes", out.stderr.len());
+
+    let mut bomb = String::from("name: x\nstages: {}\na0: &a0 [x, x, x, x, x, x, x, x, x]\n");
+    for level in 1..9 {
+        let prev = format!("*a{}", level - 1);
+        bomb.push_str(&format!(
+            "a{level}: &a{level} [{}]\n",
+            [prev.as_str(); 9].join(", ")
+        ));
+    }
+    ws.write("bomb.yaml", &bomb);
+    let out = ws.hone(&["validate", "bomb.yaml"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("alias bomb"), "{}", out.stderr);
+}
