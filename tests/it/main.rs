@@ -3,6 +3,7 @@
 mod aggregate;
 mod annotate;
 mod crash;
+mod faults;
 mod feedback;
 mod lm_stages;
 mod models;
