@@ -233,6 +233,9 @@ fn summary(report: &RunReport) -> String {
     for v in &report.frozen_violations {
         text.push_str(&format!("--frozen: {v}\n"));
     }
+    if let Some(e) = &report.lock_error {
+        text.push_str(&format!("error: {e}\n"));
+    }
     text
 }
 
@@ -244,6 +247,7 @@ fn json_report(report: &RunReport) -> serde_json::Value {
         "wall_s": report.wall.as_secs_f64(),
         "stages": stages,
         "frozen_violations": report.frozen_violations,
+        "lock_error": report.lock_error,
     })
 }
 

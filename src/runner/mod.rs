@@ -97,12 +97,16 @@ pub struct RunReport {
     pub stages: Vec<StageReport>,
     /// `--frozen` found that the run would change the lock file.
     pub frozen_violations: Vec<String>,
+    /// The lock file could not be written at the end (a full disk): the results are in
+    /// the store, the next run records them.
+    pub lock_error: Option<String>,
     pub wall: Duration,
 }
 
 impl RunReport {
     pub fn ok(&self) -> bool {
         self.frozen_violations.is_empty()
+            && self.lock_error.is_none()
             && self
                 .stages
                 .iter()
@@ -406,13 +410,19 @@ pub fn run(
 
     let mut st = state.into_inner().expect("state lock");
     let _ = st.files.save();
+    let mut lock_error = None;
     if !options.frozen {
         // Stages no longer in the spec leave the lock; stages not selected keep their entries.
         let ids: BTreeSet<&str> = pipeline.spec.stages.iter().map(|s| s.id.as_str()).collect();
         let before = st.lock.stages.len();
         st.lock.stages.retain(|id, _| ids.contains(id.as_str()));
-        if st.lock_dirty || st.lock.stages.len() != before {
-            st.lock.write(&lock_file)?;
+        if (st.lock_dirty || st.lock.stages.len() != before)
+            && let Err(e) = st.lock.write(&lock_file)
+        {
+            // Reported with the stages' outcomes, not instead of them.
+            lock_error = Some(format!(
+                "{e}; every finished stage is in the store, and the next run records it"
+            ));
         }
     }
     let stages = selected
@@ -423,6 +433,7 @@ pub fn run(
         pipeline: pipeline.spec.name.clone(),
         stages,
         frozen_violations: st.frozen_violations,
+        lock_error,
         wall: wall.elapsed(),
     })
 }

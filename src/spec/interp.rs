@@ -1,7 +1,9 @@
 //! `${...}` placeholders in spec strings. Spec-time names (`params.x`, `round`, `item`,
 //! `prev`, `carry.x`) are resolved when the spec is loaded; run-time names (`inputs.x`,
 //! `outputs.x`, `seed`, `threads`, `stage`) are left for the stage to fill in. `$${`
-//! writes a literal `${` (for shell variables inside a `command`).
+//! writes a literal `${` (for shell variables inside a `command`). A spec-time name with
+//! `:q` (`${params.who:q}`) is written shell-quoted, for values that go into a command
+//! (`O'Brien` becomes `'O'\''Brien'`); run-time paths are always quoted.
 
 /// One piece of a string with placeholders.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,6 +52,23 @@ pub fn is_runtime_name(name: &str) -> bool {
         || name.starts_with("outputs.")
 }
 
+/// The suffix that asks for a shell-quoted value.
+pub const QUOTED: &str = ":q";
+
+/// `text` as one word for a POSIX shell: unchanged when it is made only of characters no
+/// shell treats specially, otherwise in single quotes (a `'` inside written `'\''`).
+pub fn shell_quote(text: &str) -> String {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "/._-@:+=,".contains(c))
+    {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', r"'\''"))
+    }
+}
+
 /// Writes pieces back as text, with `$${` kept escaped (used when a spec-time pass
 /// leaves run-time names for later).
 pub fn unscan(pieces: &[Piece<'_>]) -> String {
@@ -87,6 +106,30 @@ mod tests {
             ]
         );
         assert_eq!(scan("x ${oops"), Err(2));
+    }
+
+    #[test]
+    fn shell_quoting_survives_a_shell() {
+        assert_eq!(shell_quote("plain-1.0"), "plain-1.0");
+        assert_eq!(shell_quote("O'Brien"), r"'O'\''Brien'");
+        assert_eq!(shell_quote(""), "''");
+        for text in [
+            "O'Brien",
+            "a b",
+            "$(rm -rf x)",
+            "`x`",
+            "\"q\"",
+            "*",
+            "",
+            "a\nb",
+        ] {
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!("printf %s {}", shell_quote(text)))
+                .output()
+                .unwrap();
+            assert_eq!(String::from_utf8(out.stdout).unwrap(), text);
+        }
     }
 
     #[test]

@@ -759,6 +759,7 @@ impl Resolver<'_> {
         };
         if let [Piece::Var(name, offset)] = pieces.as_slice()
             && !(keep_runtime && interp::is_runtime_name(name))
+            && !name.ends_with(interp::QUOTED)
         {
             return self.lookup(name, at, *offset, round).unwrap_or(Value::Null);
         }
@@ -767,6 +768,24 @@ impl Resolver<'_> {
             match piece {
                 Piece::Var(name, _) if keep_runtime && interp::is_runtime_name(name) => {
                     out.push_str(&interp::unscan(std::slice::from_ref(piece)));
+                }
+                Piece::Var(name, offset) if name.ends_with(interp::QUOTED) => {
+                    let bare = name[..name.len() - interp::QUOTED.len()].trim_end();
+                    match self.lookup(bare, at, *offset, round) {
+                        Some(Value::String(s)) => out.push_str(&interp::shell_quote(&s)),
+                        Some(v @ (Value::Number(_) | Value::Bool(_))) => {
+                            out.push_str(&interp::shell_quote(&v.to_string()))
+                        }
+                        Some(other) => self.error_at_value(
+                            at,
+                            format!(
+                                "`${{{name}}}` is {} and cannot be quoted into a string",
+                                json_type(&other)
+                            ),
+                            None,
+                        ),
+                        None => {}
+                    }
                 }
                 Piece::Var(name, offset) => match self.lookup(name, at, *offset, round) {
                     Some(Value::String(s)) => out.push_str(&s),

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::{Component, Path};
 use std::process::Stdio;
 use std::time::Duration;
@@ -13,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::spec::interp::{self, Piece};
+use crate::spec::interp::{self, Piece, shell_quote};
 use crate::spec::node::PathSeg;
 
 pub struct Command;
@@ -166,8 +165,12 @@ impl Kind for Command {
             context: format!("creating `{}`", ctx.log_path.display()),
             source,
         })?;
-        let log_err = log.try_clone().map_err(|source| StageError::Io {
-            context: "log file".into(),
+        let (reader, writer) = std::io::pipe().map_err(|source| StageError::Io {
+            context: "creating a pipe for the command's output".into(),
+            source,
+        })?;
+        let writer_err = writer.try_clone().map_err(|source| StageError::Io {
+            context: "creating a pipe for the command's output".into(),
             source,
         })?;
         let mut command = std::process::Command::new(&params.shell);
@@ -176,8 +179,8 @@ impl Kind for Command {
             .arg(&script)
             .current_dir(ctx.workspace)
             .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
+            .stdout(writer)
+            .stderr(writer_err)
             .env("HONE_STAGE", ctx.stage_id)
             .env("HONE_SEED", ctx.seed.to_string())
             .env("HONE_THREADS", ctx.threads.to_string())
@@ -190,10 +193,15 @@ impl Kind for Command {
             command.env(format!("HONE_OUTPUT_{}", env_name(name)), path);
         }
         isolate(&mut command);
-        let mut child = command.spawn().map_err(|source| StageError::Io {
+        let spawned = command.spawn();
+        // The parent's ends of the pipe close here, so the reader sees its end when the
+        // command's tree is done with it.
+        drop(command);
+        let mut child = spawned.map_err(|source| StageError::Io {
             context: format!("starting `{}`", params.shell),
             source,
         })?;
+        let capture = Capture::start(reader, log);
         let mut pause = Duration::from_micros(200);
         let status = loop {
             match child.try_wait() {
@@ -208,22 +216,27 @@ impl Kind for Command {
             }
             if ctx.cancelled() {
                 terminate(&mut child);
+                capture.finish();
                 return Err(StageError::Cancelled);
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(20));
         };
+        let (tail, log_error) = capture.finish();
         if !status.success() {
-            let tail = log_tail(ctx.log_path, 20);
             let how = match status.code() {
                 Some(code) => format!("exited with status {code}"),
                 None => "was killed by a signal".to_string(),
             };
-            return Err(StageError::Failed(if tail.is_empty() {
+            let mut message = if tail.is_empty() {
                 format!("command {how}")
             } else {
                 format!("command {how}; last lines of its output:\n{tail}")
-            }));
+            };
+            if let Some(e) = log_error {
+                message.push_str(&format!("\n  (its log could not be written: {e})"));
+            }
+            return Err(StageError::Failed(message));
         }
         for (name, path) in ctx.outputs {
             if std::fs::symlink_metadata(ctx.workspace.join(path)).is_err() {
@@ -286,18 +299,6 @@ fn expand(cmd: &str, ctx: &StageContext<'_>) -> Result<String, StageError> {
     Ok(out)
 }
 
-fn shell_quote(text: &str) -> String {
-    if !text.is_empty()
-        && text
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "/._-@:+=,".contains(c))
-    {
-        text.to_string()
-    } else {
-        format!("'{}'", text.replace('\'', r"'\''"))
-    }
-}
-
 fn env_name(port: &str) -> String {
     port.to_ascii_uppercase().replace('-', "_")
 }
@@ -323,20 +324,90 @@ fn check_workspace_path(path: &str) -> Result<(), String> {
 }
 
 /// Runs the child in its own process group (so Ctrl-C and cancellation reach the whole
-/// tree) and, on Linux, has the kernel kill it if hone itself dies.
+/// tree) and, on Linux, makes sure that tree dies with hone, however hone dies.
+///
+/// The kernel's parent-death signal reaches only a direct child, while a command's own
+/// children (a pipeline, a background job, a training script's workers) would live on
+/// when hone is killed. So the child forks once more before `exec`: the forked process
+/// runs the command, and the child itself stays as the group's guardian. It waits for
+/// the command and exits with its status; if hone dies first, the kernel signals the
+/// guardian (`SIGUSR1`), which kills the whole group.
 fn isolate(command: &mut std::process::Command) {
     #[cfg(unix)]
     {
         use std::os::unix::process::CommandExt;
         command.process_group(0);
         #[cfg(target_os = "linux")]
-        // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+        // SAFETY: the closure runs in the forked child before `exec` and calls only
+        // async-signal-safe functions (getppid, fork, prctl, sigaction, kill, waitpid,
+        // close_range, _exit); it allocates nothing.
         unsafe {
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
+            command.pre_exec(guard);
         }
+    }
+}
+
+#[cfg(target_os = "linux")]
+extern "C" fn kill_group(_signal: libc::c_int) {
+    // SAFETY: kill(2) is async-signal-safe; 0 is the caller's own process group.
+    unsafe {
+        libc::kill(0, libc::SIGKILL);
+    }
+}
+
+/// The `pre_exec` hook of [`isolate`]: returns (to `exec`) only in the forked command;
+/// the guardian never returns.
+#[cfg(target_os = "linux")]
+fn guard() -> std::io::Result<()> {
+    // SAFETY: see `isolate`.
+    unsafe {
+        let hone = libc::getppid();
+        let command = libc::fork();
+        if command < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if command == 0 {
+            return Ok(());
+        }
+        // The guardian holds no descriptor: not the command's output (so readers see
+        // its end when the command ends), nor the pipe through which Rust reports a
+        // failed exec (so `spawn` returns once the command has started).
+        if libc::syscall(libc::SYS_close_range, 0u32, u32::MAX, 0u32) != 0 {
+            // Kernels before 5.9.
+            for fd in 0..4096 {
+                libc::close(fd);
+            }
+        }
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = kill_group as *const () as usize;
+        libc::sigaction(libc::SIGUSR1, &action, std::ptr::null_mut());
+        // SIGTERM and SIGINT are for the command (hone stops a stage by signalling the
+        // group); the guardian stays to report how it ended.
+        libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+        libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGUSR1);
+        if libc::getppid() != hone {
+            // hone died before the parent-death signal was armed.
+            kill_group(0);
+        }
+        let mut status = 0;
+        loop {
+            let r = libc::waitpid(command, &mut status, 0);
+            if r == command {
+                break;
+            }
+            if r < 0 && *libc::__errno_location() != libc::EINTR {
+                libc::_exit(127);
+            }
+        }
+        if libc::WIFSIGNALED(status) {
+            let signal = libc::WTERMSIG(status);
+            libc::signal(signal, libc::SIG_DFL);
+            libc::signal(libc::SIGTERM, libc::SIG_DFL);
+            libc::kill(libc::getpid(), signal);
+            libc::_exit(128 + signal);
+        }
+        libc::_exit(libc::WEXITSTATUS(status));
     }
 }
 
@@ -358,17 +429,73 @@ fn terminate(child: &mut std::process::Child) {
     let _ = child.wait();
 }
 
-fn log_tail(path: &Path, n: usize) -> String {
-    let Ok(file) = File::open(path) else {
-        return String::new();
-    };
-    let lines: Vec<String> = BufReader::new(file).lines().map_while(Result::ok).collect();
-    let start = lines.len().saturating_sub(n);
-    lines[start..]
-        .iter()
-        .map(|l| format!("  | {l}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+/// A command's stdout and stderr, through one pipe: copied to its log and the last
+/// [`Capture::KEEP`] bytes kept in memory, so that a failure is explained even when the
+/// log cannot be written (a full disk: the command's own "No space left on device" would
+/// otherwise be lost with it).
+struct Capture {
+    state: std::sync::Arc<std::sync::Mutex<Captured>>,
+    done: std::sync::mpsc::Receiver<()>,
+}
+
+#[derive(Default)]
+struct Captured {
+    tail: Vec<u8>,
+    log_error: Option<std::io::Error>,
+}
+
+impl Capture {
+    const KEEP: usize = 16 * 1024;
+    /// How long to wait for the output's end once the command has exited: a background
+    /// job the command left may hold the pipe open.
+    const LINGER: Duration = Duration::from_millis(500);
+
+    fn start(mut reader: std::io::PipeReader, mut log: File) -> Capture {
+        use std::io::{Read, Write};
+        let state = std::sync::Arc::new(std::sync::Mutex::new(Captured::default()));
+        let (tx, done) = std::sync::mpsc::channel();
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 8192];
+            loop {
+                let n = match reader.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(_) => break,
+                };
+                let mut state = shared.lock().expect("capture lock");
+                if state.log_error.is_none()
+                    && let Err(e) = log.write_all(&buf[..n])
+                {
+                    state.log_error = Some(e);
+                }
+                state.tail.extend_from_slice(&buf[..n]);
+                if state.tail.len() > 2 * Self::KEEP {
+                    let cut = state.tail.len() - Self::KEEP;
+                    state.tail.drain(..cut);
+                }
+            }
+            let _ = tx.send(());
+        });
+        Capture { state, done }
+    }
+
+    /// The last lines of the output (at most 20, each quoted `  | `) and the error that
+    /// stopped the log, if one did.
+    fn finish(self) -> (String, Option<std::io::Error>) {
+        let _ = self.done.recv_timeout(Self::LINGER);
+        let mut state = self.state.lock().expect("capture lock");
+        let text = String::from_utf8_lossy(&state.tail).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        let start = lines.len().saturating_sub(20);
+        let tail = lines[start..]
+            .iter()
+            .map(|l| format!("  | {l}"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        (tail, state.log_error.take())
+    }
 }
 
 #[cfg(test)]

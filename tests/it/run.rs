@@ -519,3 +519,47 @@ fn the_process_executor_matches_the_thread_executor() {
         failed.stdout
     );
 }
+
+/// `${params.X:q}` puts a value into a command as one shell word, whatever it holds.
+#[test]
+fn a_quoted_param_reaches_the_command_intact() {
+    let ws = Workspace::new();
+    ws.write(
+        "q.yaml",
+        "name: q\nparams:\n  who: \"O'Brien & $(sons)\"\nstages:\n  a: {kind: command, with: {cmd: \"printf '%s' ${params.who:q} > ${outputs.o}\", outputs: {o: files}}}\n",
+    );
+    ws.ok(&["run", "-q", "q.yaml"]);
+    let show = ws.ok(&["show", "q.yaml", "a.o"]).stdout;
+    let path = show
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("path "))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert_eq!(ws.read(&path), "O'Brien & $(sons)");
+}
+
+/// Writing to a pipe that closed early (`hone run | head -1`) ends quietly, exit 0.
+#[test]
+#[cfg(unix)]
+fn a_closed_stdout_is_not_a_crash() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &chain(3, &[]));
+    for args in [
+        &["run", "p.yaml"][..],
+        &["run", "p.yaml", "--json"],
+        &["plan", "p.yaml"],
+    ] {
+        let mut child = ws
+            .command(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
+    }
+}
