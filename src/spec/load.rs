@@ -64,9 +64,10 @@ struct Open {
     node: Node,
     anchor: usize,
     size: usize,
-    /// For a mapping: its keys so far with the line of each (a hash set, so that checking
-    /// for duplicates stays linear in the number of keys), and the key waiting for its value.
-    keys: HashMap<String, usize>,
+    /// For a mapping: the hash of each key so far -> its entry (only once the mapping
+    /// has more than a few keys), so that checking for duplicates stays linear in the
+    /// number of keys without a second copy of every key; and the key waiting for its value.
+    keys: HashMap<u64, usize>,
     pending_key: Option<Node>,
 }
 
@@ -189,15 +190,27 @@ impl Builder {
                 }
                 Some(key) => {
                     let key_text = key.scalar_text();
-                    if let Some(first_line) = open.keys.get(&key_text) {
+                    if let Some(first) = find_key(entries, &open.keys, &key_text) {
                         return Err(SyntaxError {
                             message: format!(
-                                "duplicate key `{key_text}` (first defined on line {first_line})"
+                                "duplicate key `{key_text}` (first defined on line {})",
+                                entries[first].0.span.line
                             ),
                             span: key.span,
                         });
                     }
-                    open.keys.insert(key_text.clone(), key.span.line);
+                    if entries.len() == SCAN_KEYS {
+                        for (i, (k, _)) in entries.iter().enumerate() {
+                            open.keys
+                                .insert(key_hash(k.as_str().unwrap_or_default()), i);
+                        }
+                    }
+                    if entries.len() >= SCAN_KEYS {
+                        // A collision keeps the first index; `find_key` then scans.
+                        open.keys
+                            .entry(key_hash(&key_text))
+                            .or_insert(entries.len());
+                    }
                     let key = Node {
                         value: NodeValue::Str(key_text),
                         span: key.span,
@@ -209,6 +222,30 @@ impl Builder {
             _ => unreachable!("only collections are open"),
         }
     }
+}
+
+/// Mappings with up to this many keys are checked for duplicates by a scan.
+const SCAN_KEYS: usize = 8;
+
+fn key_hash(key: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    key.hash(&mut h);
+    h.finish()
+}
+
+/// The index of the entry whose key is `key`: a scan of a small mapping, a hash lookup in
+/// a large one (and a scan after all when two keys share a hash, which is rare).
+fn find_key(entries: &[(Node, Node)], index: &HashMap<u64, usize>, key: &str) -> Option<usize> {
+    let is = |i: &usize| entries[*i].0.as_str() == Some(key);
+    if entries.len() < SCAN_KEYS || index.is_empty() {
+        return (0..entries.len()).find(is);
+    }
+    let i = *index.get(&key_hash(key))?;
+    if is(&i) {
+        return Some(i);
+    }
+    (0..entries.len()).find(is)
 }
 
 /// YAML 1.2 core schema resolution of an unquoted scalar.
