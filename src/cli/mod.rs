@@ -1,9 +1,11 @@
 //! Command-line interface (clap derive), one file per subcommand. The only module that
 //! prints to stdout.
 
+mod completions;
 mod exec_stage;
 mod gc;
 mod plan;
+mod progress;
 mod run;
 pub mod schema;
 mod show;
@@ -68,6 +70,8 @@ pub enum Command {
     ExecStage(exec_stage::ExecStageArgs),
     /// The HHH world: `hone world generate` writes data/hhh.
     World(world::WorldArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions(completions::CompletionsArgs),
 }
 
 /// The spec file and `-S` overrides, shared by the commands that read a spec.
@@ -125,10 +129,15 @@ pub fn init_tracing(verbose: u8, quiet: bool) {
         (false, _) => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // Colour only for a terminal, and never under NO_COLOR (no-color.org).
+    use std::io::IsTerminal;
+    let ansi = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .with_target(false)
+        .with_ansi(ansi)
         .try_init();
 }
 
@@ -169,6 +178,7 @@ pub fn run(cli: Cli) -> u8 {
         Command::Schema(args) => schema::run(args),
         Command::ExecStage(args) => exec_stage::run(args),
         Command::World(args) => world::run(args),
+        Command::Completions(args) => completions::run(args),
     };
     match result {
         Ok(code) => code,

@@ -1,18 +1,15 @@
 //! `hone run`: run the stale stages, with a live display and a summary.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use clap::Args;
-use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+use super::progress::Display;
 use super::{
     CANCEL, CliError, SpecArgs, install_interrupt_handler, load_pipeline, out, spec_and_targets,
     workspace,
 };
-use crate::runner::{self, Executor, Observer, RunOptions, RunReport, StageReport, Status};
+use crate::runner::{self, Executor, RunOptions, RunReport, StageReport, Status};
 
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 pub enum ExecutorArg {
@@ -104,74 +101,7 @@ pub fn run(args: RunArgs, quiet: bool) -> Result<u8, CliError> {
     })
 }
 
-/// Spinners for running stages on a terminal; nothing when stderr is not one.
-struct Display {
-    multi: Option<MultiProgress>,
-    bars: Mutex<BTreeMap<String, ProgressBar>>,
-}
-
-impl Display {
-    fn new(enabled: bool) -> Self {
-        use std::io::IsTerminal;
-        let multi = (enabled && std::io::stderr().is_terminal())
-            .then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stderr()));
-        Display {
-            multi,
-            bars: Mutex::new(BTreeMap::new()),
-        }
-    }
-
-    fn clear(&self) {
-        if let Some(multi) = &self.multi {
-            let _ = multi.clear();
-        }
-    }
-}
-
-impl Observer for Display {
-    fn started(&self, id: &str) {
-        let Some(multi) = &self.multi else { return };
-        let bar = multi.add(ProgressBar::new_spinner());
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} {elapsed}").expect("template"));
-        bar.set_message(id.to_string());
-        bar.enable_steady_tick(Duration::from_millis(120));
-        self.bars.lock().expect("bars").insert(id.to_string(), bar);
-    }
-
-    fn progress(&self, id: &str, done: u64, total: u64) {
-        if let Some(bar) = self.bars.lock().expect("bars").get(id) {
-            if bar.length() != Some(total) {
-                bar.set_style(
-                    ProgressStyle::with_template(
-                        "{spinner} {msg} [{bar:30}] {pos}/{len} {elapsed} (eta {eta})",
-                    )
-                    .expect("template")
-                    .progress_chars("=> "),
-                );
-                bar.set_length(total);
-            }
-            bar.set_position(done);
-        }
-    }
-
-    fn finished(&self, report: &StageReport) {
-        let Some(multi) = &self.multi else { return };
-        if let Some(bar) = self.bars.lock().expect("bars").remove(&report.id) {
-            bar.finish_and_clear();
-            multi.remove(&bar);
-        }
-        if report.status != Status::Cached {
-            let _ = multi.println(format!(
-                "{} {} {}",
-                mark(&report.status),
-                report.id,
-                report.status.word()
-            ));
-        }
-    }
-}
-
-fn mark(status: &Status) -> &'static str {
+pub(super) fn mark(status: &Status) -> &'static str {
     match status {
         Status::Ran => "✓",
         Status::Cached => "·",

@@ -13,6 +13,9 @@ pub struct StatusArgs {
     /// Machine-readable output.
     #[arg(long)]
     pub json: bool,
+    /// Exit 1 when any stage is stale (0 when everything is up to date), for a CI check.
+    #[arg(long)]
+    pub exit_code: bool,
     #[command(flatten)]
     pub spec: SpecArgs,
 }
@@ -21,6 +24,8 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
     let (spec_path, _) = spec_and_targets(&args.spec_path.into_iter().collect::<Vec<_>>())?;
     let pipeline = load_pipeline(&spec_path, &args.spec.set)?;
     let states = runner::status(&pipeline, &spec_path, &workspace()?)?;
+    let stale = states.iter().filter(|s| !s.up_to_date).count();
+    let code = u8::from(args.exit_code && stale > 0);
     if args.json {
         let stages: Vec<serde_json::Value> = states
             .iter()
@@ -33,9 +38,8 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
             )
             .expect("json")
         ));
-        return Ok(0);
+        return Ok(code);
     }
-    let stale = states.iter().filter(|s| !s.up_to_date).count();
     let mut text = format!(
         "pipeline `{}` ({}): {} up to date, {stale} stale\n",
         pipeline.spec.name,
@@ -57,5 +61,5 @@ pub fn run(args: StatusArgs) -> Result<u8, CliError> {
         }
     }
     out(&text);
-    Ok(0)
+    Ok(code)
 }

@@ -38,6 +38,8 @@ pub trait Progress {
     fn cancelled(&self) -> bool;
     /// Units done of units in all (steps, prompts, rows).
     fn report(&self, done: u64, total: u64);
+    /// A headline figure of the work as it goes (`loss`).
+    fn headline(&self, _name: &str, _value: f64) {}
 }
 
 /// The end-of-text id a stage appends and stops at: the model's EOS, else the tokenizer's

@@ -217,6 +217,7 @@ pub fn train_with_loss<E: From<PolicyError>>(
         let lr = trainer.lr();
         let grad_norm = trainer.step(&loss).map_err(PolicyError::from)?;
         let loss_value = f64::from(loss.to_scalar::<f32>().map_err(PolicyError::from)?);
+        progress.headline("loss", loss_value);
         progress.report(trainer.step as u64, total as u64);
         history.push(HistoryRow {
             step: trainer.step as u64,

@@ -9,7 +9,7 @@ use super::Outputs;
 use crate::artifact;
 use crate::cache::{Fingerprint, LockOutput, RunRecord, Store};
 use crate::dag::Pipeline;
-use crate::stages::{StageContext, StageError};
+use crate::stages::{StageContext, StageError, StageProgress};
 
 /// Everything a worker needs to execute one stage.
 pub struct Job {
@@ -31,7 +31,7 @@ pub trait StageExecutor: Sync {
         i: usize,
         job: &Job,
         cancel: &AtomicBool,
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: &dyn StageProgress,
     ) -> Result<Outputs, StageError>;
 }
 
@@ -47,7 +47,7 @@ impl StageExecutor for ThreadExecutor<'_> {
         i: usize,
         job: &Job,
         cancel: &AtomicBool,
-        progress: &(dyn Fn(u64, u64) + Sync),
+        progress: &dyn StageProgress,
     ) -> Result<Outputs, StageError> {
         execute_stage(
             self.store,
@@ -78,7 +78,7 @@ impl StageExecutor for ProcessExecutor {
         i: usize,
         job: &Job,
         cancel: &AtomicBool,
-        _progress: &(dyn Fn(u64, u64) + Sync),
+        _progress: &dyn StageProgress,
     ) -> Result<Outputs, StageError> {
         execute_in_process(
             &self.program,
@@ -101,7 +101,7 @@ fn execute_stage(
     job: &Job,
     cancel: &AtomicBool,
     started: Instant,
-    progress: &(dyn Fn(u64, u64) + Sync),
+    progress: &dyn StageProgress,
 ) -> Result<BTreeMap<String, LockOutput>, StageError> {
     let stage = &pipeline.spec.stages[i];
     let io = |context: String| move |source| StageError::Io { context, source };
@@ -349,7 +349,7 @@ mod tests {
         let job = job(&p, 0);
         let cancel = AtomicBool::new(false);
         let outputs = ThreadExecutor { store: &store }
-            .execute(&p, 0, &job, &cancel, &|_, _| {})
+            .execute(&p, 0, &job, &cancel, &())
             .unwrap();
         assert_eq!(
             outputs["o"].digest,
@@ -379,7 +379,7 @@ mod tests {
             spec_path: dir.path().join("p.yaml"),
             workspace: dir.path().to_path_buf(),
         };
-        executor.execute(&p, 0, &job, &AtomicBool::new(false), &|_, _| {})
+        executor.execute(&p, 0, &job, &AtomicBool::new(false), &())
     }
 
     #[test]

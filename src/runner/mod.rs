@@ -123,10 +123,28 @@ pub trait Observer: Sync {
     fn started(&self, _id: &str) {}
     /// A running stage's progress: `done` of `total` units.
     fn progress(&self, _id: &str, _done: u64, _total: u64) {}
+    /// A running stage's headline figure (`loss`, `score`, `kl`) changed.
+    fn headline(&self, _id: &str, _name: &str, _value: f64) {}
     fn finished(&self, _report: &StageReport) {}
 }
 
 impl Observer for () {}
+
+/// One stage's progress, forwarded to the observer under the stage's id.
+struct Watched<'a> {
+    observer: &'a dyn Observer,
+    id: &'a str,
+}
+
+impl crate::stages::StageProgress for Watched<'_> {
+    fn steps(&self, done: u64, total: u64) {
+        self.observer.progress(self.id, done, total);
+    }
+
+    fn headline(&self, name: &str, value: f64) {
+        self.observer.headline(self.id, name, value);
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -315,7 +333,10 @@ pub fn run(
     let execute = |i: usize, job: Job| -> bool {
         let stage_id = &pipeline.spec.stages[i].id;
         observer.started(stage_id);
-        let progress = |done: u64, total: u64| observer.progress(stage_id, done, total);
+        let progress = Watched {
+            observer,
+            id: stage_id,
+        };
         let result = executor
             .execute(pipeline, i, &job, cancel, &progress)
             .map(|outputs| (outputs, job.fingerprint.clone()));

@@ -210,7 +210,7 @@ pub fn exec_one(
         inputs,
     };
     let started = Instant::now();
-    let result = ThreadExecutor { store: &store }.execute(pipeline, i, &job, cancel, &|_, _| {});
+    let result = ThreadExecutor { store: &store }.execute(pipeline, i, &job, cancel, &());
     let duration = started.elapsed();
     Ok(match result {
         Ok(outputs) => StageReport {

@@ -537,6 +537,7 @@ fn adapt(
             grad_norm,
             lr,
         });
+        ctx.headline("difference_loss", stats.difference);
         ctx.report(trainer.step as u64, p.steps as u64);
         if trainer.step.is_multiple_of(10) || trainer.step == p.steps {
             tracing::info!(

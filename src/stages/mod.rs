@@ -68,8 +68,20 @@ pub struct StageContext<'a> {
     /// Where the stage's own log goes (a command's stdout and stderr).
     pub log_path: &'a Path,
     pub cancel: &'a AtomicBool,
-    /// Reports progress on long work: (units done, units in all).
-    pub progress: &'a (dyn Fn(u64, u64) + Sync),
+    /// Where progress on long work goes (the live display, or periodic log lines).
+    pub progress: &'a dyn StageProgress,
+}
+
+/// How far a running stage is: units done of units in all (steps, prompts, rows), and its
+/// headline figures as they change (a training loss, PPO's score and KL).
+pub trait StageProgress: Sync {
+    fn steps(&self, done: u64, total: u64);
+    fn headline(&self, _name: &str, _value: f64) {}
+}
+
+/// No one is watching (`hone exec-stage`, tests).
+impl StageProgress for () {
+    fn steps(&self, _done: u64, _total: u64) {}
 }
 
 impl StageContext<'_> {
@@ -87,7 +99,13 @@ impl StageContext<'_> {
 
     /// Tells the live display how far the stage is (steps, prompts, rows).
     pub fn report(&self, done: u64, total: u64) {
-        (self.progress)(done, total);
+        self.progress.steps(done, total);
+    }
+
+    /// Tells the live display a headline figure (`loss`, `score`, `kl`), shown beside the
+    /// progress and in the periodic lines of a log.
+    pub fn headline(&self, name: &str, value: f64) {
+        self.progress.headline(name, value);
     }
 }
 
@@ -120,6 +138,10 @@ impl crate::policy::Progress for StageContext<'_> {
 
     fn report(&self, done: u64, total: u64) {
         StageContext::report(self, done, total);
+    }
+
+    fn headline(&self, name: &str, value: f64) {
+        StageContext::headline(self, name, value);
     }
 }
 

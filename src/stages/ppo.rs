@@ -533,13 +533,15 @@ impl Kind for Ppo {
                 secs = started.elapsed().as_secs(),
                 "ppo"
             );
-            let mean_kl = row.kl;
+            let (mean_kl, row_score) = (row.kl, row.score);
             state.rows.push(row);
             if let Some(a) = &mut adaptive {
                 a.update(mean_kl, collected.rollouts.len());
             }
             state.iteration += 1;
             state.kl_coef = adaptive.map_or(state.kl_coef, |a| a.coef);
+            ctx.headline("score", row_score);
+            ctx.headline("kl", mean_kl);
             ctx.report(state.iteration as u64, p.iterations as u64);
             if state.iteration.is_multiple_of(p.checkpoint_every) && state.iteration < p.iterations
             {

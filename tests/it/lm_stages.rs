@@ -548,3 +548,45 @@ stages:
     assert_eq!(out.code, 2, "{}", out.stderr);
     assert!(out.stderr.contains("not both"), "{}", out.stderr);
 }
+
+/// With stderr not a terminal (a CI log), a run prints a line when a stage starts and
+/// ends and periodic progress lines with the rate and the loss; no escape codes.
+#[test]
+fn a_run_into_a_log_prints_plain_lines_per_stage_and_progress() {
+    let ws = Workspace::new();
+    world(&ws);
+    ws.write(
+        "p.yaml",
+        &format!(
+            "name: lm\nseed: 4\nstages:\n  base: {{ kind: pretrain-load, with: {{ {TINY}, steps: 12 }} }}\n"
+        ),
+    );
+    let out = ws
+        .command(&["run", "p.yaml", "-v"])
+        .env("HONE_PROGRESS_INTERVAL", "0")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "escape codes in a log:\n{stderr}"
+    );
+    let lines: Vec<&str> = stderr.lines().filter(|l| l.contains("] base: ")).collect();
+    assert!(
+        lines.first().is_some_and(|l| l.ends_with("base: started")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("/12 (") && l.contains("/s, eta ") && l.contains("; loss ")),
+        "{stderr}"
+    );
+    assert!(
+        lines
+            .last()
+            .is_some_and(|l| l.contains("base: ran in ") && l.contains("; loss ")),
+        "{stderr}"
+    );
+}

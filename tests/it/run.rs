@@ -563,3 +563,46 @@ fn a_closed_stdout_is_not_a_crash() {
         assert_eq!(out.status.code(), Some(0), "{args:?}: {stderr}");
     }
 }
+
+/// `hone status --exit-code` is a CI check: 1 while anything is stale, 0 once all is
+/// up to date; without the flag status always exits 0.
+#[test]
+fn status_exit_code_says_whether_anything_is_stale() {
+    let ws = Workspace::new();
+    ws.write("p.yaml", &chain(2, &[]));
+    assert_eq!(ws.hone(&["status", "p.yaml"]).code, 0);
+    assert_eq!(ws.hone(&["status", "--exit-code", "p.yaml"]).code, 1);
+    assert_eq!(
+        ws.hone(&["status", "--exit-code", "--json", "p.yaml"]).code,
+        1
+    );
+    ws.ok(&["run", "-q", "p.yaml"]);
+    assert_eq!(ws.hone(&["status", "--exit-code", "p.yaml"]).code, 0);
+    ws.write("p.yaml", &chain(2, &[(1, "changed")]));
+    assert_eq!(ws.hone(&["status", "--exit-code", "p.yaml"]).code, 1);
+}
+
+/// `hone completions SHELL` writes a script the shell accepts, naming the subcommands.
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let ws = Workspace::new();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let out = ws.ok(&["completions", shell]);
+        assert!(
+            out.stdout.contains("status") && out.stdout.contains("exec-stage"),
+            "{shell}: {}",
+            &out.stdout[..out.stdout.len().min(400)]
+        );
+    }
+    let bash = ws.ok(&["completions", "bash"]).stdout;
+    ws.write("hone.bash", &bash);
+    // bash parses it (syntax check only; -n runs nothing).
+    if let Ok(check) = std::process::Command::new("bash")
+        .args(["-n", "hone.bash"])
+        .current_dir(ws.root())
+        .status()
+    {
+        assert!(check.success());
+    }
+    assert_eq!(ws.hone(&["completions", "tcsh"]).code, 2);
+}
