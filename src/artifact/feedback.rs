@@ -279,8 +279,14 @@ pub struct Summary {
     pub rankings: u64,
     pub scores: u64,
     pub flags: u64,
+    /// Rows rejected whole.
     pub rejected: u64,
-    /// Reason code -> number of rejected rows.
+    /// Values dropped from rows whose other values were kept (an UltraFeedback rating
+    /// out of range); each is a row of the rejects table.
+    pub dropped_values: u64,
+    /// Values that were `N/A`, null, NaN or empty: skipped, not rejected.
+    pub missing_values: u64,
+    /// Reason code -> number of rows of the rejects table (whole rows and dropped values).
     pub rejects_by_reason: std::collections::BTreeMap<String, u64>,
 }
 

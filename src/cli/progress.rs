@@ -116,6 +116,10 @@ impl Observer for Display {
             return;
         };
         let now = Instant::now();
+        // A new phase (the total changes, or the count starts again) restarts the rate.
+        if total != live.total || done < live.done {
+            live.first = None;
+        }
         live.first.get_or_insert((now, done));
         live.done = done;
         live.total = total;
@@ -205,6 +209,19 @@ fn figure(value: f64) -> String {
     }
 }
 
+/// A rate to three significant figures or so: `512/s`, `45.3/s`, `5.72/s`, `0.938/s`.
+fn rate_text(rate: f64) -> String {
+    if rate >= 100.0 {
+        format!("{rate:.0}")
+    } else if rate >= 10.0 {
+        format!("{rate:.1}")
+    } else if rate >= 1.0 {
+        format!("{rate:.2}")
+    } else {
+        format!("{rate:.3}")
+    }
+}
+
 fn figures(headline: &[(String, f64)]) -> String {
     headline
         .iter()
@@ -244,7 +261,7 @@ fn progress_line(id: &str, live: &Live, now: Instant) -> String {
         let secs = now.duration_since(t0).as_secs_f64();
         if secs > 0.0 && live.done > d0 {
             let rate = (live.done - d0) as f64 / secs;
-            text.push_str(&format!(", {}/s", figure(rate)));
+            text.push_str(&format!(", {}/s", rate_text(rate)));
             if live.total > live.done {
                 let left = (live.total - live.done) as f64 / rate;
                 text.push_str(&format!(", eta {}", human_duration(left)));
@@ -289,7 +306,7 @@ mod tests {
         let now = t0 + Duration::from_secs(10);
         assert_eq!(
             progress_line("base", &live(100, 400, t0), now),
-            "base: 100/400 (25%), 10.00/s, eta 30s; loss 2.3100, kl 0.0123"
+            "base: 100/400 (25%), 10.0/s, eta 30s; loss 2.3100, kl 0.0123"
         );
         let mut l = live(0, 0, t0);
         l.headline.clear();
@@ -303,5 +320,9 @@ mod tests {
         assert_eq!(human_duration(4000.0), "1h06m");
         assert_eq!(figure(12345.6), "12346");
         assert_eq!(figure(-0.5), "-0.5000");
+        assert_eq!(
+            [512.4, 45.31, 5.7241, 0.93831].map(rate_text),
+            ["512", "45.3", "5.72", "0.938"]
+        );
     }
 }

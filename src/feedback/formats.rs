@@ -30,16 +30,39 @@ pub enum Format {
     Ultrafeedback,
 }
 
+/// The reason of an internal error that means "the value is missing", turned into a count.
+const MISSING_VALUE: &str = "missing_value";
+
 /// The flags hone knows.
 pub const FLAG_NAMES: [&str; 3] = ["hallucination", "bias", "unsafe"];
 
-/// Normalises one source row.
+/// What one source row gave: its records, the values dropped from it (each a row of the
+/// rejects table, the rest of the row kept), and how many values were missing (`"N/A"`,
+/// null, NaN: counted, not rejected).
+#[derive(Debug, Default)]
+pub struct Normalized {
+    pub records: Vec<Record>,
+    pub dropped: Vec<RowError>,
+    pub missing: u64,
+}
+
+impl From<Vec<Record>> for Normalized {
+    fn from(records: Vec<Record>) -> Self {
+        Normalized {
+            records,
+            ..Normalized::default()
+        }
+    }
+}
+
+/// Normalises one source row. An `Err` rejects the whole row; a row may also keep some of
+/// its values and drop others (an UltraFeedback rating out of range).
 pub fn normalize(
     format: Format,
     row: &Map<String, Value>,
     source_row: u64,
     annotator: Option<&str>,
-) -> Result<Vec<Record>, RowError> {
+) -> Result<Normalized, RowError> {
     let annotator = match row.get("annotator") {
         Some(Value::String(a)) if !a.trim().is_empty() => Some(a.clone()),
         Some(Value::Number(n)) => Some(n.to_string()),
@@ -52,10 +75,27 @@ pub fn normalize(
     };
     match format {
         Format::Hone => r.hone(),
-        Format::TrlPreference => r.trl_preference(),
-        Format::TrlUnpaired => r.trl_unpaired(),
-        Format::HhRlhf => r.hh_rlhf(),
+        Format::TrlPreference => r.trl_preference().map(Normalized::from),
+        Format::TrlUnpaired => r.trl_unpaired().map(Normalized::from),
+        Format::HhRlhf => r.hh_rlhf().map(Normalized::from),
         Format::Ultrafeedback => r.ultrafeedback(),
+    }
+}
+
+/// Whether a value stands for "no value": null, NaN (a JSON Lines `NaN` token arrives as
+/// null), or a text such as `N/A` (the published UltraFeedback data has them) or empty.
+fn is_missing(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Number(n) => n.as_f64().is_none_or(|v| v.is_nan()),
+        Value::String(s) => {
+            let t = s.trim();
+            t.is_empty()
+                || ["n/a", "na", "nan", "null", "none", "-"]
+                    .iter()
+                    .any(|m| t.eq_ignore_ascii_case(m))
+        }
+        _ => false,
     }
 }
 
@@ -96,9 +136,11 @@ impl Row<'_> {
         to_number(name, value)
     }
 
+    /// An optional number; a missing one (`N/A`, null, NaN, empty) is absent.
     fn optional_number(&self, name: &str) -> Result<Option<f64>, RowError> {
         match self.row.get(name) {
-            None | Some(Value::Null) => Ok(None),
+            None => Ok(None),
+            Some(v) if is_missing(v) => Ok(None),
             Some(v) => to_number(name, v).map(Some),
         }
     }
@@ -135,7 +177,19 @@ impl Row<'_> {
         }))
     }
 
-    fn hone(&self) -> Result<Vec<Record>, RowError> {
+    /// A hone row. A label left empty or `N/A` (a score, a pair's `choice`, a flag's
+    /// `value`: an exported batch nobody filled in) is counted as missing, not rejected.
+    fn hone(&self) -> Result<Normalized, RowError> {
+        match self.hone_records() {
+            Err(e) if e.reason == MISSING_VALUE => Ok(Normalized {
+                missing: 1,
+                ..Normalized::default()
+            }),
+            other => other.map(Normalized::from),
+        }
+    }
+
+    fn hone_records(&self) -> Result<Vec<Record>, RowError> {
         let kind = match self.row.get("kind") {
             Some(Value::String(k)) => k.as_str(),
             Some(other) => {
@@ -167,12 +221,11 @@ impl Row<'_> {
                 let a = self.text("response_a")?;
                 let b = self.text("response_b")?;
                 let choice = match self.row.get("choice") {
-                    None | Some(Value::Null) => {
-                        return Err(err(
-                            "missing_field",
-                            "`choice` is empty: the pair was not labelled",
-                        ));
+                    None => {
+                        return Err(err("missing_field", "missing field `choice`"));
                     }
+                    // An exported pair nobody labelled (or marked N/A): missing, not bad.
+                    Some(v) if is_missing(v) => return Err(err(MISSING_VALUE, "no choice")),
                     Some(Value::String(c)) => c.trim().to_ascii_lowercase(),
                     Some(other) => {
                         return Err(err(
@@ -185,10 +238,6 @@ impl Row<'_> {
                 match choice.as_str() {
                     "a" => Ok(vec![self.comparison(prompt, a, b, margin)?]),
                     "b" => Ok(vec![self.comparison(prompt, b, a, margin)?]),
-                    "" => Err(err(
-                        "missing_field",
-                        "`choice` is empty: the pair was not labelled",
-                    )),
                     other => Err(err(
                         "out_of_range",
                         format!("`choice` should be `a` or `b`, found `{other}`"),
@@ -227,6 +276,9 @@ impl Row<'_> {
             }
             "score" => {
                 let response = self.text("response")?;
+                if self.row.get("score").is_none_or(is_missing) {
+                    return Err(err(MISSING_VALUE, "no score"));
+                }
                 let score = self.number("score")?;
                 let scale_min = self.optional_number("scale_min")?.unwrap_or(1.0);
                 let scale_max = self.optional_number("scale_max")?.unwrap_or(5.0);
@@ -255,12 +307,7 @@ impl Row<'_> {
                 // batch nobody filled in) is not a label at all.
                 let value = match self.row.get("value") {
                     None => true,
-                    Some(Value::Null) => {
-                        return Err(err(
-                            "missing_field",
-                            "`value` is empty: the flag was not labelled",
-                        ));
-                    }
+                    Some(v) if is_missing(v) => return Err(err(MISSING_VALUE, "no value")),
                     Some(v) => to_bool("value", v)?,
                 };
                 Ok(vec![Record::Flag(Flag {
@@ -383,7 +430,10 @@ impl Row<'_> {
         )?])
     }
 
-    fn ultrafeedback(&self) -> Result<Vec<Record>, RowError> {
+    /// UltraFeedback: one score per rating. A rating that is `N/A`, null or NaN is counted
+    /// as missing; one out of range or not a number is dropped (a row of the rejects
+    /// table naming the completion and aspect) and the row's other ratings are kept.
+    fn ultrafeedback(&self) -> Result<Normalized, RowError> {
         let prompt = self.text("instruction")?;
         let completions = match self.get("completions")? {
             Value::Array(items) if !items.is_empty() => items,
@@ -395,69 +445,79 @@ impl Row<'_> {
                 ));
             }
         };
-        let mut records = Vec::new();
+        let mut out = Normalized::default();
         for (i, completion) in completions.iter().enumerate() {
             let Value::Object(c) = completion else {
-                return Err(err(
+                out.dropped.push(err(
                     "wrong_type",
                     format!("completion {} should be an object", i + 1),
                 ));
+                continue;
             };
             let response = match c.get("response") {
-                Some(Value::String(s)) => {
-                    non_empty(&format!("completions[{i}].response"), s.clone())?
-                }
+                Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
                 _ => {
-                    return Err(err(
+                    out.dropped.push(err(
                         "missing_field",
                         format!("completion {} has no `response` text", i + 1),
                     ));
+                    continue;
                 }
             };
+            let mut ratings: Vec<(String, &Value, (f64, f64))> = Vec::new();
             if let Some(Value::Object(annotations)) = c.get("annotations") {
                 for (aspect, annotation) in annotations {
                     let rating = match annotation {
                         Value::Array(items) => items.first().and_then(|a| a.get("Rating")),
                         other => other.get("Rating"),
                     };
-                    let Some(rating) = rating else { continue };
-                    if rating
-                        .as_str()
-                        .is_some_and(|r| r.trim().eq_ignore_ascii_case("n/a"))
-                    {
-                        continue;
+                    match rating {
+                        Some(rating) => ratings.push((aspect.clone(), rating, (1.0, 5.0))),
+                        None => out.missing += 1,
                     }
-                    let value = to_number(
-                        &format!("completions[{i}].annotations.{aspect}.Rating"),
-                        rating,
-                    )?;
-                    records.push(self.score(
+                }
+            }
+            if let Some(overall) = c.get("overall_score") {
+                ratings.push(("overall".into(), overall, (1.0, 10.0)));
+            }
+            for (aspect, rating, scale) in ratings {
+                if is_missing(rating) {
+                    out.missing += 1;
+                    continue;
+                }
+                let name = if aspect == "overall" {
+                    format!("completions[{i}].overall_score")
+                } else {
+                    format!("completions[{i}].annotations.{aspect}.Rating")
+                };
+                let scored = to_number(&name, rating).and_then(|value| {
+                    self.score(
                         prompt.clone(),
                         response.clone(),
                         aspect.clone(),
                         value,
-                        (1.0, 5.0),
-                    )?);
+                        scale,
+                    )
+                });
+                match scored {
+                    Ok(record) => out.records.push(record),
+                    Err(e) => out.dropped.push(RowError {
+                        detail: format!("completion {}: {}", i + 1, e.detail),
+                        ..e
+                    }),
                 }
             }
-            if let Some(overall) = c.get("overall_score").filter(|v| !v.is_null()) {
-                let value = to_number(&format!("completions[{i}].overall_score"), overall)?;
-                records.push(self.score(
-                    prompt.clone(),
-                    response,
-                    "overall".into(),
-                    value,
-                    (1.0, 10.0),
-                )?);
-            }
         }
-        if records.is_empty() {
-            return Err(err(
-                "missing_field",
-                "no completion carries a rating or an `overall_score`",
-            ));
+        if out.records.is_empty() && (out.missing == 0 || !out.dropped.is_empty()) {
+            // Nothing usable: the row itself is rejected, with the first reason.
+            return Err(out.dropped.into_iter().next().unwrap_or_else(|| {
+                err(
+                    "missing_field",
+                    "no completion carries a rating or an `overall_score`",
+                )
+            }));
         }
-        Ok(records)
+        Ok(out)
     }
 }
 
@@ -653,7 +713,73 @@ mod tests {
         let Value::Object(map) = row else {
             panic!("rows are objects")
         };
-        normalize(format, &map, 7, None).map_err(|e| format!("{}: {}", e.reason, e.detail))
+        normalize(format, &map, 7, None)
+            .map(|n| n.records)
+            .map_err(|e| format!("{}: {}", e.reason, e.detail))
+    }
+
+    #[test]
+    fn ultrafeedback_keeps_every_valid_rating_of_a_row() {
+        // NaN overall score (read as null), an "N/A" and a null rating, one rating out of
+        // range: the two valid ratings are kept, the bad one dropped, three missing.
+        let row = serde_json::json!({"instruction": "Explain tides.", "completions": [
+            {"response": "The moon pulls the sea.", "overall_score": null,
+             "annotations": {"helpfulness": {"Rating": "4"}, "honesty": {"Rating": "N/A"},
+                             "truthfulness": {"Rating": "7"}}},
+            {"response": "Wind.", "overall_score": 2,
+             "annotations": {"helpfulness": {"Rating": null}}}
+        ]});
+        let Value::Object(map) = row else { panic!() };
+        let n = normalize(Format::Ultrafeedback, &map, 3, None).unwrap();
+        let scores: Vec<(String, f64)> = n
+            .records
+            .iter()
+            .map(|r| match r {
+                Record::Score(s) => (s.aspect.clone(), s.score),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            scores,
+            [("helpfulness".to_string(), 4.0), ("overall".into(), 2.0)]
+        );
+        assert_eq!(n.missing, 3);
+        assert_eq!(n.dropped.len(), 1);
+        assert_eq!(n.dropped[0].reason, "out_of_range");
+        assert!(
+            n.dropped[0].detail.contains("completion 1")
+                && n.dropped[0].detail.contains("truthfulness"),
+            "{}",
+            n.dropped[0].detail
+        );
+        // Every rating missing: nothing to keep, nothing to reject.
+        let row = serde_json::json!({"instruction": "x", "completions": [
+            {"response": "y", "overall_score": "N/A"}]});
+        let Value::Object(map) = row else { panic!() };
+        let n = normalize(Format::Ultrafeedback, &map, 3, None).unwrap();
+        assert!(n.records.is_empty() && n.dropped.is_empty() && n.missing == 1);
+    }
+
+    #[test]
+    fn a_missing_score_is_counted_not_rejected() {
+        for score in [
+            serde_json::json!("N/A"),
+            Value::Null,
+            serde_json::json!(""),
+            serde_json::json!("NaN"),
+        ] {
+            let row = serde_json::json!({"kind": "score", "prompt": "p", "response": "r", "score": score});
+            let Value::Object(map) = row else { panic!() };
+            let n = normalize(Format::Hone, &map, 1, None).unwrap();
+            assert_eq!((n.records.len(), n.missing), (0, 1), "{score}");
+        }
+        let row =
+            serde_json::json!({"kind": "score", "prompt": "p", "response": "r", "score": "high"});
+        assert!(
+            check(Format::Hone, row)
+                .unwrap_err()
+                .starts_with("wrong_type")
+        );
     }
 
     fn comparison(records: Vec<Record>) -> (String, String, String) {
@@ -742,7 +868,7 @@ mod tests {
         let bad = serde_json::json!({"instruction": "x", "completions": [{"response": "y", "annotations": {"helpfulness": {"Rating": "9"}}}]});
         assert_eq!(
             check(Format::Ultrafeedback, bad).unwrap_err(),
-            "out_of_range: `helpfulness` rating 9 is outside 1..5"
+            "out_of_range: completion 1: `helpfulness` rating 9 is outside 1..5"
         );
     }
 
@@ -776,7 +902,7 @@ mod tests {
             ),
             (
                 Format::Hone,
-                serde_json::json!({"kind": "score", "prompt": "p", "response": "r", "score": "NaN"}),
+                serde_json::json!({"kind": "score", "prompt": "p", "response": "r", "score": "inf"}),
                 "not_a_number",
             ),
             (

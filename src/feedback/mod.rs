@@ -118,22 +118,52 @@ pub fn ingest(
         feedback.summary.rows_read += 1;
         let outcome = parsed.and_then(|fields| {
             let raw = || read::excerpt(&serde_json::Value::Object(fields.clone()).to_string());
-            let records =
+            let normalized =
                 formats::normalize(options.format, &fields, row, options.annotator.as_deref())
                     .map_err(|e| RowError { raw: raw(), ..e })?;
-            if options.dedupe && !seen.insert(row_key(&records)) {
+            if options.dedupe
+                && !normalized.records.is_empty()
+                && !seen.insert(row_key(&normalized.records))
+            {
                 return Err(RowError::new(
                     "duplicate",
                     "the same labels appear on an earlier row".into(),
                     raw(),
                 ));
             }
-            Ok(records)
+            let dropped_raw = if normalized.dropped.is_empty() {
+                String::new()
+            } else {
+                raw()
+            };
+            Ok((normalized, dropped_raw))
         });
         match outcome {
-            Ok(records) => {
-                for record in records {
+            Ok((normalized, raw)) => {
+                feedback.summary.missing_values += normalized.missing;
+                for record in normalized.records {
                     feedback.push(record)?;
+                }
+                for e in normalized.dropped {
+                    if options.on_bad_rows == OnBadRows::Fail {
+                        return Err(IngestError::BadRow {
+                            row,
+                            reason: e.reason,
+                            detail: e.detail,
+                        });
+                    }
+                    feedback.summary.dropped_values += 1;
+                    *feedback
+                        .summary
+                        .rejects_by_reason
+                        .entry(e.reason.to_string())
+                        .or_insert(0) += 1;
+                    rejects.push(Reject {
+                        source_row: row,
+                        reason: e.reason.to_string(),
+                        detail: e.detail,
+                        raw: raw.clone(),
+                    })?;
                 }
             }
             Err(e) => {

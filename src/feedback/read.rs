@@ -114,6 +114,20 @@ impl Iterator for JsonlRows {
                     ));
                 }
             };
+            // Python's `json` writes NaN and infinities as bare `NaN`, `Infinity` and
+            // `-Infinity` tokens, which JSON does not have: they are read as null (a
+            // missing number).
+            let repaired;
+            let text = match serde_json::from_str::<Value>(text) {
+                Err(_) => match non_finite_to_null(text) {
+                    Some(fixed) => {
+                        repaired = fixed;
+                        repaired.as_str()
+                    }
+                    None => text,
+                },
+                Ok(_) => text,
+            };
             return Some((
                 self.line,
                 match serde_json::from_str::<Value>(text) {
@@ -132,6 +146,48 @@ impl Iterator for JsonlRows {
             ));
         }
     }
+}
+
+/// `text` with every bare `NaN`, `Infinity` and `-Infinity` token (outside strings)
+/// replaced by `null`; `None` when there is none.
+fn non_finite_to_null(text: &str) -> Option<String> {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = false;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            out.push(c);
+            rest = &rest[c.len_utf8()..];
+            match (escaped, c) {
+                (true, _) => escaped = false,
+                (false, '\\') => escaped = true,
+                (false, '"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        let token = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|t| rest.starts_with(t));
+        if let Some(token) = token {
+            // Only a whole token: not `NaNa` or a part of a longer name.
+            let after = rest[token.len()..].chars().next();
+            if after.is_none_or(|a| !a.is_ascii_alphanumeric() && a != '_') {
+                out.push_str("null");
+                rest = &rest[token.len()..];
+                changed = true;
+                continue;
+            }
+        }
+        if c == '"' {
+            in_string = true;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    changed.then_some(out)
 }
 
 fn json_kind(v: &Value) -> &'static str {
@@ -165,6 +221,7 @@ fn csv_rows(path: &Path) -> std::io::Result<impl Iterator<Item = SourceRow> + us
         })
         .collect();
     let mut records = reader.into_byte_records();
+    let mut lines = LineCounter::open(path)?;
     let mut row = 1u64; // the header is line 1
     Ok(std::iter::from_fn(move || {
         let record = records.next()?;
@@ -172,7 +229,7 @@ fn csv_rows(path: &Path) -> std::io::Result<impl Iterator<Item = SourceRow> + us
         Some(match record {
             Err(e) => {
                 if let Some(pos) = e.position() {
-                    row = pos.line();
+                    row = lines.line_at(pos.byte() + 1);
                 }
                 (
                     row,
@@ -185,7 +242,7 @@ fn csv_rows(path: &Path) -> std::io::Result<impl Iterator<Item = SourceRow> + us
             }
             Ok(record) => {
                 if let Some(pos) = record.position() {
-                    row = pos.line();
+                    row = lines.line_at(pos.byte() + 1);
                 }
                 let raw = excerpt(&String::from_utf8_lossy(record.as_slice()));
                 let mut map = Map::new();
@@ -212,6 +269,44 @@ fn csv_rows(path: &Path) -> std::io::Result<impl Iterator<Item = SourceRow> + us
             }
         })
     }))
+}
+
+/// The line (1-based) at a byte offset of a file, read alongside the CSV reader: csv counts
+/// records' lines without the line breaks inside quoted cells, an editor counts them all.
+struct LineCounter {
+    reader: BufReader<File>,
+    at: u64,
+    line: u64,
+}
+
+impl LineCounter {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        Ok(LineCounter {
+            reader: BufReader::with_capacity(1 << 16, File::open(path)?),
+            at: 0,
+            line: 1,
+        })
+    }
+
+    /// The line of the byte just before `byte` (csv's record offsets point at the end of
+    /// the previous record's terminator with CRLF line ends, at the record's first byte
+    /// with LF ones: counting through the byte before covers both). Offsets must not
+    /// decrease between calls.
+    fn line_at(&mut self, byte: u64) -> u64 {
+        while self.at < byte {
+            let Ok(buf) = self.reader.fill_buf() else {
+                break;
+            };
+            if buf.is_empty() {
+                break;
+            }
+            let take = buf.len().min((byte - self.at) as usize);
+            self.line += buf[..take].iter().filter(|&&b| b == b'\n').count() as u64;
+            self.at += take as u64;
+            self.reader.consume(take);
+        }
+        self.line
+    }
 }
 
 fn csv_cell(text: &str) -> Value {
@@ -284,4 +379,24 @@ fn parquet_rows(path: &Path) -> std::io::Result<impl Iterator<Item = SourceRow> 
             }
         }
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn python_non_finite_tokens_become_null_outside_strings_only() {
+        assert_eq!(
+            non_finite_to_null(
+                r#"{"a": NaN, "b": -Infinity, "c": [Infinity], "d": "NaN and Infinity"}"#
+            )
+            .unwrap(),
+            r#"{"a": null, "b": null, "c": [null], "d": "NaN and Infinity"}"#
+        );
+        assert_eq!(non_finite_to_null(r#"{"a": "x \" NaN"}"#), None);
+        assert_eq!(non_finite_to_null(r#"{"a": 1}"#), None);
+        // Not a token: part of a longer word (invalid JSON either way).
+        assert_eq!(non_finite_to_null("NaNa"), None);
+    }
 }

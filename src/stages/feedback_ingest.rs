@@ -53,7 +53,10 @@ fn default_true() -> bool {
 impl Kind for FeedbackIngest {
     const NAME: &'static str = "feedback-ingest";
 
-    const VERSION: u32 = 1;
+    /// 2: ratings rejected one by one (a row keeps its other ratings), `N/A`, null and
+    /// NaN counted as missing, `NaN`/`Infinity` tokens read in JSON Lines, CSV rows
+    /// numbered by file line, `dropped_values` and `missing_values` in `summary.json`.
+    const VERSION: u32 = 2;
 
     const SUMMARY: &'static str = "import human feedback (hone, TRL, HH-RLHF, UltraFeedback; JSONL, CSV, Parquet) into normalised tables";
 
@@ -163,6 +166,8 @@ impl Kind for FeedbackIngest {
             scores = summary.scores,
             flags = summary.flags,
             rejected = summary.rejected,
+            dropped_values = summary.dropped_values,
+            missing_values = summary.missing_values,
             "ingested"
         );
         Ok(())

@@ -319,7 +319,11 @@ fn csv_cells_holding_json_lists_and_nan_margins() {
         rows(&dir.join("rankings.parquet"))[0]["responses"],
         serde_json::json!(["Veloria trades tea.", "Veloria is a place."])
     );
-    assert_eq!(reasons(&rejects), vec![(4, "not_a_number".into())]);
+    // A NaN margin is a missing margin: the comparison is kept without one.
+    let comparisons = rows(&dir.join("comparisons.parquet"));
+    assert_eq!(comparisons.len(), 2);
+    assert!(comparisons[1]["margin"].is_null(), "{:?}", comparisons[1]);
+    assert!(reasons(&rejects).is_empty());
 }
 
 #[test]
@@ -430,5 +434,107 @@ fn outputs_open_in_pyarrow() {
             "annotator",
             "source_row"
         ])
+    );
+}
+
+/// Real-world files: JSON Lines written by Python (`NaN`, `Infinity` tokens, CRLF line
+/// ends) with UltraFeedback's "N/A" and an out-of-range rating; every valid rating is
+/// kept, every dropped one is a row of the rejects table, missing ones are counted.
+#[test]
+fn python_jsonl_with_nan_and_na_keeps_every_valid_rating() {
+    let ws = Workspace::new();
+    let text = concat!(
+        r#"{"instruction": "Explain tides.", "completions": [{"response": "The moon pulls the sea.", "overall_score": NaN, "annotations": {"helpfulness": {"Rating": "4"}, "honesty": {"Rating": "N/A"}, "truthfulness": {"Rating": "7"}}}, {"response": "Wind.", "overall_score": 2.0, "annotations": {"helpfulness": {"Rating": "1"}}}]}"#,
+        "\r\n",
+        r#"{"instruction": "Say hi.", "completions": [{"response": "hi", "overall_score": Infinity, "annotations": {"helpfulness": {"Rating": "5"}}}]}"#,
+        "\r\n",
+    );
+    ws.write("data/uf.jsonl", text);
+    ws.write(
+        "p.yaml",
+        "name: fb\nstages:\n  ingest:\n    kind: feedback-ingest\n    with: { path: data/uf.jsonl, format: ultrafeedback }\n",
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let show: Value =
+        serde_json::from_str(&ws.ok(&["show", "p.yaml", "ingest", "--json"]).stdout).unwrap();
+    let path_of = |output: &str| {
+        let o = show["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["output"] == output)
+            .unwrap();
+        ws.path(o["path"].as_str().unwrap())
+    };
+    let dir = path_of("feedback");
+    let scores = rows(&dir.join("scores.parquet"));
+    let kept: Vec<(u64, String)> = scores
+        .iter()
+        .map(|s| {
+            (
+                s["source_row"].as_u64().unwrap(),
+                s["aspect"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            (1, "helpfulness".to_string()),
+            (1, "helpfulness".into()),
+            (1, "overall".into()),
+            (2, "helpfulness".into())
+        ]
+    );
+    let s = summary(&dir);
+    assert_eq!(
+        (
+            s["rows_read"].as_u64(),
+            s["rejected"].as_u64(),
+            s["dropped_values"].as_u64(),
+            s["missing_values"].as_u64()
+        ),
+        (Some(2), Some(0), Some(1), Some(3)),
+        "{s}"
+    );
+    assert_eq!(
+        reasons(&path_of("rejects")),
+        vec![(1, "out_of_range".into())]
+    );
+}
+
+/// CSV as spreadsheets write it: a byte-order mark, CRLF line ends and a quoted cell
+/// over several lines; row numbers in rejects are the lines where the record starts.
+#[test]
+fn csv_with_a_bom_crlf_and_multiline_cells() {
+    let ws = Workspace::new();
+    let text = "\u{feff}kind,prompt,response,score\r\nscore,\"Two\r\nlines\",\"fine, \"\"quoted\"\"\",4\r\nscore,p,r,N/A\r\nscore,p,r,9\r\n";
+    ws.write("data/s.csv", text);
+    ws.write(
+        "p.yaml",
+        "name: fb\nstages:\n  ingest:\n    kind: feedback-ingest\n    with: { path: data/s.csv, format: hone, max_reject_fraction: 1.0 }\n",
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let show: Value =
+        serde_json::from_str(&ws.ok(&["show", "p.yaml", "ingest", "--json"]).stdout).unwrap();
+    let path_of = |output: &str| {
+        let o = show["outputs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["output"] == output)
+            .unwrap();
+        ws.path(o["path"].as_str().unwrap())
+    };
+    let dir = path_of("feedback");
+    let scores = rows(&dir.join("scores.parquet"));
+    assert_eq!(scores.len(), 1);
+    assert_eq!(scores[0]["prompt"], "Two\r\nlines");
+    assert_eq!(scores[0]["response"], "fine, \"quoted\"");
+    let s = summary(&dir);
+    assert_eq!(s["missing_values"].as_u64(), Some(1), "{s}");
+    assert_eq!(
+        reasons(&path_of("rejects")),
+        vec![(5, "out_of_range".into())]
     );
 }
