@@ -18,6 +18,31 @@ pub fn mean_se(values: &[f64]) -> (f64, f64) {
     (mean, (var / n as f64).sqrt())
 }
 
+/// Mean and cluster-robust standard error of the mean (CR1) of observations grouped into
+/// clusters (the samples of one prompt): clusters are independent, observations within
+/// one need not be. With `G` clusters and `N` observations,
+/// `SE² = G/(G-1) · Σ_g (Σ_{i∈g} (y_i − ȳ))² / N²`; when every cluster has the same
+/// size this is the standard error of the cluster means, `sd(ȳ_g)/√G`. NaN with fewer
+/// than two clusters.
+pub fn clustered_mean_se<K: Ord>(observations: &[(K, f64)]) -> (f64, f64) {
+    let n = observations.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    let mean = observations.iter().map(|(_, y)| y).sum::<f64>() / n as f64;
+    let mut residuals: std::collections::BTreeMap<&K, f64> = std::collections::BTreeMap::new();
+    for (k, y) in observations {
+        *residuals.entry(k).or_insert(0.0) += y - mean;
+    }
+    let g = residuals.len();
+    if g < 2 {
+        return (mean, f64::NAN);
+    }
+    let sum_sq: f64 = residuals.values().map(|r| r * r).sum();
+    let var = g as f64 / (g - 1) as f64 * sum_sq / (n as f64 * n as f64);
+    (mean, var.sqrt())
+}
+
 /// The smallest x at which a curve (points sorted by x) reaches `target`, interpolating
 /// linearly between the last point below and the first at or above it. `None` when it
 /// never does.
@@ -46,6 +71,41 @@ mod tests {
         assert_eq!(m, 2.5);
         assert!((se - (5.0f64 / 12.0).sqrt()).abs() < 1e-12);
         assert!(mean_se(&[7.0]).1.is_nan());
+    }
+
+    #[test]
+    fn clustered_standard_error_by_hand() {
+        // Clusters A: 1, 3; B: 5, 7; C: 2. Mean 18/5 = 3.6; residual sums -3.2, 4.8,
+        // -1.6; squares 10.24 + 23.04 + 2.56 = 35.84; SE² = 3/2 · 35.84 / 25 = 2.1504.
+        let obs = [("a", 1.0), ("b", 5.0), ("a", 3.0), ("c", 2.0), ("b", 7.0)];
+        let (m, se) = clustered_mean_se(&obs);
+        assert!((m - 3.6).abs() < 1e-12);
+        assert!((se - 2.1504f64.sqrt()).abs() < 1e-12, "{se}");
+        // Balanced clusters: the standard error of the cluster means.
+        let obs = [
+            ("a", 1.0),
+            ("a", 3.0),
+            ("b", 5.0),
+            ("b", 7.0),
+            ("c", 0.0),
+            ("c", 4.0),
+        ];
+        let (_, se) = clustered_mean_se(&obs);
+        let (_, se_means) = mean_se(&[2.0, 6.0, 2.0]);
+        assert!((se - se_means).abs() < 1e-12);
+        // Samples of one prompt that agree add no information: 4 copies of each of
+        // 3 values give the same SE as the 3 values alone, where treating the 12 as
+        // independent would shrink it by about sqrt(4) (more than the 1.4x of 4
+        // partly agreeing samples).
+        let copies: Vec<(usize, f64)> = [2.0, 6.0, 2.0]
+            .iter()
+            .enumerate()
+            .flat_map(|(k, &v)| std::iter::repeat_n((k, v), 4))
+            .collect();
+        assert!((clustered_mean_se(&copies).1 - se_means).abs() < 1e-12);
+        let naive = mean_se(&copies.iter().map(|c| c.1).collect::<Vec<_>>()).1;
+        assert!(naive < se_means / 1.9, "{naive} vs {se_means}");
+        assert!(clustered_mean_se(&[("a", 1.0), ("a", 2.0)]).1.is_nan());
     }
 
     #[test]

@@ -181,7 +181,10 @@ impl TableRow for Row {
 impl Kind for Evaluate {
     const NAME: &'static str = "evaluate";
 
-    const VERSION: u32 = 1;
+    /// 2: standard errors clustered by prompt; win rates paired by prompt and sample,
+    /// with their standard errors; paired differences against the baseline (`diff_*`);
+    /// standard errors of the flag rates.
+    const VERSION: u32 = 2;
 
     const SUMMARY: &'static str = "compare policies on held-out prompts: reward-model score, oracle reward and axes, KL, win rates; HTML report";
 
@@ -432,52 +435,57 @@ fn summarise(
     has_world: bool,
     n_prompts: usize,
 ) -> Value {
-    // Per-policy summaries and win rates against the baseline.
+    // Every interval is clustered by prompt: the samples of one prompt share it, so
+    // they are not independent observations (`report::clustered_mean_se`).
     let baseline = &p.policies[0];
     let by_policy = |name: &str| rows.iter().filter(|r| r.policy == name).collect::<Vec<_>>();
-    let stat = |values: Vec<f64>| {
-        let (mean, se) = report::mean_se(&values);
-        json!({"mean": mean, "se": if se.is_finite() { json!(se) } else { json!(null) }})
-    };
-    let win_rate = |mine: &[&Row], base: &[&Row], f: &dyn Fn(&Row) -> Option<f64>| -> Option<f64> {
-        let pairs: Vec<(f64, f64)> = mine
-            .iter()
-            .zip(base)
-            .filter_map(|(a, b)| Some((f(a)?, f(b)?)))
-            .collect();
-        if pairs.is_empty() {
-            return None;
+    let se_json = |se: f64| {
+        if se.is_finite() {
+            json!(se)
+        } else {
+            json!(null)
         }
-        let wins: f64 = pairs
-            .iter()
-            .map(|(a, b)| {
-                if a > b {
-                    1.0
-                } else if a == b {
-                    0.5
-                } else {
-                    0.0
-                }
-            })
-            .sum();
-        Some(wins / pairs.len() as f64)
     };
+    let stat = |obs: Vec<(&str, f64)>| {
+        let (mean, se) = report::clustered_mean_se(&obs);
+        json!({"mean": mean, "se": se_json(se)})
+    };
+    // The baseline's row for the same prompt and sample (shared random streams make the
+    // two answers a pair).
     let base_rows = by_policy(baseline);
+    let base_of: BTreeMap<(&str, u64), &Row> = base_rows
+        .iter()
+        .map(|r| ((r.prompt_id.as_str(), r.sample), *r))
+        .collect();
+    fn paired<'a>(
+        mine: &[&'a Row],
+        base_of: &BTreeMap<(&str, u64), &Row>,
+        f: &dyn Fn(&Row) -> Option<f64>,
+        g: &dyn Fn(f64, f64) -> f64,
+    ) -> Vec<(&'a str, f64)> {
+        mine.iter()
+            .filter_map(|a| {
+                let b = base_of.get(&(a.prompt_id.as_str(), a.sample))?;
+                Some((a.prompt_id.as_str(), g(f(a)?, f(b)?)))
+            })
+            .collect()
+    }
+    let win = |a: f64, b: f64| {
+        if a > b {
+            1.0
+        } else if a == b {
+            0.5
+        } else {
+            0.0
+        }
+    };
     let mut policies = serde_json::Map::new();
     for name in &p.policies {
         let mine = by_policy(name);
-        let values =
-            |f: fn(&Row) -> Option<f64>| -> Vec<f64> { mine.iter().filter_map(|r| f(r)).collect() };
-        let rate = |f: fn(&oracle::OracleScore) -> bool| -> Value {
-            let flags: Vec<bool> = mine
-                .iter()
-                .filter_map(|r| r.oracle.as_ref().map(f))
-                .collect();
-            if flags.is_empty() {
-                json!(null)
-            } else {
-                json!(flags.iter().filter(|&&b| b).count() as f64 / flags.len() as f64)
-            }
+        let values = |f: fn(&Row) -> Option<f64>| -> Vec<(&str, f64)> {
+            mine.iter()
+                .filter_map(|r| Some((r.prompt_id.as_str(), f(r)?)))
+                .collect()
         };
         let mut entry = json!({
             "responses": mine.len(),
@@ -485,27 +493,65 @@ fn summarise(
             "tokens": stat(values(|r| Some(r.tokens as f64))),
             "ended_rate": mine.iter().filter(|r| r.ended).count() as f64 / mine.len().max(1) as f64,
         });
+        // A rate and its clustered standard error (`NAME` and `NAME_se`).
+        let mut rate = |key: &str, f: fn(&oracle::OracleScore) -> bool| {
+            let obs: Vec<(&str, f64)> = mine
+                .iter()
+                .filter_map(|r| {
+                    Some((
+                        r.prompt_id.as_str(),
+                        f64::from(u8::from(f(r.oracle.as_ref()?))),
+                    ))
+                })
+                .collect();
+            let (mean, se) = report::clustered_mean_se(&obs);
+            entry[key] = if obs.is_empty() {
+                json!(null)
+            } else {
+                json!(mean)
+            };
+            entry[format!("{key}_se")] = se_json(se);
+        };
+        if has_world {
+            rate("hallucination_rate", |o| o.flags.hallucination);
+            rate("bias_rate", |o| o.flags.bias);
+            rate("unsafe_rate", |o| o.flags.unsafe_advice);
+        }
+        // Win rate and paired difference against the baseline, per (prompt, sample)
+        // pair, clustered by prompt.
+        let mut against = |key: &str, f: &dyn Fn(&Row) -> Option<f64>| {
+            let wins = paired(&mine, &base_of, f, &win);
+            let (rate, rate_se) = report::clustered_mean_se(&wins);
+            entry[format!("win_rate_{key}")] = if wins.is_empty() {
+                json!(null)
+            } else {
+                json!(rate)
+            };
+            entry[format!("win_rate_{key}_se")] = se_json(rate_se);
+            if name != baseline {
+                entry[format!("diff_{key}")] = stat(paired(&mine, &base_of, f, &|a, b| a - b));
+            }
+        };
+        if has_scorer {
+            against("rm", &|r: &Row| r.rm_score);
+        }
+        if has_world {
+            against("oracle", &|r: &Row| r.oracle.as_ref().map(|o| o.reward));
+        }
         if has_scorer {
             entry["rm_score"] = stat(values(|r| r.rm_score));
-            entry["win_rate_rm"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r.rm_score));
         }
         if has_world {
             entry["oracle_reward"] = stat(values(|r| r.oracle.as_ref().map(|o| o.reward)));
             entry["helpfulness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.helpfulness)));
             entry["honesty"] = stat(values(|r| r.oracle.as_ref().map(|o| o.honesty)));
             entry["harmlessness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.harmlessness)));
-            entry["hallucination_rate"] = rate(|o| o.flags.hallucination);
-            entry["bias_rate"] = rate(|o| o.flags.bias);
-            entry["unsafe_rate"] = rate(|o| o.flags.unsafe_advice);
-            entry["win_rate_oracle"] = json!(win_rate(&mine, &base_rows, &|r: &Row| r
-                .oracle
-                .as_ref()
-                .map(|o| o.reward)));
         }
         policies.insert(name.clone(), entry);
     }
     let summary = json!({
         "baseline": baseline,
+        "standard_errors": "cluster-robust by prompt (CR1): a prompt's samples are not independent",
         "prompts": n_prompts,
         "samples_per_prompt": p.samples_per_prompt,
         "temperature": p.temperature,
@@ -604,7 +650,7 @@ fn html(
     );
     let _ = writeln!(
         out,
-        "<p>{} held-out prompts × {} sample(s) per policy at temperature {}; baseline <b>{}</b>. Intervals are ± 2 standard errors.</p>",
+        "<p>{} held-out prompts × {} sample(s) per policy at temperature {}; baseline <b>{}</b>. Intervals are ± 2 standard errors clustered by prompt.</p>",
         summary["prompts"],
         p.samples_per_prompt,
         p.temperature,
@@ -618,6 +664,7 @@ fn html(
         ("rm_score", "RM score"),
         ("kl", "KL to ref"),
         ("win_rate_oracle", "win rate (oracle)"),
+        ("diff_oracle", "oracle reward − baseline"),
         ("win_rate_rm", "win rate (RM)"),
         ("tokens", "tokens"),
         ("hallucination_rate", "hallucination"),
@@ -633,11 +680,13 @@ fn html(
         let entry = &summary["policies"][name];
         let _ = write!(out, "<tr><td>{}</td>", esc(name));
         for (key, _) in columns {
-            let _ = write!(
-                out,
-                "<td class=\"n\">{}</td>",
-                cell(entry.get(key).unwrap_or(&Value::Null))
-            );
+            // A rate's standard error is its sibling `KEY_se`.
+            let value = match (entry.get(key), entry.get(format!("{key}_se"))) {
+                (Some(Value::Number(mean)), Some(se)) => json!({"mean": mean, "se": se}),
+                (Some(v), _) => v.clone(),
+                (None, _) => Value::Null,
+            };
+            let _ = write!(out, "<td class=\"n\">{}</td>", cell(&value));
         }
         out.push_str("</tr>\n");
     }
@@ -653,7 +702,14 @@ fn html(
             .policies
             .iter()
             .skip(1)
-            .filter_map(|name| Some((name.clone(), summary["policies"][name][key].as_f64()?, None)))
+            .filter_map(|name| {
+                let entry = &summary["policies"][name];
+                let rate = entry[key].as_f64()?;
+                let interval = entry[format!("{key}_se")]
+                    .as_f64()
+                    .map(|se| ((rate - 2.0 * se).max(0.0), (rate + 2.0 * se).min(1.0)));
+                Some((name.clone(), rate, interval))
+            })
             .collect();
         if !bars.is_empty() {
             out.push_str(&svg::bars(title, &bars, 0.0, 1.0, Some(0.5)));

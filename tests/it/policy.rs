@@ -116,7 +116,26 @@ fn ppo_dpo_and_evaluate_close_the_loop() {
         }
         let w = entry["win_rate_oracle"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&w));
+        // The paired difference against the baseline: every answer has its baseline
+        // twin, so its mean is the difference of the means; its interval is clustered by
+        // prompt like every other.
+        let diff = entry["diff_oracle"]["mean"].as_f64().unwrap();
+        let means = entry["oracle_reward"]["mean"].as_f64().unwrap()
+            - base["oracle_reward"]["mean"].as_f64().unwrap();
+        assert!((diff - means).abs() < 1e-9, "{diff} vs {means}");
+        assert!(entry["diff_oracle"]["se"].as_f64().unwrap() >= 0.0);
+        assert!(entry["win_rate_oracle_se"].as_f64().unwrap() >= 0.0);
     }
+    assert_eq!(
+        base["win_rate_oracle_se"], 0.0,
+        "a tie with itself has no spread"
+    );
+    assert!(
+        summary["standard_errors"]
+            .as_str()
+            .unwrap()
+            .contains("by prompt")
+    );
     let samples = rows(&output(&ws, "evaluate", "metrics").join("samples.parquet"));
     assert_eq!(samples.len(), 3 * 6);
     let html =
