@@ -280,6 +280,20 @@ impl Resolver<'_> {
             self.invalid.insert(id.to_string());
             return;
         };
+        if group.rounds.is_none() && group.foreach.is_none() && group.matrix.is_none() {
+            // The key is there (that made it a group) but empty: `rounds:` with no value.
+            let key = ["rounds", "foreach", "matrix"]
+                .into_iter()
+                .find(|k| node.get(k).is_some())
+                .unwrap_or("rounds");
+            self.error_at_value(
+                &with(at, key),
+                format!("`{key}` needs a value (a group repeats its stages by `rounds`, `foreach` or `matrix`)"),
+                None,
+            );
+            self.invalid.insert(id.to_string());
+            return;
+        }
         if group.foreach.is_some() && group.matrix.is_some() {
             self.error(
                 &with(at, "matrix"),
@@ -1107,6 +1121,26 @@ mod tests {
         let all = spec.stage("all").unwrap();
         let refs: Vec<&str> = all.inputs["x"].iter().map(|r| r.stage.as_str()).collect();
         assert_eq!(refs, ["s@1", "s@2", "s@3"]);
+    }
+
+    /// Found by fuzzing (`fuzz/`, spec_load): `rounds:` with no value made a group with
+    /// nothing to repeat it by, and resolving it hit an `unreachable!`.
+    #[test]
+    fn a_group_key_without_a_value_is_an_error_not_a_panic() {
+        for key in ["rounds", "foreach", "matrix"] {
+            let (_, errors) = resolve_str(
+                &format!(
+                    "name: p\nstages:\n  loop:\n    {key}:\n    stages:\n      s: {{kind: node}}\n"
+                ),
+                &[],
+            );
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(&format!("`{key}` needs a value"))),
+                "{key}: {errors:?}"
+            );
+        }
     }
 
     #[test]
