@@ -303,14 +303,76 @@ pub fn read_rows(
     Ok(rows)
 }
 
-/// Streams the batches of a Parquet file.
-pub fn batches(
-    path: &Path,
-) -> Result<parquet::arrow::arrow_reader::ParquetRecordBatchReader, parquet::errors::ParquetError> {
+/// Streams the batches of a Parquet file. A damaged file is an error, also where the
+/// parquet crate would panic on it (it asserts on some inconsistent metadata: found by
+/// fuzzing the feedback readers, `fuzz/`), so a bad input file fails its stage with a
+/// message instead of taking hone down.
+pub fn batches(path: &Path) -> Result<Batches, parquet::errors::ParquetError> {
     let file = File::open(path)?;
-    parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
-        .with_batch_size(8192)
-        .build()
+    let built = quietly(|| {
+        parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)?
+            .with_batch_size(8192)
+            .build()
+    })
+    .unwrap_or_else(|| Err(damaged()));
+    Ok(Batches {
+        inner: Some(built?),
+    })
+}
+
+thread_local! {
+    static QUIET: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f`, catching a panic (`None`) without the panic hook's message: a library's
+/// assertion on bad input is reported by the caller as an error, not as a crash. Other
+/// threads' panics are printed as before.
+fn quietly<T>(f: impl FnOnce() -> T) -> Option<T> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if !QUIET.with(std::cell::Cell::get) {
+                previous(info);
+            }
+        }));
+    });
+    QUIET.with(|q| q.set(true));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    QUIET.with(|q| q.set(false));
+    result.ok()
+}
+
+fn damaged() -> parquet::errors::ParquetError {
+    parquet::errors::ParquetError::General(
+        "the file is damaged (its metadata is inconsistent)".into(),
+    )
+}
+
+/// The batches of a Parquet file ([`batches`]); after an error, no more.
+pub struct Batches {
+    inner: Option<parquet::arrow::arrow_reader::ParquetRecordBatchReader>,
+}
+
+impl Iterator for Batches {
+    type Item = Result<RecordBatch, arrow::error::ArrowError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let inner = self.inner.as_mut()?;
+        match quietly(|| inner.next()) {
+            Some(Some(Err(e))) => {
+                self.inner = None;
+                Some(Err(e))
+            }
+            Some(item) => item,
+            None => {
+                self.inner = None;
+                Some(Err(arrow::error::ArrowError::ParquetError(
+                    damaged().to_string(),
+                )))
+            }
+        }
+    }
 }
 
 /// The value at `row` of an Arrow array as JSON (strings, numbers, booleans, lists and

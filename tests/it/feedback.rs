@@ -538,3 +538,20 @@ fn csv_with_a_bom_crlf_and_multiline_cells() {
         vec![(5, "out_of_range".into())]
     );
 }
+
+/// Found by fuzzing (`fuzz/`, feedback_rows): a Parquet file with inconsistent column
+/// metadata made the parquet crate panic. It is a failed stage with a message now, and
+/// nothing is printed as a crash.
+#[test]
+fn a_damaged_parquet_file_fails_the_stage_without_a_panic() {
+    let ws = Workspace::new();
+    copy_fixture(&ws, "damaged.parquet");
+    ws.write(
+        "p.yaml",
+        "name: fb\nstages:\n  ingest: { kind: feedback-ingest, with: { path: data/damaged.parquet, format: trl-preference } }\n",
+    );
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(out.stdout.contains("damaged"), "{}", out.stdout);
+    assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+}
