@@ -1,6 +1,7 @@
 //! Streaming readers for feedback files: JSONL, CSV and Parquet each yield one JSON object
 //! per source row, with its 1-based row number, or a reject for a row that cannot be read.
-//! Nothing holds the whole file in memory.
+//! JSONL and CSV stream; a Parquet file is read into memory when it is at most 64 MiB
+//! (`artifact::table::batches`), larger ones stream.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};

@@ -555,3 +555,23 @@ fn a_damaged_parquet_file_fails_the_stage_without_a_panic() {
     assert!(out.stdout.contains("damaged"), "{}", out.stdout);
     assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
 }
+
+/// Found by fuzzing: a 2 KB Parquet file with a damaged page header made the parquet
+/// reader issue millions of tiny reads of the file (33 s before it gave up). Read from
+/// memory it fails at once; either way it is a reject with a reason, never a crash.
+#[test]
+fn a_parquet_file_with_a_damaged_page_is_rejected() {
+    let ws = Workspace::new();
+    copy_fixture(&ws, "slow.parquet");
+    ws.write(
+        "p.yaml",
+        "name: fb\nstages:\n  ingest: { kind: feedback-ingest, with: { path: data/slow.parquet, format: trl-preference } }\n",
+    );
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("malformed: unreadable Parquet data"),
+        "{}",
+        out.stdout
+    );
+}
