@@ -8,7 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
-use super::ops::{attention, attention_probs, layer_norm};
+use super::ops::{attention, attention_probs, gelu_tanh, layer_norm, linear};
 
 /// The fields of a Hugging Face `GPT2Config` that hone uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,7 +61,7 @@ impl Conv1D {
 
 impl Module for Conv1D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_matmul(&self.weight)?.broadcast_add(&self.bias)
+        linear(x, &self.weight, Some(&self.bias))
     }
 }
 
@@ -151,7 +151,7 @@ impl Block {
         let h = if self.exact_gelu {
             h.gelu_erf()?
         } else {
-            h.gelu()?
+            gelu_tanh(&h)?
         };
         x + self.mlp_proj.forward(&h)?
     }
@@ -233,7 +233,7 @@ impl Gpt2 {
 
     /// Logits [b, t, vocab] from hidden states (the head is tied to `wte`).
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.broadcast_matmul(&self.wte.t()?)
+        linear(hidden, &self.wte.t()?, None)
     }
 
     pub fn n_layers(&self) -> usize {

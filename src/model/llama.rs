@@ -7,7 +7,9 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
-use super::ops::{apply_rope, attention, attention_probs, repeat_kv, rms_norm, rope_tables};
+use super::ops::{
+    apply_rope, attention, attention_probs, linear, repeat_kv, rms_norm, rope_tables,
+};
 
 /// The fields of a Hugging Face `LlamaConfig` that hone uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -68,7 +70,7 @@ impl Linear {
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        x.broadcast_matmul(&self.weight.t()?)
+        linear(x, &self.weight.t()?, None)
     }
 }
 
@@ -219,7 +221,7 @@ impl Llama {
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        hidden.broadcast_matmul(&self.lm_head.t()?)
+        linear(hidden, &self.lm_head.t()?, None)
     }
 
     pub fn n_layers(&self) -> usize {

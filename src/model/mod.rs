@@ -3,6 +3,7 @@
 //! No YAML, CLI or spec here: stages hand this module tensors, paths and numbers.
 
 pub mod gpt2;
+pub mod kernels;
 pub mod llama;
 pub mod ops;
 pub mod reward;

@@ -1,40 +1,114 @@
 //! Building blocks with a backward pass. candle-nn's fused `layer_norm`, `rms_norm` and
-//! `softmax_last_dim` record no backward op (gradients would silently stop there), so these
-//! are composed from elementary tensor ops, each of which candle can differentiate.
+//! `softmax_last_dim` record no backward op (gradients would silently stop there). For f32
+//! on the CPU these call hone's own fused kernels, which have one ([`super::kernels`]);
+//! everywhere else (f64, CUDA) they are composed from elementary tensor ops
+//! ([`composed`]), each of which candle can differentiate.
 
 use candle_core::{D, DType, Device, Result, Tensor};
 
+use super::kernels;
+
 /// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean = x.mean_keepdim(D::Minus1)?;
-    let centred = x.broadcast_sub(&mean)?;
-    let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
-    let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
-    normed.broadcast_mul(weight)?.broadcast_add(bias)
+    if kernels::applies(x) {
+        return kernels::layer_norm(x, weight, bias, eps);
+    }
+    composed::layer_norm(x, weight, bias, eps)
 }
 
 /// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
 pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
-    let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
-    x.broadcast_div(&(mean_square + eps)?.sqrt()?)?
-        .broadcast_mul(weight)
+    if kernels::applies(x) {
+        return kernels::rms_norm(x, weight, eps);
+    }
+    composed::rms_norm(x, weight, eps)
 }
 
-/// Softmax over the last dimension. The max is subtracted for stability and detached:
-/// the result does not depend on it, so no gradient needs to flow through it.
-pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let exp = x.broadcast_sub(&max)?.exp()?;
-    exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+/// GELU with the tanh approximation (GPT-2's `gelu_new`).
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    if kernels::applies(x) {
+        return kernels::gelu_tanh(x);
+    }
+    x.gelu()
 }
 
-/// Log-softmax over the last dimension.
-pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
-    let max = x.max_keepdim(D::Minus1)?.detach();
-    let shifted = x.broadcast_sub(&max)?;
-    let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
-    shifted.broadcast_sub(&log_sum)
+/// x [.., in] @ w [in, out] (+ bias [out]), as one 2-D matmul over all leading positions.
+/// `broadcast_matmul` would run one matmul per batch row and, backward, make a weight
+/// gradient per batch row and sum them; here the weight gradient is a single gemm. `w` may
+/// be a transposed view ([out, in] weights as `w.t()`).
+pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
+    let mut dims = x.dims().to_vec();
+    let n_in = x.dim(D::Minus1)?;
+    let rows = x.elem_count() / n_in.max(1);
+    let y = x.reshape((rows, n_in))?.matmul(w)?;
+    let y = match bias {
+        Some(b) if kernels::applies(&y) => kernels::add_bias(&y, b)?,
+        Some(b) => y.broadcast_add(b)?,
+        None => y,
+    };
+    if let Some(last) = dims.last_mut() {
+        *last = w.dim(1)?;
+    }
+    y.reshape(dims)
 }
+
+/// log softmax(logits)[target] over the last dimension: logits [.., v], targets [..] (any
+/// integer dtype) -> [..].
+pub fn target_log_probs(logits: &Tensor, targets: &Tensor) -> Result<Tensor> {
+    let shape = targets.dims().to_vec();
+    let v = logits.dim(D::Minus1)?;
+    let n = targets.elem_count();
+    let flat = logits.reshape((n, v))?;
+    let ids = targets.reshape(n)?;
+    let picked = if kernels::applies(&flat) {
+        kernels::target_log_prob(&flat, &ids)?
+    } else {
+        composed::log_softmax_last(&flat)?
+            .gather(&ids.unsqueeze(1)?.contiguous()?, 1)?
+            .squeeze(1)?
+    };
+    picked.reshape(shape)
+}
+
+/// The composed forms: elementary candle ops, differentiable by candle itself, any dtype and
+/// device. The reference the fused kernels are tested against.
+pub mod composed {
+    use candle_core::{D, Result, Tensor};
+
+    /// LayerNorm over the last dimension: (x - mean) / sqrt(var + eps) * weight + bias.
+    pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
+        let mean = x.mean_keepdim(D::Minus1)?;
+        let centred = x.broadcast_sub(&mean)?;
+        let var = centred.sqr()?.mean_keepdim(D::Minus1)?;
+        let normed = centred.broadcast_div(&(var + eps)?.sqrt()?)?;
+        normed.broadcast_mul(weight)?.broadcast_add(bias)
+    }
+
+    /// RMSNorm over the last dimension: x / sqrt(mean(x^2) + eps) * weight.
+    pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
+        let mean_square = x.sqr()?.mean_keepdim(D::Minus1)?;
+        x.broadcast_div(&(mean_square + eps)?.sqrt()?)?
+            .broadcast_mul(weight)
+    }
+
+    /// Softmax over the last dimension. The max is subtracted for stability and detached:
+    /// the result does not depend on it, so no gradient needs to flow through it.
+    pub fn softmax_last(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let exp = x.broadcast_sub(&max)?.exp()?;
+        exp.broadcast_div(&exp.sum_keepdim(D::Minus1)?)
+    }
+
+    /// Log-softmax over the last dimension.
+    pub fn log_softmax_last(x: &Tensor) -> Result<Tensor> {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let shifted = x.broadcast_sub(&max)?;
+        let log_sum = shifted.exp()?.sum_keepdim(D::Minus1)?.log()?;
+        shifted.broadcast_sub(&log_sum)
+    }
+}
+
+pub use composed::{log_softmax_last, softmax_last};
 
 /// Additive causal mask [t_q, t_k] for queries at positions `t_k - t_q .. t_k`: 0 where a
 /// query may attend, -inf where the key lies in its future.
@@ -63,7 +137,11 @@ pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
 pub fn attention_probs(q: &Tensor, k: &Tensor) -> Result<Tensor> {
     let (_, _, t_q, d) = q.dims4()?;
     let t_k = k.dim(2)?;
-    let scores = (q.matmul(&k.t()?.contiguous()?)? / (d as f64).sqrt())?;
+    let scores = q.matmul(&k.t()?.contiguous()?)?;
+    if kernels::applies(&scores) {
+        return kernels::causal_softmax(&scores, 1.0 / (d as f64).sqrt());
+    }
+    let scores = (scores / (d as f64).sqrt())?;
     let scores = if t_q > 1 {
         scores.broadcast_add(&causal_mask(t_q, t_k, q.device())?)?
     } else {
@@ -121,8 +199,7 @@ pub fn repeat_kv(x: &Tensor, n: usize) -> Result<Tensor> {
 /// Mean cross-entropy of `logits` [n, vocab] against `targets` [n] (u32), ignoring
 /// positions whose `weights` [n] are 0; weights are 0 or 1.
 pub fn masked_cross_entropy(logits: &Tensor, targets: &Tensor, weights: &Tensor) -> Result<Tensor> {
-    let log_probs = log_softmax_last(logits)?;
-    let picked = log_probs.gather(&targets.unsqueeze(1)?, 1)?.squeeze(1)?;
+    let picked = target_log_probs(logits, targets)?;
     let weights = weights.to_dtype(DType::F32)?;
     let total = weights.sum_all()?.to_scalar::<f32>()?.max(1.0);
     (picked * weights)?.sum_all()?.neg()? / f64::from(total)

@@ -309,9 +309,8 @@ pub fn token_logprobs(
     } else {
         logits
     };
-    let logp = super::ops::log_softmax_last(&logits)?;
-    let targets = ids.narrow(1, 1, t - 1)?.contiguous()?.unsqueeze(2)?;
-    let picked = logp.gather(&targets, 2)?.squeeze(2)?;
+    let targets = ids.narrow(1, 1, t - 1)?.contiguous()?;
+    let picked = super::ops::target_log_probs(&logits, &targets)?;
     debug_assert_eq!(picked.dims2()?, (b, t - 1));
     Ok((picked, hidden))
 }

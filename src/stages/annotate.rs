@@ -209,7 +209,9 @@ impl TableRow for OracleRow<'_> {
 impl Kind for Annotate {
     const NAME: &'static str = "annotate";
 
-    const VERSION: u32 = 1;
+    // 2: the feedback directory's summary.json counts dropped and missing values
+    // (feedback-ingest v2's format).
+    const VERSION: u32 = 2;
 
     const SUMMARY: &'static str = "label candidates with simulated annotators from the HHH oracle, or export a batch for people";
 

@@ -184,7 +184,9 @@ impl Kind for Evaluate {
     /// 2: standard errors clustered by prompt; win rates paired by prompt and sample,
     /// with their standard errors; paired differences against the baseline (`diff_*`);
     /// standard errors of the flag rates.
-    const VERSION: u32 = 2;
+    // 3: the model computes through hone's fused CPU kernels (model::kernels), which
+    // round differently from the composed ops.
+    const VERSION: u32 = 3;
 
     const SUMMARY: &'static str = "compare policies on held-out prompts: reward-model score, oracle reward and axes, KL, win rates; HTML report";
 

@@ -75,7 +75,9 @@ impl Kind for Generate {
     // 2: sampled through the one rollout path (policy::rollout): a response's token ids
     // and summed log-prob end where its text does (at EOS or the token completing a stop
     // string), and EOS falls back to the tokenizer's end-of-text as in ppo and evaluate.
-    const VERSION: u32 = 2;
+    // 3: the model computes through hone's fused CPU kernels (model::kernels), which
+    // round differently from the composed ops.
+    const VERSION: u32 = 3;
 
     const SUMMARY: &'static str =
         "sample K responses per prompt from a causal LM into a candidates table";

@@ -202,7 +202,9 @@ impl TableRow for MetaRow {
 impl Kind for MetarmAdapt {
     const NAME: &'static str = "metarm-adapt";
 
-    const VERSION: u32 = 1;
+    // 2: the model computes through hone's fused CPU kernels (model::kernels), which
+    // round differently from the composed ops.
+    const VERSION: u32 = 2;
 
     const SUMMARY: &'static str = "adapt a reward model to the policy's shifted outputs (MetaRM: a meta step on the difference loss, then Bradley-Terry)";
 

@@ -130,7 +130,9 @@ impl Kind for OdpoSelect {
     const NAME: &'static str = "odpo-select";
 
     // 2: greedy rounding by Sherman-Morrison updates (same picks up to float ties).
-    const VERSION: u32 = 2;
+    // 3: the model computes through hone's fused CPU kernels (model::kernels), which
+    // round differently from the composed ops.
+    const VERSION: u32 = 3;
 
     const SUMMARY: &'static str =
         "choose the response pairs to label under a budget: D-optimal design (ODPO) or uniform";

@@ -360,7 +360,9 @@ struct PpoState {
 impl Kind for Ppo {
     const NAME: &'static str = "ppo";
 
-    const VERSION: u32 = 1;
+    // 2: the model computes through hone's fused CPU kernels (model::kernels), which
+    // round differently from the composed ops.
+    const VERSION: u32 = 2;
 
     const SUMMARY: &'static str = "optimise a policy against a reward model with PPO (KL penalty, GAE, clipping; sparse, ABC or uniform credit)";
 

@@ -156,7 +156,9 @@ impl Kind for RewardFit {
 
     // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
     // 3: oracle pair accuracy, tags and the train mode in the summary.
-    const VERSION: u32 = 3;
+    // 4: the model computes through hone's fused CPU kernels (model::kernels), which
+    // round differently from the composed ops.
+    const VERSION: u32 = 4;
 
     const SUMMARY: &'static str = "fit a reward model (Bradley-Terry, ordinal scores, flags) on a causal-LM backbone, or only its linear head";
 
