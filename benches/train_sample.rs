@@ -208,6 +208,7 @@ struct Torch {
 }
 
 fn main() {
+    hone::keep_freed_memory();
     let steps = env_usize("HONE_BENCH_STEPS", 10);
     let threads = env_usize("HONE_BENCH_THREADS", 2);
     if std::env::var_os("RAYON_NUM_THREADS").is_none() {

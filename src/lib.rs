@@ -15,3 +15,16 @@ pub mod runner;
 pub mod spec;
 pub mod stages;
 pub mod world;
+
+/// Tells mimalloc (the binaries' global allocator) to keep freed memory instead of handing
+/// it back to the OS after 10 ms: candle allocates a fresh buffer for every tensor op, and
+/// memory handed back returns as page faults and zeroed pages on the next training step
+/// (about 5% of a step on the reference model, benches/README.md). The resident size stays
+/// at its peak instead. Call it first thing in `main`.
+pub fn keep_freed_memory() {
+    // `mi_option_purge_delay` in mimalloc.h (v2 and v3); libmimalloc-sys names no constant
+    // for it. -1: never purge.
+    const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+    // SAFETY: sets one option of the allocator; no memory is touched.
+    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+}

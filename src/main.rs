@@ -13,6 +13,7 @@ use clap::Parser;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    hone::keep_freed_memory();
     let cli = match hone::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(err) => {
