@@ -29,6 +29,7 @@ WHAT IT WRITES (into tests/fixtures/models/, well under 1 MB in total)
                                 safetensors / numpy versions this ran with
     gpt2-tiny/                  GPT2LMHeadModel, seed 0
     llama-tiny/                 LlamaForCausalLM (GQA: 4 q heads, 2 kv heads), seed 1
+    qwen2-tiny/                 Qwen2ForCausalLM (q/k/v biases, tied head, GQA), seed 2
         config.json             as written by save_pretrained
         generation_config.json  as written by save_pretrained
         model.safetensors       as written by save_pretrained (float32)
@@ -91,7 +92,14 @@ import tokenizers
 import torch
 import transformers
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausalLM
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    LlamaForCausalLM,
+    Qwen2Config,
+    Qwen2ForCausalLM,
+)
 
 VOCAB_SIZE = 96
 EOS_TOKEN = "<|endoftext|>"
@@ -229,6 +237,34 @@ def llama_tiny(eos_id: int) -> LlamaForCausalLM:
     return model
 
 
+def qwen2_tiny(eos_id: int) -> Qwen2ForCausalLM:
+    """Qwen2: Llama's layout with biases on q, k and v (not o), a tied head as in
+    Qwen2.5-0.5B, GQA."""
+    cfg = Qwen2Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+        use_sliding_window=False,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    cfg._attn_implementation = ATTN_IMPL
+    torch.manual_seed(2)
+    model = Qwen2ForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
 # --------------------------------------------------------------------------- #
 # Reference outputs
 # --------------------------------------------------------------------------- #
@@ -346,6 +382,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     default_out = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "models"
     ap.add_argument("--out", type=Path, default=default_out)
+    ap.add_argument(
+        "--only",
+        action="append",
+        help="write only these model fixtures (e.g. --only qwen2-tiny), leaving the others",
+    )
     args = ap.parse_args()
 
     torch.set_num_threads(1)
@@ -358,14 +399,21 @@ def main() -> int:
 
     tok = train_tokenizer(make_corpus())
     tok_path = out / "tokenizer.json"
-    tok.save(str(tok_path), pretty=True)
-    dump_json(out / "tokenizer_expected.json", tokenizer_samples(tok))
+    if args.only:
+        # The committed tokenizer, so that new fixtures share it with the old ones.
+        tok = Tokenizer.from_file(str(tok_path))
+    else:
+        tok.save(str(tok_path), pretty=True)
+        dump_json(out / "tokenizer_expected.json", tokenizer_samples(tok))
     eos_id = tok.token_to_id(EOS_TOKEN)
 
     for name, build, model_type in (
         ("gpt2-tiny", gpt2_tiny, "gpt2"),
         ("llama-tiny", llama_tiny, "llama"),
+        ("qwen2-tiny", qwen2_tiny, "qwen2"),
     ):
+        if args.only and name not in args.only:
+            continue
         d = out / name
         if d.exists():
             shutil.rmtree(d)
@@ -380,7 +428,10 @@ def main() -> int:
         shutil.copyfile(tok_path, d / "tokenizer.json")
         dump_json(d / "expected.json", reference_outputs(model, model_type))
 
-    dump_json(out / "versions.json", versions())
+    if args.only:
+        dump_json(out / f"versions-{'-'.join(args.only)}.json", versions())
+    else:
+        dump_json(out / "versions.json", versions())
 
     total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     for p in sorted(out.rglob("*")):

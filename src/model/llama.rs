@@ -1,6 +1,7 @@
 //! Llama, trainable, with Hugging Face tensor names (`model.layers.0.self_attn.q_proj.weight`,
 //! ...): RMSNorm, rotary position embeddings applied as transformers does (`rotate_half`),
-//! SwiGLU MLP, grouped-query attention.
+//! SwiGLU MLP, grouped-query attention. Qwen2 is the same network with biases on the q, k
+//! and v projections ([`LlamaFamily::Qwen2`]).
 
 use candle_core::{Result, Tensor};
 use candle_nn::{Init, VarBuilder};
@@ -28,10 +29,49 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Llama's `attention_bias`: biases on the q, k, v and o projections.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub attention_bias: bool,
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default)]
     pub eos_token_id: Option<u32>,
+    /// The transformers family this layout is read as and written back as (its
+    /// `model_type`); not a field of `config.json` itself.
+    #[serde(skip)]
+    pub family: LlamaFamily,
+}
+
+/// The model families that share Llama's network.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum LlamaFamily {
+    /// `model_type: llama` (also SmolLM and Llama 3.2).
+    #[default]
+    Llama,
+    /// `model_type: qwen2` (Qwen2, Qwen2.5): biases on q, k and v, none on o.
+    Qwen2,
+}
+
+impl LlamaFamily {
+    /// `model_type`, and the causal-LM and sequence-classification class names.
+    pub fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            LlamaFamily::Llama => (
+                "llama",
+                "LlamaForCausalLM",
+                "LlamaForSequenceClassification",
+            ),
+            LlamaFamily::Qwen2 => (
+                "qwen2",
+                "Qwen2ForCausalLM",
+                "Qwen2ForSequenceClassification",
+            ),
+        }
+    }
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 fn default_eps() -> f64 {
@@ -50,6 +90,16 @@ impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
         self.hidden_size / self.num_attention_heads
     }
+
+    /// Whether the q, k and v projections have biases.
+    pub fn qkv_bias(&self) -> bool {
+        self.attention_bias || self.family == LlamaFamily::Qwen2
+    }
+
+    /// Whether the output projection has a bias.
+    pub fn o_bias(&self) -> bool {
+        self.attention_bias && self.family == LlamaFamily::Llama
+    }
 }
 
 const INIT: Init = Init::Randn {
@@ -57,20 +107,30 @@ const INIT: Init = Init::Randn {
     stdev: 0.02,
 };
 
-/// A bias-free linear layer with HF's [out, in] weight layout.
+/// A linear layer with HF's [out, in] weight layout, with or without a bias.
 struct Linear {
     weight: Tensor,
+    bias: Option<Tensor>,
 }
 
 impl Linear {
     fn new(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Self> {
+        Linear::with_bias(n_in, n_out, false, vb)
+    }
+
+    fn with_bias(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
         Ok(Linear {
             weight: vb.get_with_hints((n_out, n_in), "weight", INIT)?,
+            bias: if bias {
+                Some(vb.get_with_hints(n_out, "bias", Init::Const(0.0))?)
+            } else {
+                None
+            },
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight.t()?, None)
+        linear(x, &self.weight.t()?, self.bias.as_ref())
     }
 }
 
@@ -99,15 +159,16 @@ impl Llama {
         let m = vb.pp("model");
         let (h, kv) = (cfg.hidden_size, cfg.n_kv_heads() * cfg.head_dim());
         let ones = Init::Const(1.0);
+        let qkv_bias = cfg.qkv_bias();
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = m.pp("layers").pp(i);
                 Ok(Layer {
                     input_norm: l.pp("input_layernorm").get_with_hints(h, "weight", ones)?,
-                    q: Linear::new(h, h, l.pp("self_attn").pp("q_proj"))?,
-                    k: Linear::new(h, kv, l.pp("self_attn").pp("k_proj"))?,
-                    v: Linear::new(h, kv, l.pp("self_attn").pp("v_proj"))?,
-                    o: Linear::new(h, h, l.pp("self_attn").pp("o_proj"))?,
+                    q: Linear::with_bias(h, h, qkv_bias, l.pp("self_attn").pp("q_proj"))?,
+                    k: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("k_proj"))?,
+                    v: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("v_proj"))?,
+                    o: Linear::with_bias(h, h, cfg.o_bias(), l.pp("self_attn").pp("o_proj"))?,
                     post_norm: l
                         .pp("post_attention_layernorm")
                         .get_with_hints(h, "weight", ones)?,

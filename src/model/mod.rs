@@ -19,7 +19,7 @@ use candle_nn::{VarBuilder, VarMap};
 use serde_json::Value;
 
 pub use gpt2::{Gpt2, Gpt2Config};
-pub use llama::{Llama, LlamaConfig};
+pub use llama::{Llama, LlamaConfig, LlamaFamily};
 
 /// A model's architecture and sizes, read from and written to `config.json`.
 #[derive(Debug, Clone, PartialEq)]
@@ -38,7 +38,12 @@ impl ModelConfig {
                 .map(ModelConfig::Gpt2)
                 .map_err(|e| format!("GPT-2 config: {e}"))
                 .and_then(ModelConfig::checked),
-            Some("llama") => {
+            Some(family @ ("llama" | "qwen2")) => {
+                let family = if family == "qwen2" {
+                    LlamaFamily::Qwen2
+                } else {
+                    LlamaFamily::Llama
+                };
                 // transformers 5 writes `rope_parameters.rope_theta`; older versions a
                 // top-level `rope_theta`.
                 let mut value = value;
@@ -47,13 +52,34 @@ impl ModelConfig {
                 {
                     value["rope_theta"] = theta;
                 }
-                serde_json::from_value(value)
-                    .map(ModelConfig::Llama)
-                    .map_err(|e| format!("Llama config: {e}"))
-                    .and_then(ModelConfig::checked)
+                if let Some(kind) = value
+                    .pointer("/rope_parameters/rope_type")
+                    .or_else(|| value.pointer("/rope_scaling/rope_type"))
+                    .and_then(Value::as_str)
+                    && kind != "default"
+                {
+                    return Err(format!(
+                        "rope type `{kind}` is not one hone implements (only `default`)"
+                    ));
+                }
+                if family == LlamaFamily::Qwen2
+                    && value.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
+                {
+                    return Err(
+                        "`use_sliding_window` is true: hone does not implement sliding-window attention"
+                            .into(),
+                    );
+                }
+                if value.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
+                    return Err("`mlp_bias` is true: hone's Llama has no MLP biases".into());
+                }
+                let mut config: LlamaConfig = serde_json::from_value(value)
+                    .map_err(|e| format!("{} config: {e}", family.names().0))?;
+                config.family = family;
+                ModelConfig::Llama(config).checked()
             }
             Some(other) => Err(format!(
-                "unsupported `model_type` `{other}` (hone trains `gpt2` and `llama`)"
+                "unsupported `model_type` `{other}` (hone trains `gpt2`, `llama` and `qwen2`)"
             )),
             None => Err("no `model_type` field".into()),
         }
@@ -183,7 +209,9 @@ impl ModelConfig {
                     c.num_hidden_layers as u128,
                 );
                 let kv = (c.n_kv_heads() * c.head_dim()) as u128;
-                let layer = 2 * d * d + 2 * d * kv + 3 * d * i + 2 * d;
+                let qkv_bias = if c.qkv_bias() { d + 2 * kv } else { 0 };
+                let o_bias = if c.o_bias() { d } else { 0 };
+                let layer = 2 * d * d + 2 * d * kv + 3 * d * i + 2 * d + qkv_bias + o_bias;
                 let head = if c.tie_word_embeddings { 0 } else { v * d };
                 v * d + l * layer + d + head
             }
@@ -194,7 +222,10 @@ impl ModelConfig {
     pub fn to_hf_json(&self) -> String {
         let (mut value, model_type, architecture) = match self {
             ModelConfig::Gpt2(c) => (serde_json::to_value(c), "gpt2", "GPT2LMHeadModel"),
-            ModelConfig::Llama(c) => (serde_json::to_value(c), "llama", "LlamaForCausalLM"),
+            ModelConfig::Llama(c) => {
+                let (model_type, causal_lm, _) = c.family.names();
+                (serde_json::to_value(c), model_type, causal_lm)
+            }
         };
         let map = value
             .as_mut()

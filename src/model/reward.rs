@@ -71,9 +71,9 @@ impl RewardModel {
                     reason: e.to_string(),
                 }
             })?;
-        let architecture = match self.base.config {
+        let architecture = match &self.base.config {
             ModelConfig::Gpt2(_) => "GPT2ForSequenceClassification",
-            ModelConfig::Llama(_) => "LlamaForSequenceClassification",
+            ModelConfig::Llama(c) => c.family.names().2,
         };
         config["architectures"] = Value::from(vec![architecture]);
         config["num_labels"] = Value::from(1);

@@ -5,7 +5,7 @@
 use candle_core::{Device, Tensor};
 
 use super::train::{Batch, Schedule, Trainer, lm_loss};
-use super::{CausalLm, Gpt2Config, LlamaConfig, ModelConfig, Trainable};
+use super::{CausalLm, Gpt2Config, LlamaConfig, LlamaFamily, ModelConfig, Trainable};
 
 /// The seed of every test model's weights ([`Trainable::seeded`]).
 const SEED: u64 = 0;
@@ -37,9 +37,21 @@ fn llama() -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         tie_word_embeddings: false,
+        attention_bias: false,
         bos_token_id: None,
         eos_token_id: Some(0),
+        family: LlamaFamily::Llama,
     })
+}
+
+/// Qwen2: the Llama network with q/k/v biases and a tied head.
+fn qwen2() -> ModelConfig {
+    let ModelConfig::Llama(mut c) = llama() else {
+        unreachable!()
+    };
+    c.family = LlamaFamily::Qwen2;
+    c.tie_word_embeddings = true;
+    ModelConfig::Llama(c)
 }
 
 fn ids(values: &[u32]) -> Tensor {
@@ -51,7 +63,7 @@ fn ids(values: &[u32]) -> Tensor {
 
 #[test]
 fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
-    for config in [gpt2(), llama()] {
+    for config in [gpt2(), llama(), qwen2()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
             &[(vec![1, 5, 9, 3, 7, 2, 8], 0), (vec![4, 4, 6], 1)],
@@ -84,7 +96,7 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
 
 #[test]
 fn cached_decoding_matches_the_full_forward_pass() {
-    for config in [gpt2(), llama()] {
+    for config in [gpt2(), llama(), qwen2()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
         let sequence = [3u32, 14, 15, 9, 2, 6, 5, 35];
@@ -127,7 +139,7 @@ fn cached_decoding_matches_the_full_forward_pass() {
 #[test]
 fn a_saved_checkpoint_loads_with_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for config in [gpt2(), llama()] {
+    for config in [gpt2(), llama(), qwen2()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
         let loaded = Trainable::load(dir.path(), &Device::Cpu).unwrap();
@@ -141,7 +153,7 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
 
 #[test]
 fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
-    for config in [gpt2(), llama()] {
+    for config in [gpt2(), llama(), qwen2()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
             peak_lr: 1e-2,
@@ -194,7 +206,7 @@ fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn seeded_weights_depend_only_on_the_seed() {
-    for config in [gpt2(), llama()] {
+    for config in [gpt2(), llama(), qwen2()] {
         let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
         assert_eq!(
             a,
@@ -252,6 +264,7 @@ fn a_checkpoint_missing_a_tensor_does_not_load() {
     for (config, dropped) in [
         (gpt2(), "transformer.h.1.ln_2.bias"),
         (llama(), "model.layers.0.post_attention_layernorm.weight"),
+        (qwen2(), "model.layers.1.self_attn.k_proj.bias"),
     ] {
         Trainable::seeded(&config, SEED, &Device::Cpu)
             .unwrap()
@@ -271,4 +284,44 @@ fn a_checkpoint_missing_a_tensor_does_not_load() {
             "{error}"
         );
     }
+}
+
+#[test]
+fn qwen2_configs_parse_and_unsupported_variants_are_named() {
+    let config = |extra: &str| {
+        format!(
+            r#"{{"model_type": "qwen2", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 16, "tie_word_embeddings": true{extra}}}"#
+        )
+    };
+    let ModelConfig::Llama(c) = ModelConfig::from_hf_json(&config("")).unwrap() else {
+        panic!("a Qwen2 config is read as the Llama network");
+    };
+    assert_eq!(c.family, LlamaFamily::Qwen2);
+    assert!(c.qkv_bias() && !c.o_bias());
+    // Written back as Qwen2, and read again as the same config.
+    let written = ModelConfig::Llama(c.clone()).to_hf_json();
+    assert!(written.contains("\"model_type\": \"qwen2\""), "{written}");
+    assert!(written.contains("Qwen2ForCausalLM"), "{written}");
+    assert_eq!(
+        ModelConfig::from_hf_json(&written).unwrap(),
+        ModelConfig::Llama(c)
+    );
+    let err = ModelConfig::from_hf_json(&config(r#", "use_sliding_window": true"#)).unwrap_err();
+    assert!(err.contains("sliding-window"), "{err}");
+    let err = ModelConfig::from_hf_json(&config(
+        r#", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#,
+    ))
+    .unwrap_err();
+    assert!(err.contains("`yarn`"), "{err}");
+    // A Llama config keeps its bytes: no `attention_bias` written when it is false.
+    let ModelConfig::Llama(l) = llama() else {
+        unreachable!()
+    };
+    assert!(
+        !ModelConfig::Llama(l)
+            .to_hf_json()
+            .contains("attention_bias")
+    );
 }

@@ -14,7 +14,7 @@ use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
 use crate::model::train::{Batch, Schedule, Trainer};
-use crate::model::{Gpt2Config, LlamaConfig, ModelConfig, Trainable, tokenizer};
+use crate::model::{Gpt2Config, LlamaConfig, LlamaFamily, ModelConfig, Trainable, tokenizer};
 use crate::policy::meta::ModelMeta;
 use crate::spec::node::PathSeg;
 
@@ -309,8 +309,10 @@ fn pretrain(
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             tie_word_embeddings: false,
+            attention_bias: false,
             bos_token_id: Some(eot),
             eos_token_id: Some(eot),
+            family: LlamaFamily::Llama,
         }),
     };
     // candle's random initialisation is not seedable, so the initial weights are drawn here

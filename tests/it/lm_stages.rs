@@ -95,29 +95,46 @@ stages:
 #[test]
 fn a_hugging_face_checkpoint_loads_as_the_base_model() {
     let ws = Workspace::new();
-    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/llama-tiny");
-    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
-        std::fs::create_dir_all(ws.path("models/llama")).unwrap();
-        std::fs::copy(fixture.join(file), ws.path(&format!("models/llama/{file}"))).unwrap();
+    for (name, model_type) in [("llama-tiny", "llama"), ("qwen2-tiny", "qwen2")] {
+        let fixture = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/models")
+            .join(name);
+        std::fs::create_dir_all(ws.path(&format!("models/{name}"))).unwrap();
+        for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+            std::fs::copy(
+                fixture.join(file),
+                ws.path(&format!("models/{name}/{file}")),
+            )
+            .unwrap();
+        }
+        ws.write(
+            "p.yaml",
+            &format!("name: hf\nstages:\n  base: {{ kind: pretrain-load, with: {{ source: hf, path: models/{name}, device: cpu }} }}\n"),
+        );
+        ws.ok(&["run", "p.yaml", "-q"]);
+        let model = output(&ws, "base", "model");
+        // Written back as the family it was read as.
+        let config: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(model.join("config.json")).unwrap())
+                .unwrap();
+        assert_eq!(config["model_type"], model_type, "{name}");
+        let a = hone::model::Trainable::load(&fixture, &candle_core::Device::Cpu).unwrap();
+        let b = hone::model::Trainable::load(&model, &candle_core::Device::Cpu).unwrap();
+        let x = candle_core::Tensor::new(&[[3u32, 1, 4, 1, 5]], &candle_core::Device::Cpu).unwrap();
+        assert_eq!(
+            a.model
+                .forward(&x, None, 0)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap(),
+            b.model
+                .forward(&x, None, 0)
+                .unwrap()
+                .to_vec3::<f32>()
+                .unwrap(),
+            "{name}"
+        );
     }
-    ws.write("p.yaml", "name: hf\nstages:\n  base: { kind: pretrain-load, with: { source: hf, path: models/llama, device: cpu } }\n");
-    ws.ok(&["run", "p.yaml", "-q"]);
-    let model = output(&ws, "base", "model");
-    let a = hone::model::Trainable::load(&fixture, &candle_core::Device::Cpu).unwrap();
-    let b = hone::model::Trainable::load(&model, &candle_core::Device::Cpu).unwrap();
-    let x = candle_core::Tensor::new(&[[3u32, 1, 4, 1, 5]], &candle_core::Device::Cpu).unwrap();
-    assert_eq!(
-        a.model
-            .forward(&x, None, 0)
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap(),
-        b.model
-            .forward(&x, None, 0)
-            .unwrap()
-            .to_vec3::<f32>()
-            .unwrap()
-    );
     // A checkpoint that is not one is bad input with a clear message.
     ws.write("models/broken/config.json", "{\"model_type\": \"bert\"}");
     ws.write("p.yaml", "name: hf\nstages:\n  base: { kind: pretrain-load, with: { source: hf, path: models/broken, device: cpu } }\n");
