@@ -30,6 +30,8 @@ WHAT IT WRITES (into tests/fixtures/models/, well under 1 MB in total)
     gpt2-tiny/                  GPT2LMHeadModel, seed 0
     llama-tiny/                 LlamaForCausalLM (GQA: 4 q heads, 2 kv heads), seed 1
     qwen2-tiny/                 Qwen2ForCausalLM (q/k/v biases, tied head, GQA), seed 2
+    mistral-tiny/               MistralForCausalLM (no sliding window, GQA), seed 3
+    llama3-tiny/                LlamaForCausalLM with Llama 3 RoPE scaling, tied head, seed 4
         config.json             as written by save_pretrained
         generation_config.json  as written by save_pretrained
         model.safetensors       as written by save_pretrained (float32)
@@ -97,6 +99,8 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    MistralConfig,
+    MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
 )
@@ -265,6 +269,69 @@ def qwen2_tiny(eos_id: int) -> Qwen2ForCausalLM:
     return model
 
 
+def mistral_tiny(eos_id: int) -> MistralForCausalLM:
+    """Mistral without a sliding window (as Mistral 7B v0.3): Llama's layout."""
+    cfg = MistralConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=32,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    cfg._attn_implementation = ATTN_IMPL
+    torch.manual_seed(3)
+    model = MistralForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
+def llama3_tiny(eos_id: int) -> LlamaForCausalLM:
+    """Llama 3's rotary scaling (`rope_type: llama3`, as Llama 3.1/3.2), with an original
+    context of 8 so that the test sequences reach the scaled frequencies."""
+    cfg = LlamaConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        hidden_act="silu",
+        max_position_embeddings=32,
+        rms_norm_eps=1e-5,
+        rope_theta=500000.0,
+        rope_scaling={
+            "rope_type": "llama3",
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 8,
+        },
+        tie_word_embeddings=True,
+        attention_bias=False,
+        mlp_bias=False,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    cfg._attn_implementation = ATTN_IMPL
+    torch.manual_seed(4)
+    model = LlamaForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
 # --------------------------------------------------------------------------- #
 # Reference outputs
 # --------------------------------------------------------------------------- #
@@ -411,6 +478,8 @@ def main() -> int:
         ("gpt2-tiny", gpt2_tiny, "gpt2"),
         ("llama-tiny", llama_tiny, "llama"),
         ("qwen2-tiny", qwen2_tiny, "qwen2"),
+        ("mistral-tiny", mistral_tiny, "mistral"),
+        ("llama3-tiny", llama3_tiny, "llama"),
     ):
         if args.only and name not in args.only:
             continue
@@ -429,7 +498,11 @@ def main() -> int:
         dump_json(d / "expected.json", reference_outputs(model, model_type))
 
     if args.only:
-        dump_json(out / f"versions-{'-'.join(args.only)}.json", versions())
+        # The new fixtures must come from the versions the others did, or say which.
+        committed = json.loads((out / "versions.json").read_text())
+        if committed != versions():
+            for name in args.only:
+                dump_json(out / name / "versions.json", versions())
     else:
         dump_json(out / "versions.json", versions())
 

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::KvCache;
 use super::ops::{
-    apply_rope, attention, attention_probs, linear, repeat_kv, rms_norm, rope_tables,
+    apply_rope, attention, attention_probs, linear, repeat_kv, rms_norm, rope_inv_freq, rope_tables,
 };
 
 /// The fields of a Hugging Face `LlamaConfig` that hone uses.
@@ -29,6 +29,9 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// Llama 3's rotary scaling (`rope_type: llama3`); none for plain RoPE.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<Llama3Scaling>,
     /// Llama's `attention_bias`: biases on the q, k, v and o projections.
     #[serde(default, skip_serializing_if = "is_false")]
     pub attention_bias: bool,
@@ -42,6 +45,18 @@ pub struct LlamaConfig {
     pub family: LlamaFamily,
 }
 
+/// Llama 3's frequency-dependent RoPE scaling, as transformers' `_compute_llama3_parameters`:
+/// long wavelengths are divided by `factor`, short ones kept, those in between interpolated.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Llama3Scaling {
+    /// Always `llama3`.
+    pub rope_type: String,
+    pub factor: f64,
+    pub low_freq_factor: f64,
+    pub high_freq_factor: f64,
+    pub original_max_position_embeddings: usize,
+}
+
 /// The model families that share Llama's network.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum LlamaFamily {
@@ -50,6 +65,8 @@ pub enum LlamaFamily {
     Llama,
     /// `model_type: qwen2` (Qwen2, Qwen2.5): biases on q, k and v, none on o.
     Qwen2,
+    /// `model_type: mistral`, without a sliding window shorter than the context.
+    Mistral,
 }
 
 impl LlamaFamily {
@@ -65,6 +82,11 @@ impl LlamaFamily {
                 "qwen2",
                 "Qwen2ForCausalLM",
                 "Qwen2ForSequenceClassification",
+            ),
+            LlamaFamily::Mistral => (
+                "mistral",
+                "MistralForCausalLM",
+                "MistralForSequenceClassification",
             ),
         }
     }
@@ -228,7 +250,8 @@ impl Llama {
             );
         }
         let (n_heads, n_kv, head_dim) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let (cos, sin) = rope_tables(start, t, head_dim, cfg.rope_theta, ids.device())?;
+        let inv_freq = rope_inv_freq(head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let (cos, sin) = rope_tables(start, t, &inv_freq, ids.device())?;
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?

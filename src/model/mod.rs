@@ -38,11 +38,11 @@ impl ModelConfig {
                 .map(ModelConfig::Gpt2)
                 .map_err(|e| format!("GPT-2 config: {e}"))
                 .and_then(ModelConfig::checked),
-            Some(family @ ("llama" | "qwen2")) => {
-                let family = if family == "qwen2" {
-                    LlamaFamily::Qwen2
-                } else {
-                    LlamaFamily::Llama
+            Some(family @ ("llama" | "qwen2" | "mistral")) => {
+                let family = match family {
+                    "qwen2" => LlamaFamily::Qwen2,
+                    "mistral" => LlamaFamily::Mistral,
+                    _ => LlamaFamily::Llama,
                 };
                 // transformers 5 writes `rope_parameters.rope_theta`; older versions a
                 // top-level `rope_theta`.
@@ -52,23 +52,51 @@ impl ModelConfig {
                 {
                     value["rope_theta"] = theta;
                 }
-                if let Some(kind) = value
-                    .pointer("/rope_parameters/rope_type")
-                    .or_else(|| value.pointer("/rope_scaling/rope_type"))
+                // The rotary scaling: transformers 5 writes it into `rope_parameters`,
+                // earlier versions as `rope_scaling`; hone keeps it as `rope_scaling`.
+                let scaling = value
+                    .get("rope_scaling")
+                    .filter(|v| !v.is_null())
+                    .or_else(|| value.get("rope_parameters"))
+                    .cloned();
+                match scaling
+                    .as_ref()
+                    .and_then(|v| v.get("rope_type"))
                     .and_then(Value::as_str)
-                    && kind != "default"
+                {
+                    None | Some("default") => value["rope_scaling"] = Value::Null,
+                    Some("llama3") => value["rope_scaling"] = scaling.unwrap_or_default(),
+                    Some(kind) => {
+                        return Err(format!(
+                            "rope type `{kind}` is not one hone implements (`default`, `llama3`)"
+                        ));
+                    }
+                }
+                if let Some(window) = value.get("sliding_window").and_then(Value::as_u64) {
+                    let context = value
+                        .get("max_position_embeddings")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(u64::MAX);
+                    // Qwen2 carries a window it uses only with `use_sliding_window`.
+                    let used = family != LlamaFamily::Qwen2
+                        || value.get("use_sliding_window").and_then(Value::as_bool) == Some(true);
+                    if used && window < context {
+                        return Err(format!(
+                            "`sliding_window` is {window}, shorter than the context of {context}: hone does not implement sliding-window attention"
+                        ));
+                    }
+                }
+                if let (Some(head_dim), Some(hidden), Some(heads)) = (
+                    value.get("head_dim").and_then(Value::as_u64),
+                    value.get("hidden_size").and_then(Value::as_u64),
+                    value.get("num_attention_heads").and_then(Value::as_u64),
+                ) && heads > 0
+                    && head_dim * heads != hidden
                 {
                     return Err(format!(
-                        "rope type `{kind}` is not one hone implements (only `default`)"
+                        "`head_dim` is {head_dim}, not `hidden_size` / `num_attention_heads` = {}: hone does not implement a separate head size",
+                        hidden / heads
                     ));
-                }
-                if family == LlamaFamily::Qwen2
-                    && value.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
-                {
-                    return Err(
-                        "`use_sliding_window` is true: hone does not implement sliding-window attention"
-                            .into(),
-                    );
                 }
                 if value.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
                     return Err("`mlp_bias` is true: hone's Llama has no MLP biases".into());

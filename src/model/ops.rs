@@ -161,22 +161,49 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         .broadcast_add(&rotated.broadcast_mul(sin)?)
 }
 
-/// cos and sin tables [t, d] for positions `start .. start + t` (constants, not variables).
+/// RoPE's inverse frequencies theta^(-2i/d) for i < d/2, with Llama 3's scaling when given.
+pub fn rope_inv_freq(
+    head_dim: usize,
+    theta: f64,
+    scaling: Option<&super::llama::Llama3Scaling>,
+) -> Vec<f32> {
+    let half = head_dim / 2;
+    let plain = (0..half).map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32);
+    let Some(s) = scaling else {
+        return plain.collect();
+    };
+    let old = s.original_max_position_embeddings as f64;
+    let (low, high, factor) = (s.low_freq_factor, s.high_freq_factor, s.factor);
+    let (low_wavelen, high_wavelen) = (old / low, old / high);
+    plain
+        .map(|f| {
+            let f = f64::from(f);
+            let wavelen = 2.0 * std::f64::consts::PI / f;
+            let scaled = if wavelen > low_wavelen {
+                f / factor
+            } else if wavelen < high_wavelen {
+                f
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                (1.0 - smooth) * f / factor + smooth * f
+            };
+            scaled as f32
+        })
+        .collect()
+}
+
+/// cos and sin tables [t, d] for positions `start .. start + t` (constants, not variables),
+/// from the inverse frequencies of [`rope_inv_freq`] (d = 2 * their number).
 pub fn rope_tables(
     start: usize,
     t: usize,
-    head_dim: usize,
-    theta: f64,
+    inv_freq: &[f32],
     device: &Device,
 ) -> Result<(Tensor, Tensor)> {
-    let half = head_dim / 2;
-    let inv_freq: Vec<f32> = (0..half)
-        .map(|i| (1.0 / theta.powf(2.0 * i as f64 / head_dim as f64)) as f32)
-        .collect();
+    let head_dim = 2 * inv_freq.len();
     let mut angles = Vec::with_capacity(t * head_dim);
     for pos in start..start + t {
-        for repeat in 0..2 {
-            let _ = repeat;
+        for _ in 0..2 {
             angles.extend(inv_freq.iter().map(|f| pos as f32 * f));
         }
     }

@@ -37,6 +37,7 @@ fn llama() -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         tie_word_embeddings: false,
+        rope_scaling: None,
         attention_bias: false,
         bos_token_id: None,
         eos_token_id: Some(0),
@@ -308,7 +309,10 @@ fn qwen2_configs_parse_and_unsupported_variants_are_named() {
         ModelConfig::from_hf_json(&written).unwrap(),
         ModelConfig::Llama(c)
     );
-    let err = ModelConfig::from_hf_json(&config(r#", "use_sliding_window": true"#)).unwrap_err();
+    let err = ModelConfig::from_hf_json(&config(
+        r#", "use_sliding_window": true, "sliding_window": 8"#,
+    ))
+    .unwrap_err();
     assert!(err.contains("sliding-window"), "{err}");
     let err = ModelConfig::from_hf_json(&config(
         r#", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#,
@@ -324,4 +328,28 @@ fn qwen2_configs_parse_and_unsupported_variants_are_named() {
             .to_hf_json()
             .contains("attention_bias")
     );
+}
+
+#[test]
+fn llama3_rope_scaling_matches_hand_computed_frequencies() {
+    use super::llama::Llama3Scaling;
+    use super::ops::rope_inv_freq;
+    // head_dim 8, theta 10^4: frequencies 1, 0.1, 0.01, 0.001, wavelengths 2 pi / f.
+    let plain = rope_inv_freq(8, 10000.0, None);
+    assert_eq!(plain, vec![1.0, 0.1, 0.01, 0.001]);
+    let scaling = Llama3Scaling {
+        rope_type: "llama3".into(),
+        factor: 8.0,
+        low_freq_factor: 1.0,
+        high_freq_factor: 4.0,
+        original_max_position_embeddings: 8,
+    };
+    // Wavelengths between 8 / 4 and 8 / 1 are interpolated: 2 pi for f = 1 gives
+    // s = (8 / 2 pi - 1) / 3 = 0.0910798, f' = (1 - s) / 8 + s = 0.2046948; longer ones are
+    // divided by 8.
+    let scaled = rope_inv_freq(8, 10000.0, Some(&scaling));
+    let expected = [0.204_694_8f32, 0.0125, 0.00125, 0.000125];
+    for (a, b) in scaled.iter().zip(expected) {
+        assert!((a - b).abs() <= 1e-6 * b.max(1e-3), "{scaled:?}");
+    }
 }

@@ -32,9 +32,18 @@ fn ids(v: &Value) -> Vec<u32> {
 
 const TOLERANCE: f32 = 1e-4;
 
+/// Every fixture under tests/fixtures/models/ (scripts/make_model_fixtures.py).
+const MODELS: [&str; 5] = [
+    "gpt2-tiny",
+    "llama-tiny",
+    "qwen2-tiny",
+    "mistral-tiny",
+    "llama3-tiny",
+];
+
 #[test]
 fn logits_loss_and_greedy_decoding_match_transformers() {
-    for model_name in ["gpt2-tiny", "llama-tiny", "qwen2-tiny"] {
+    for model_name in MODELS {
         let want = expected(model_name);
         let trainable = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
         let model = trainable.frozen().unwrap();
@@ -124,7 +133,7 @@ fn logits_loss_and_greedy_decoding_match_transformers() {
 
 #[test]
 fn checkpoint_configs_from_transformers_parse() {
-    for model_name in ["gpt2-tiny", "llama-tiny", "qwen2-tiny"] {
+    for model_name in MODELS {
         let text = std::fs::read_to_string(fixture(model_name).join("config.json")).unwrap();
         let config = ModelConfig::from_hf_json(&text).unwrap();
         assert_eq!(config.vocab_size(), 96);
@@ -166,7 +175,7 @@ fn a_checkpoint_saved_by_hone_loads_in_transformers() {
              \"The transformers round trip\", gives the commands to set one up"
         ),
     };
-    for model_name in ["gpt2-tiny", "llama-tiny", "qwen2-tiny"] {
+    for model_name in MODELS {
         let dir = tempfile::tempdir().unwrap();
         let trainable = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
         trainable.save(dir.path()).unwrap();
