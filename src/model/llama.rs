@@ -29,6 +29,10 @@ pub struct LlamaConfig {
     pub rope_theta: f64,
     #[serde(default)]
     pub tie_word_embeddings: bool,
+    /// The size of a head when it is not `hidden_size / num_attention_heads` (Qwen3); left
+    /// out otherwise, as it was before.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head_dim: Option<usize>,
     /// Llama 3's rotary scaling (`rope_type: llama3`); none for plain RoPE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Llama3Scaling>,
@@ -67,6 +71,9 @@ pub enum LlamaFamily {
     Qwen2,
     /// `model_type: mistral`, without a sliding window shorter than the context.
     Mistral,
+    /// `model_type: qwen3`: an RMSNorm over each head of q and k before RoPE, its own
+    /// head size.
+    Qwen3,
 }
 
 impl LlamaFamily {
@@ -87,6 +94,11 @@ impl LlamaFamily {
                 "mistral",
                 "MistralForCausalLM",
                 "MistralForSequenceClassification",
+            ),
+            LlamaFamily::Qwen3 => (
+                "qwen3",
+                "Qwen3ForCausalLM",
+                "Qwen3ForSequenceClassification",
             ),
         }
     }
@@ -110,7 +122,18 @@ impl LlamaConfig {
     }
 
     pub fn head_dim(&self) -> usize {
-        self.hidden_size / self.num_attention_heads
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads)
+    }
+
+    /// The width of the attention's q and output: heads x head size.
+    pub fn q_dim(&self) -> usize {
+        self.num_attention_heads * self.head_dim()
+    }
+
+    /// Whether q and k get an RMSNorm per head (Qwen3).
+    pub fn qk_norm(&self) -> bool {
+        self.family == LlamaFamily::Qwen3
     }
 
     /// Whether the q, k and v projections have biases.
@@ -120,7 +143,7 @@ impl LlamaConfig {
 
     /// Whether the output projection has a bias.
     pub fn o_bias(&self) -> bool {
-        self.attention_bias && self.family == LlamaFamily::Llama
+        self.attention_bias && self.family != LlamaFamily::Qwen2
     }
 }
 
@@ -158,6 +181,8 @@ impl Linear {
 
 struct Layer {
     input_norm: Tensor,
+    /// Qwen3's per-head norms of q and k.
+    qk_norm: Option<(Tensor, Tensor)>,
     q: Linear,
     k: Linear,
     v: Linear,
@@ -179,7 +204,11 @@ pub struct Llama {
 impl Llama {
     pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
-        let (h, kv) = (cfg.hidden_size, cfg.n_kv_heads() * cfg.head_dim());
+        let (h, kv, qd) = (
+            cfg.hidden_size,
+            cfg.n_kv_heads() * cfg.head_dim(),
+            cfg.q_dim(),
+        );
         let ones = Init::Const(1.0);
         let qkv_bias = cfg.qkv_bias();
         let layers = (0..cfg.num_hidden_layers)
@@ -187,10 +216,20 @@ impl Llama {
                 let l = m.pp("layers").pp(i);
                 Ok(Layer {
                     input_norm: l.pp("input_layernorm").get_with_hints(h, "weight", ones)?,
-                    q: Linear::with_bias(h, h, qkv_bias, l.pp("self_attn").pp("q_proj"))?,
+                    qk_norm: if cfg.qk_norm() {
+                        let a = l.pp("self_attn");
+                        let d = cfg.head_dim();
+                        Some((
+                            a.pp("q_norm").get_with_hints(d, "weight", ones)?,
+                            a.pp("k_norm").get_with_hints(d, "weight", ones)?,
+                        ))
+                    } else {
+                        None
+                    },
+                    q: Linear::with_bias(h, qd, qkv_bias, l.pp("self_attn").pp("q_proj"))?,
                     k: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("k_proj"))?,
                     v: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("v_proj"))?,
-                    o: Linear::with_bias(h, h, cfg.o_bias(), l.pp("self_attn").pp("o_proj"))?,
+                    o: Linear::with_bias(qd, h, cfg.o_bias(), l.pp("self_attn").pp("o_proj"))?,
                     post_norm: l
                         .pp("post_attention_layernorm")
                         .get_with_hints(h, "weight", ones)?,
@@ -259,26 +298,32 @@ impl Llama {
         for (i, layer) in self.layers.iter().enumerate() {
             if attention_only && i + 1 == self.layers.len() {
                 let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-                let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-                    proj.forward(&h)?
-                        .reshape((b, t, n, head_dim))?
-                        .transpose(1, 2)?
-                        .contiguous()
+                let heads = |proj: &Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+                    let x = proj.forward(&h)?.reshape((b, t, n, head_dim))?;
+                    let x = match norm {
+                        Some(w) => rms_norm(&x, w, cfg.rms_norm_eps)?,
+                        None => x,
+                    };
+                    x.transpose(1, 2)?.contiguous()
                 };
-                let q = apply_rope(&heads(&layer.q, n_heads)?, &cos, &sin)?;
-                let k = apply_rope(&heads(&layer.k, n_kv)?, &cos, &sin)?;
+                let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
+                let q = apply_rope(&heads(&layer.q, n_heads, qn)?, &cos, &sin)?;
+                let k = apply_rope(&heads(&layer.k, n_kv, kn)?, &cos, &sin)?;
                 return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?);
             }
             let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-            let heads = |proj: &Linear, n: usize| -> Result<Tensor> {
-                proj.forward(&h)?
-                    .reshape((b, t, n, head_dim))?
-                    .transpose(1, 2)?
-                    .contiguous()
+            let heads = |proj: &Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
+                let x = proj.forward(&h)?.reshape((b, t, n, head_dim))?;
+                let x = match norm {
+                    Some(w) => rms_norm(&x, w, cfg.rms_norm_eps)?,
+                    None => x,
+                };
+                x.transpose(1, 2)?.contiguous()
             };
-            let q = apply_rope(&heads(&layer.q, n_heads)?, &cos, &sin)?;
-            let mut k = apply_rope(&heads(&layer.k, n_kv)?, &cos, &sin)?;
-            let mut v = heads(&layer.v, n_kv)?;
+            let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
+            let q = apply_rope(&heads(&layer.q, n_heads, qn)?, &cos, &sin)?;
+            let mut k = apply_rope(&heads(&layer.k, n_kv, kn)?, &cos, &sin)?;
+            let mut v = heads(&layer.v, n_kv, None)?;
             if let Some(cache) = cache.as_deref_mut() {
                 let slot = &mut cache.layers[i];
                 if let Some((k_past, v_past)) = slot.as_ref() {
@@ -293,7 +338,7 @@ impl Llama {
             );
             let y = attention(&q, &k, &v)?
                 .transpose(1, 2)?
-                .reshape((b, t, cfg.hidden_size))?;
+                .reshape((b, t, cfg.q_dim()))?;
             x = (x + layer.o.forward(&y)?)?;
             let h = rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
             let mlp = layer

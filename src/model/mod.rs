@@ -38,9 +38,10 @@ impl ModelConfig {
                 .map(ModelConfig::Gpt2)
                 .map_err(|e| format!("GPT-2 config: {e}"))
                 .and_then(ModelConfig::checked),
-            Some(family @ ("llama" | "qwen2" | "mistral")) => {
+            Some(family @ ("llama" | "qwen2" | "qwen3" | "mistral")) => {
                 let family = match family {
                     "qwen2" => LlamaFamily::Qwen2,
+                    "qwen3" => LlamaFamily::Qwen3,
                     "mistral" => LlamaFamily::Mistral,
                     _ => LlamaFamily::Llama,
                 };
@@ -86,17 +87,17 @@ impl ModelConfig {
                         ));
                     }
                 }
-                if let (Some(head_dim), Some(hidden), Some(heads)) = (
-                    value.get("head_dim").and_then(Value::as_u64),
-                    value.get("hidden_size").and_then(Value::as_u64),
-                    value.get("num_attention_heads").and_then(Value::as_u64),
-                ) && heads > 0
-                    && head_dim * heads != hidden
+                // A head size equal to hidden / heads is left out, so configs keep their
+                // bytes; Qwen3's is always written (transformers' default is not that).
+                if family != LlamaFamily::Qwen3
+                    && let (Some(head_dim), Some(hidden), Some(heads)) = (
+                        value.get("head_dim").and_then(Value::as_u64),
+                        value.get("hidden_size").and_then(Value::as_u64),
+                        value.get("num_attention_heads").and_then(Value::as_u64),
+                    )
+                    && head_dim * heads == hidden
                 {
-                    return Err(format!(
-                        "`head_dim` is {head_dim}, not `hidden_size` / `num_attention_heads` = {}: hone does not implement a separate head size",
-                        hidden / heads
-                    ));
+                    value["head_dim"] = Value::Null;
                 }
                 if value.get("mlp_bias").and_then(Value::as_bool) == Some(true) {
                     return Err("`mlp_bias` is true: hone's Llama has no MLP biases".into());
@@ -186,7 +187,9 @@ impl ModelConfig {
                 size("intermediate_size", c.intermediate_size, 4 * WIDTH)?;
                 size("num_hidden_layers", c.num_hidden_layers, LAYERS)?;
                 size("num_attention_heads", c.num_attention_heads, c.hidden_size)?;
-                if c.hidden_size % c.num_attention_heads != 0 {
+                if let Some(head_dim) = c.head_dim {
+                    size("head_dim", head_dim, WIDTH)?;
+                } else if c.hidden_size % c.num_attention_heads != 0 {
                     return Err(format!(
                         "`hidden_size` ({}) is not a multiple of `num_attention_heads` ({})",
                         c.hidden_size, c.num_attention_heads
@@ -237,9 +240,16 @@ impl ModelConfig {
                     c.num_hidden_layers as u128,
                 );
                 let kv = (c.n_kv_heads() * c.head_dim()) as u128;
-                let qkv_bias = if c.qkv_bias() { d + 2 * kv } else { 0 };
+                let q = c.q_dim() as u128;
+                let qkv_bias = if c.qkv_bias() { q + 2 * kv } else { 0 };
                 let o_bias = if c.o_bias() { d } else { 0 };
-                let layer = 2 * d * d + 2 * d * kv + 3 * d * i + 2 * d + qkv_bias + o_bias;
+                let qk_norm = if c.qk_norm() {
+                    2 * c.head_dim() as u128
+                } else {
+                    0
+                };
+                let layer =
+                    2 * d * q + 2 * d * kv + 3 * d * i + 2 * d + qkv_bias + o_bias + qk_norm;
                 let head = if c.tie_word_embeddings { 0 } else { v * d };
                 v * d + l * layer + d + head
             }

@@ -37,6 +37,7 @@ fn llama() -> ModelConfig {
         rms_norm_eps: 1e-5,
         rope_theta: 10000.0,
         tie_word_embeddings: false,
+        head_dim: None,
         rope_scaling: None,
         attention_bias: false,
         bos_token_id: None,
@@ -55,6 +56,16 @@ fn qwen2() -> ModelConfig {
     ModelConfig::Llama(c)
 }
 
+/// Qwen3: per-head q/k norms and a head size that is not hidden / heads.
+fn qwen3() -> ModelConfig {
+    let ModelConfig::Llama(mut c) = llama() else {
+        unreachable!()
+    };
+    c.family = LlamaFamily::Qwen3;
+    c.head_dim = Some(8);
+    ModelConfig::Llama(c)
+}
+
 fn ids(values: &[u32]) -> Tensor {
     Tensor::new(values, &Device::Cpu)
         .unwrap()
@@ -64,7 +75,7 @@ fn ids(values: &[u32]) -> Tensor {
 
 #[test]
 fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
-    for config in [gpt2(), llama(), qwen2()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
             &[(vec![1, 5, 9, 3, 7, 2, 8], 0), (vec![4, 4, 6], 1)],
@@ -97,7 +108,7 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
 
 #[test]
 fn cached_decoding_matches_the_full_forward_pass() {
-    for config in [gpt2(), llama(), qwen2()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
         let sequence = [3u32, 14, 15, 9, 2, 6, 5, 35];
@@ -140,7 +151,7 @@ fn cached_decoding_matches_the_full_forward_pass() {
 #[test]
 fn a_saved_checkpoint_loads_with_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for config in [gpt2(), llama(), qwen2()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
         let loaded = Trainable::load(dir.path(), &Device::Cpu).unwrap();
@@ -154,7 +165,7 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
 
 #[test]
 fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
-    for config in [gpt2(), llama(), qwen2()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
             peak_lr: 1e-2,
@@ -207,7 +218,7 @@ fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn seeded_weights_depend_only_on_the_seed() {
-    for config in [gpt2(), llama(), qwen2()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3()] {
         let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
         assert_eq!(
             a,
@@ -266,6 +277,7 @@ fn a_checkpoint_missing_a_tensor_does_not_load() {
         (gpt2(), "transformer.h.1.ln_2.bias"),
         (llama(), "model.layers.0.post_attention_layernorm.weight"),
         (qwen2(), "model.layers.1.self_attn.k_proj.bias"),
+        (qwen3(), "model.layers.0.self_attn.q_norm.weight"),
     ] {
         Trainable::seeded(&config, SEED, &Device::Cpu)
             .unwrap()

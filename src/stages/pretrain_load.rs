@@ -309,6 +309,7 @@ fn pretrain(
             rms_norm_eps: 1e-5,
             rope_theta: 10000.0,
             tie_word_embeddings: false,
+            head_dim: None,
             rope_scaling: None,
             attention_bias: false,
             bos_token_id: Some(eot),
