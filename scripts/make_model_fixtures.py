@@ -33,6 +33,7 @@ WHAT IT WRITES (into tests/fixtures/models/, well under 1 MB in total)
     mistral-tiny/               MistralForCausalLM (no sliding window, GQA), seed 3
     llama3-tiny/                LlamaForCausalLM with Llama 3 RoPE scaling, tied head, seed 4
     qwen3-tiny/                 Qwen3ForCausalLM (q/k norms, head_dim 16 != 32 / 4), seed 5
+    mistral-window-tiny/        MistralForCausalLM with a sliding window of 4, seed 6
         config.json             as written by save_pretrained
         generation_config.json  as written by save_pretrained
         model.safetensors       as written by save_pretrained (float32)
@@ -329,6 +330,18 @@ def mistral_tiny(eos_id: int) -> MistralForCausalLM:
     return model
 
 
+def mistral_window_tiny(eos_id: int) -> MistralForCausalLM:
+    """Mistral with a sliding window of 4 (Mistral 7B v0.1 has 4096), shorter than the
+    test sequences, so that the window decides logits and greedy decoding."""
+    model = mistral_tiny(eos_id)
+    cfg = model.config
+    cfg.sliding_window = 4
+    torch.manual_seed(6)
+    model = MistralForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
 def llama3_tiny(eos_id: int) -> LlamaForCausalLM:
     """Llama 3's rotary scaling (`rope_type: llama3`, as Llama 3.1/3.2), with an original
     context of 8 so that the test sequences reach the scaled frequencies."""
@@ -514,6 +527,7 @@ def main() -> int:
         ("mistral-tiny", mistral_tiny, "mistral"),
         ("llama3-tiny", llama3_tiny, "llama"),
         ("qwen3-tiny", qwen3_tiny, "qwen3"),
+        ("mistral-window-tiny", mistral_window_tiny, "mistral"),
     ):
         if args.only and name not in args.only:
             continue

@@ -123,7 +123,7 @@ impl Block {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        attention_probs(&split(0)?, &split(1)?)
+        attention_probs(&split(0)?, &split(1)?, None)
     }
 
     fn forward(&self, x: &Tensor, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
@@ -144,7 +144,9 @@ impl Block {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let y = attention(&q, &k, &v)?.transpose(1, 2)?.reshape((b, t, c))?;
+        let y = attention(&q, &k, &v, None)?
+            .transpose(1, 2)?
+            .reshape((b, t, c))?;
         let x = (x + self.attn_proj.forward(&y)?)?;
         let h = self.c_fc.forward(&self.ln_2.forward(&x)?)?;
         // GPT-2's "gelu_new" is the tanh approximation (candle's `gelu`); "gelu" is exact.

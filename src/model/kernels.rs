@@ -492,9 +492,11 @@ pub fn rms_norm(x: &Tensor, w: &Tensor, eps: f64) -> Result<Tensor> {
 // Causal softmax of attention scores
 
 /// softmax(scale * s) over the last dimension of scores [.., t_q, t_k], where query q sees
-/// keys 0 ..= q + t_k - t_q; the others get probability 0.
+/// keys 0 ..= q + t_k - t_q, or only the last `window` of those; the others get
+/// probability 0.
 struct CausalSoftmax {
     scale: f32,
+    window: usize,
 }
 
 impl CustomOp1 for CausalSoftmax {
@@ -525,12 +527,13 @@ impl CustomOp1 for CausalSoftmax {
                 {
                     let q = (unit * rows + r) % t_q;
                     let seen = q + (t_k - t_q) + 1;
-                    let m = max(&sr[..seen]) * self.scale;
-                    for k in 0..seen {
+                    let first = seen.saturating_sub(self.window);
+                    let m = max(&sr[first..seen]) * self.scale;
+                    for k in first..seen {
                         pr[k] = exp(sr[k] * self.scale - m);
                     }
-                    let inv = 1.0 / sum(&pr[..seen]);
-                    for v in &mut pr[..seen] {
+                    let inv = 1.0 / sum(&pr[first..seen]);
+                    for v in &mut pr[first..seen] {
                         *v *= inv;
                     }
                 }
@@ -594,11 +597,13 @@ impl CustomOp2 for SoftmaxBackward {
 }
 
 /// softmax(scale * scores) with a causal mask over the last dimension of f32 CPU scores
-/// [.., t_q, t_k] (query q sees keys up to q + t_k - t_q), with its backward pass.
-pub fn causal_softmax(scores: &Tensor, scale: f64) -> Result<Tensor> {
+/// [.., t_q, t_k] (query q sees keys up to q + t_k - t_q, and with a `window` only the
+/// last `window` of them, itself included), with its backward pass.
+pub fn causal_softmax(scores: &Tensor, scale: f64, window: Option<usize>) -> Result<Tensor> {
     cpu(scores, "causal_softmax")?;
     scores.contiguous()?.apply_op1(CausalSoftmax {
         scale: scale as f32,
+        window: window.unwrap_or(usize::MAX).max(1),
     })
 }
 
@@ -1023,19 +1028,31 @@ mod tests {
             compare(
                 "causal_softmax",
                 &[s],
-                |t| causal_softmax(&t[0], scale),
+                |t| causal_softmax(&t[0], scale, None),
                 |t| {
-                    let mask = crate::model::ops::causal_mask(t_q, t_k, &Device::Cpu)?;
+                    let mask = crate::model::ops::causal_mask(t_q, t_k, None, &Device::Cpu)?;
                     composed::softmax_last(&(&t[0] * scale)?.broadcast_add(&mask)?)
                 },
                 1e-5,
             );
         }
         // A query sees itself and its past only: row 0 of a 3 x 3 is [1, 0, 0].
-        let p = causal_softmax(&random(&[3, 3], 14, 1.0), 1.0).unwrap();
+        // A sliding window of 3 against the composed mask.
+        let s = random(&[2, 7, 7], 24, 3.0);
+        compare(
+            "windowed causal_softmax",
+            &[s],
+            |t| causal_softmax(&t[0], 0.5, Some(3)),
+            |t| {
+                let mask = crate::model::ops::causal_mask(7, 7, Some(3), &Device::Cpu)?;
+                composed::softmax_last(&(&t[0] * 0.5)?.broadcast_add(&mask)?)
+            },
+            1e-5,
+        );
+        let p = causal_softmax(&random(&[3, 3], 14, 1.0), 1.0, None).unwrap();
         assert_eq!(p.to_vec2::<f32>().unwrap()[0], vec![1.0, 0.0, 0.0]);
         finite_differences(&[random(&[2, 4, 6], 15, 2.0)], 0, |t| {
-            causal_softmax(&t[0], 0.5)
+            causal_softmax(&t[0], 0.5, None)
         });
     }
 

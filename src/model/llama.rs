@@ -33,6 +33,10 @@ pub struct LlamaConfig {
     /// out otherwise, as it was before.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub head_dim: Option<usize>,
+    /// Mistral's sliding window: each position attends to the last `sliding_window`
+    /// positions, itself included. None for the other families (hone refuses Qwen2's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
     /// Llama 3's rotary scaling (`rope_type: llama3`); none for plain RoPE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Llama3Scaling>,
@@ -69,7 +73,7 @@ pub enum LlamaFamily {
     Llama,
     /// `model_type: qwen2` (Qwen2, Qwen2.5): biases on q, k and v, none on o.
     Qwen2,
-    /// `model_type: mistral`, without a sliding window shorter than the context.
+    /// `model_type: mistral`, with or without a sliding window.
     Mistral,
     /// `model_type: qwen3`: an RMSNorm over each head of q and k before RoPE, its own
     /// head size.
@@ -309,7 +313,7 @@ impl Llama {
                 let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
                 let q = apply_rope(&heads(&layer.q, n_heads, qn)?, &cos, &sin)?;
                 let k = apply_rope(&heads(&layer.k, n_kv, kn)?, &cos, &sin)?;
-                return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?);
+                return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?, cfg.sliding_window);
             }
             let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
             let heads = |proj: &Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
@@ -336,7 +340,7 @@ impl Llama {
                 repeat_kv(&k, n_heads / n_kv)?,
                 repeat_kv(&v, n_heads / n_kv)?,
             );
-            let y = attention(&q, &k, &v)?
+            let y = attention(&q, &k, &v, cfg.sliding_window)?
                 .transpose(1, 2)?
                 .reshape((b, t, cfg.q_dim()))?;
             x = (x + layer.o.forward(&y)?)?;

@@ -73,19 +73,19 @@ impl ModelConfig {
                         ));
                     }
                 }
-                if let Some(window) = value.get("sliding_window").and_then(Value::as_u64) {
-                    let context = value
-                        .get("max_position_embeddings")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(u64::MAX);
-                    // Qwen2 carries a window it uses only with `use_sliding_window`.
-                    let used = family != LlamaFamily::Qwen2
-                        || value.get("use_sliding_window").and_then(Value::as_bool) == Some(true);
-                    if used && window < context {
-                        return Err(format!(
-                            "`sliding_window` is {window}, shorter than the context of {context}: hone does not implement sliding-window attention"
-                        ));
-                    }
+                // Mistral attends within its sliding window; Qwen2 carries one it uses only
+                // with `use_sliding_window` (on some layers: not implemented); the others
+                // have none.
+                if family == LlamaFamily::Qwen2
+                    && value.get("use_sliding_window").and_then(Value::as_bool) == Some(true)
+                    && let Some(window) = value.get("sliding_window").and_then(Value::as_u64)
+                {
+                    return Err(format!(
+                        "`use_sliding_window` with a window of {window}: hone does not implement Qwen2's per-layer sliding windows"
+                    ));
+                }
+                if family != LlamaFamily::Mistral {
+                    value["sliding_window"] = Value::Null;
                 }
                 // A head size equal to hidden / heads is left out, so configs keep their
                 // bytes; Qwen3's is always written (transformers' default is not that).
@@ -273,6 +273,13 @@ impl ModelConfig {
         map.insert("model_type".into(), Value::from(model_type));
         map.insert("architectures".into(), Value::from(vec![architecture]));
         map.insert("torch_dtype".into(), Value::from("float32"));
+        // transformers' Mistral defaults to a window of 4096: say that there is none.
+        if let ModelConfig::Llama(c) = self
+            && c.family == LlamaFamily::Mistral
+            && c.sliding_window.is_none()
+        {
+            map.insert("sliding_window".into(), Value::Null);
+        }
         if let ModelConfig::Gpt2(_) = self {
             map.insert("tie_word_embeddings".into(), Value::from(true));
             for zero in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] {

@@ -111,13 +111,21 @@ pub mod composed {
 pub use composed::{log_softmax_last, softmax_last};
 
 /// Additive causal mask [t_q, t_k] for queries at positions `t_k - t_q .. t_k`: 0 where a
-/// query may attend, -inf where the key lies in its future.
-pub fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
+/// query may attend, -inf where the key lies in its future or, with a `window`, more than
+/// `window - 1` positions in its past.
+pub fn causal_mask(
+    t_q: usize,
+    t_k: usize,
+    window: Option<usize>,
+    device: &Device,
+) -> Result<Tensor> {
     let offset = t_k - t_q;
+    let window = window.unwrap_or(usize::MAX).max(1);
     let values: Vec<f32> = (0..t_q)
         .flat_map(|q| {
             (0..t_k).map(move |k| {
-                if k <= q + offset {
+                let last = q + offset;
+                if k <= last && last - k < window {
                     0.0
                 } else {
                     f32::NEG_INFINITY
@@ -128,22 +136,23 @@ pub fn causal_mask(t_q: usize, t_k: usize, device: &Device) -> Result<Tensor> {
     Tensor::from_vec(values, (t_q, t_k), device)
 }
 
-/// Scaled dot-product attention: q [b, h, t_q, d], k and v [b, h, t_k, d].
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-    attention_probs(q, k)?.matmul(v)
+/// Scaled dot-product attention: q [b, h, t_q, d], k and v [b, h, t_k, d]; with a
+/// `window`, each query sees only the last `window` positions, itself included.
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Result<Tensor> {
+    attention_probs(q, k, window)?.matmul(v)
 }
 
 /// The causal attention weights [b, h, t_q, t_k] of queries q over keys k.
-pub fn attention_probs(q: &Tensor, k: &Tensor) -> Result<Tensor> {
+pub fn attention_probs(q: &Tensor, k: &Tensor, window: Option<usize>) -> Result<Tensor> {
     let (_, _, t_q, d) = q.dims4()?;
     let t_k = k.dim(2)?;
     let scores = q.matmul(&k.t()?.contiguous()?)?;
     if kernels::applies(&scores) {
-        return kernels::causal_softmax(&scores, 1.0 / (d as f64).sqrt());
+        return kernels::causal_softmax(&scores, 1.0 / (d as f64).sqrt(), window);
     }
     let scores = (scores / (d as f64).sqrt())?;
-    let scores = if t_q > 1 {
-        scores.broadcast_add(&causal_mask(t_q, t_k, q.device())?)?
+    let scores = if t_q > 1 || window.is_some_and(|w| w < t_k) {
+        scores.broadcast_add(&causal_mask(t_q, t_k, window, q.device())?)?
     } else {
         scores
     };
@@ -276,7 +285,7 @@ mod tests {
 
     #[test]
     fn causal_mask_lets_each_query_see_its_past() {
-        let m = causal_mask(2, 3, &Device::Cpu)
+        let m = causal_mask(2, 3, None, &Device::Cpu)
             .unwrap()
             .to_vec2::<f32>()
             .unwrap();

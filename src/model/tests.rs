@@ -38,6 +38,7 @@ fn llama() -> ModelConfig {
         rope_theta: 10000.0,
         tie_word_embeddings: false,
         head_dim: None,
+        sliding_window: None,
         rope_scaling: None,
         attention_bias: false,
         bos_token_id: None,
@@ -66,6 +67,16 @@ fn qwen3() -> ModelConfig {
     ModelConfig::Llama(c)
 }
 
+/// Mistral with a sliding window shorter than the test sequences.
+fn mistral_window() -> ModelConfig {
+    let ModelConfig::Llama(mut c) = llama() else {
+        unreachable!()
+    };
+    c.family = LlamaFamily::Mistral;
+    c.sliding_window = Some(3);
+    ModelConfig::Llama(c)
+}
+
 fn ids(values: &[u32]) -> Tensor {
     Tensor::new(values, &Device::Cpu)
         .unwrap()
@@ -75,7 +86,7 @@ fn ids(values: &[u32]) -> Tensor {
 
 #[test]
 fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
-    for config in [gpt2(), llama(), qwen2(), qwen3()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
             &[(vec![1, 5, 9, 3, 7, 2, 8], 0), (vec![4, 4, 6], 1)],
@@ -108,7 +119,7 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
 
 #[test]
 fn cached_decoding_matches_the_full_forward_pass() {
-    for config in [gpt2(), llama(), qwen2(), qwen3()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
         let sequence = [3u32, 14, 15, 9, 2, 6, 5, 35];
@@ -151,7 +162,7 @@ fn cached_decoding_matches_the_full_forward_pass() {
 #[test]
 fn a_saved_checkpoint_loads_with_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for config in [gpt2(), llama(), qwen2(), qwen3()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
         let loaded = Trainable::load(dir.path(), &Device::Cpu).unwrap();
@@ -165,7 +176,7 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
 
 #[test]
 fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
-    for config in [gpt2(), llama(), qwen2(), qwen3()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
             peak_lr: 1e-2,
@@ -218,7 +229,7 @@ fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn seeded_weights_depend_only_on_the_seed() {
-    for config in [gpt2(), llama(), qwen2(), qwen3()] {
+    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
         let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
         assert_eq!(
             a,
@@ -325,7 +336,14 @@ fn qwen2_configs_parse_and_unsupported_variants_are_named() {
         r#", "use_sliding_window": true, "sliding_window": 8"#,
     ))
     .unwrap_err();
-    assert!(err.contains("sliding-window"), "{err}");
+    assert!(err.contains("sliding windows"), "{err}");
+    // Qwen2's window without `use_sliding_window` is not used, and not kept.
+    let ModelConfig::Llama(unused) =
+        ModelConfig::from_hf_json(&config(r#", "sliding_window": 8"#)).unwrap()
+    else {
+        unreachable!()
+    };
+    assert_eq!(unused.sliding_window, None);
     let err = ModelConfig::from_hf_json(&config(
         r#", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#,
     ))

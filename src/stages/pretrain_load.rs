@@ -310,6 +310,7 @@ fn pretrain(
             rope_theta: 10000.0,
             tie_word_embeddings: false,
             head_dim: None,
+            sliding_window: None,
             rope_scaling: None,
             attention_bias: false,
             bos_token_id: Some(eot),

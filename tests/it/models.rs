@@ -33,13 +33,14 @@ fn ids(v: &Value) -> Vec<u32> {
 const TOLERANCE: f32 = 1e-4;
 
 /// Every fixture under tests/fixtures/models/ (scripts/make_model_fixtures.py).
-const MODELS: [&str; 6] = [
+const MODELS: [&str; 7] = [
     "gpt2-tiny",
     "llama-tiny",
     "qwen2-tiny",
     "mistral-tiny",
     "llama3-tiny",
     "qwen3-tiny",
+    "mistral-window-tiny",
 ];
 
 #[test]
