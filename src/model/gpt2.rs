@@ -8,7 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
-use super::ops::{attention, attention_probs, gelu_tanh, layer_norm, linear};
+use super::ops::{AttentionOptions, attention, attention_probs, gelu_tanh, layer_norm, linear};
 
 /// The fields of a Hugging Face `GPT2Config` that hone uses.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -123,7 +123,7 @@ impl Block {
                 .transpose(1, 2)?
                 .contiguous()
         };
-        attention_probs(&split(0)?, &split(1)?, None)
+        attention_probs(&split(0)?, &split(1)?, AttentionOptions::default())
     }
 
     fn forward(&self, x: &Tensor, cache: Option<&mut Option<(Tensor, Tensor)>>) -> Result<Tensor> {
@@ -144,7 +144,7 @@ impl Block {
             }
             *slot = Some((k.clone(), v.clone()));
         }
-        let y = attention(&q, &k, &v, None)?
+        let y = attention(&q, &k, &v, AttentionOptions::default())?
             .transpose(1, 2)?
             .reshape((b, t, c))?;
         let x = (x + self.attn_proj.forward(&y)?)?;

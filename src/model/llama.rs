@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use super::KvCache;
 use super::ops::{
-    apply_rope, attention, attention_probs, linear, repeat_kv, rms_norm, rope_inv_freq, rope_tables,
+    AttentionOptions, apply_rope, attention, attention_probs, gelu_tanh, linear, repeat_kv,
+    rms_norm, rope_inv_freq, rope_tables,
 };
 
 /// The fields of a Hugging Face `LlamaConfig` that hone uses.
@@ -37,6 +38,19 @@ pub struct LlamaConfig {
     /// positions, itself included. None for the other families (hone refuses Qwen2's).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
+    /// Gemma 2: the factor on q k^T is `query_pre_attn_scalar`^-1/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_pre_attn_scalar: Option<u32>,
+    /// Gemma 2: attention scores soft-capped at this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2: logits soft-capped at this value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 2: which layers attend within `sliding_window` (`sliding_attention`) and which
+    /// see everything (`full_attention`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
     /// Llama 3's rotary scaling (`rope_type: llama3`); none for plain RoPE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Llama3Scaling>,
@@ -78,6 +92,10 @@ pub enum LlamaFamily {
     /// `model_type: qwen3`: an RMSNorm over each head of q and k before RoPE, its own
     /// head size.
     Qwen3,
+    /// `model_type: gemma2`: embeddings scaled by sqrt(hidden), RMSNorms that scale by
+    /// 1 + w, norms after attention and after the MLP too, a tanh-GELU MLP, soft-capped
+    /// attention scores and logits, a sliding window on alternate layers.
+    Gemma2,
 }
 
 impl LlamaFamily {
@@ -103,6 +121,11 @@ impl LlamaFamily {
                 "qwen3",
                 "Qwen3ForCausalLM",
                 "Qwen3ForSequenceClassification",
+            ),
+            LlamaFamily::Gemma2 => (
+                "gemma2",
+                "Gemma2ForCausalLM",
+                "Gemma2ForSequenceClassification",
             ),
         }
     }
@@ -138,6 +161,32 @@ impl LlamaConfig {
     /// Whether q and k get an RMSNorm per head (Qwen3).
     pub fn qk_norm(&self) -> bool {
         self.family == LlamaFamily::Qwen3
+    }
+
+    /// Gemma's layout: norms that scale by 1 + w, four of them a layer.
+    pub fn gemma(&self) -> bool {
+        self.family == LlamaFamily::Gemma2
+    }
+
+    /// The sliding window layer `i` attends within, if any.
+    pub fn window(&self, i: usize) -> Option<usize> {
+        match &self.layer_types {
+            Some(types) => self
+                .sliding_window
+                .filter(|_| types.get(i).map(String::as_str) == Some("sliding_attention")),
+            None => self.sliding_window,
+        }
+    }
+
+    /// How layer `i` forms its attention scores.
+    pub fn attention(&self, i: usize) -> AttentionOptions {
+        AttentionOptions {
+            scale: self
+                .query_pre_attn_scalar
+                .map(|s| 1.0 / f64::from(s).sqrt()),
+            window: self.window(i),
+            softcap: self.attn_logit_softcapping,
+        }
     }
 
     /// Whether the q, k and v projections have biases.
@@ -185,6 +234,8 @@ impl Linear {
 
 struct Layer {
     input_norm: Tensor,
+    /// Gemma 2's norms of the attention's and the MLP's outputs.
+    output_norms: Option<(Tensor, Tensor)>,
     /// Qwen3's per-head norms of q and k.
     qk_norm: Option<(Tensor, Tensor)>,
     q: Linear,
@@ -213,13 +264,24 @@ impl Llama {
             cfg.n_kv_heads() * cfg.head_dim(),
             cfg.q_dim(),
         );
-        let ones = Init::Const(1.0);
+        // Gemma's norms scale by 1 + w: their neutral weight is 0.
+        let ones = Init::Const(if cfg.gemma() { 0.0 } else { 1.0 });
         let qkv_bias = cfg.qkv_bias();
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = m.pp("layers").pp(i);
                 Ok(Layer {
                     input_norm: l.pp("input_layernorm").get_with_hints(h, "weight", ones)?,
+                    output_norms: if cfg.gemma() {
+                        Some((
+                            l.pp("post_attention_layernorm")
+                                .get_with_hints(h, "weight", ones)?,
+                            l.pp("post_feedforward_layernorm")
+                                .get_with_hints(h, "weight", ones)?,
+                        ))
+                    } else {
+                        None
+                    },
                     qk_norm: if cfg.qk_norm() {
                         let a = l.pp("self_attn");
                         let d = cfg.head_dim();
@@ -235,7 +297,11 @@ impl Llama {
                     v: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("v_proj"))?,
                     o: Linear::with_bias(qd, h, cfg.o_bias(), l.pp("self_attn").pp("o_proj"))?,
                     post_norm: l
-                        .pp("post_attention_layernorm")
+                        .pp(if cfg.gemma() {
+                            "pre_feedforward_layernorm"
+                        } else {
+                            "post_attention_layernorm"
+                        })
                         .get_with_hints(h, "weight", ones)?,
                     gate: Linear::new(h, cfg.intermediate_size, l.pp("mlp").pp("gate_proj"))?,
                     up: Linear::new(h, cfg.intermediate_size, l.pp("mlp").pp("up_proj"))?,
@@ -299,27 +365,16 @@ impl Llama {
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
                 .reshape((b, t, cfg.hidden_size))?;
+        if cfg.gemma() {
+            // transformers multiplies by sqrt(hidden) rounded to the activations' dtype.
+            x = (x * f64::from((cfg.hidden_size as f32).sqrt()))?;
+        }
         for (i, layer) in self.layers.iter().enumerate() {
-            if attention_only && i + 1 == self.layers.len() {
-                let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
-                let heads = |proj: &Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
-                    let x = proj.forward(&h)?.reshape((b, t, n, head_dim))?;
-                    let x = match norm {
-                        Some(w) => rms_norm(&x, w, cfg.rms_norm_eps)?,
-                        None => x,
-                    };
-                    x.transpose(1, 2)?.contiguous()
-                };
-                let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
-                let q = apply_rope(&heads(&layer.q, n_heads, qn)?, &cos, &sin)?;
-                let k = apply_rope(&heads(&layer.k, n_kv, kn)?, &cos, &sin)?;
-                return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?, cfg.sliding_window);
-            }
-            let h = rms_norm(&x, &layer.input_norm, cfg.rms_norm_eps)?;
+            let h = self.norm(&x, &layer.input_norm)?;
             let heads = |proj: &Linear, n: usize, norm: Option<&Tensor>| -> Result<Tensor> {
                 let x = proj.forward(&h)?.reshape((b, t, n, head_dim))?;
                 let x = match norm {
-                    Some(w) => rms_norm(&x, w, cfg.rms_norm_eps)?,
+                    Some(w) => self.norm(&x, w)?,
                     None => x,
                 };
                 x.transpose(1, 2)?.contiguous()
@@ -327,6 +382,9 @@ impl Llama {
             let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
             let q = apply_rope(&heads(&layer.q, n_heads, qn)?, &cos, &sin)?;
             let mut k = apply_rope(&heads(&layer.k, n_kv, kn)?, &cos, &sin)?;
+            if attention_only && i + 1 == self.layers.len() {
+                return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?, cfg.attention(i));
+            }
             let mut v = heads(&layer.v, n_kv, None)?;
             if let Some(cache) = cache.as_deref_mut() {
                 let slot = &mut cache.layers[i];
@@ -340,21 +398,47 @@ impl Llama {
                 repeat_kv(&k, n_heads / n_kv)?,
                 repeat_kv(&v, n_heads / n_kv)?,
             );
-            let y = attention(&q, &k, &v, cfg.sliding_window)?
+            let y = attention(&q, &k, &v, cfg.attention(i))?
                 .transpose(1, 2)?
                 .reshape((b, t, cfg.q_dim()))?;
-            x = (x + layer.o.forward(&y)?)?;
-            let h = rms_norm(&x, &layer.post_norm, cfg.rms_norm_eps)?;
-            let mlp = layer
-                .down
-                .forward(&(layer.gate.forward(&h)?.silu()? * layer.up.forward(&h)?)?)?;
+            let y = layer.o.forward(&y)?;
+            let y = match &layer.output_norms {
+                Some((after_attention, _)) => self.norm(&y, after_attention)?,
+                None => y,
+            };
+            x = (x + y)?;
+            let h = self.norm(&x, &layer.post_norm)?;
+            let gate = layer.gate.forward(&h)?;
+            let gate = if cfg.gemma() {
+                gelu_tanh(&gate)?
+            } else {
+                gate.silu()?
+            };
+            let mlp = layer.down.forward(&(gate * layer.up.forward(&h)?)?)?;
+            let mlp = match &layer.output_norms {
+                Some((_, after_mlp)) => self.norm(&mlp, after_mlp)?,
+                None => mlp,
+            };
             x = (x + mlp)?;
         }
-        rms_norm(&x, &self.norm, cfg.rms_norm_eps)
+        self.norm(&x, &self.norm)
+    }
+
+    /// RMSNorm with weight `w`, or Gemma's with 1 + w.
+    fn norm(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        if self.config.gemma() {
+            rms_norm(x, &(w + 1.0)?, self.config.rms_norm_eps)
+        } else {
+            rms_norm(x, w, self.config.rms_norm_eps)
+        }
     }
 
     pub fn logits(&self, hidden: &Tensor) -> Result<Tensor> {
-        linear(hidden, &self.lm_head.t()?, None)
+        let logits = linear(hidden, &self.lm_head.t()?, None)?;
+        match self.config.final_logit_softcapping {
+            Some(cap) => (logits / cap)?.tanh()? * cap,
+            None => Ok(logits),
+        }
     }
 
     pub fn n_layers(&self) -> usize {

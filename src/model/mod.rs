@@ -21,6 +21,52 @@ use serde_json::Value;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig, LlamaFamily};
 
+/// Gemma 2's fields as transformers reads them: its defaults where a key is absent (head size
+/// 256, q k^T scaled by 256^-1/2, soft caps 50 and 30, a window of 4096 on every other layer
+/// from the first), and only the activation hone implements.
+fn gemma2_fields(value: &mut Value) -> std::result::Result<(), String> {
+    let activation = value
+        .get("hidden_activation")
+        .or_else(|| value.get("hidden_act"))
+        .and_then(Value::as_str)
+        .unwrap_or("gelu_pytorch_tanh");
+    if activation != "gelu_pytorch_tanh" {
+        return Err(format!(
+            "Gemma 2 `hidden_activation` `{activation}` is not one hone implements (gelu_pytorch_tanh)"
+        ));
+    }
+    for (key, default) in [
+        ("head_dim", Value::from(256)),
+        ("query_pre_attn_scalar", Value::from(256)),
+        ("attn_logit_softcapping", Value::from(50.0)),
+        ("final_logit_softcapping", Value::from(30.0)),
+        ("sliding_window", Value::from(4096)),
+        ("rms_norm_eps", Value::from(1e-6)),
+        ("tie_word_embeddings", Value::from(true)),
+    ] {
+        if value.get(key).is_none() {
+            value[key] = default;
+        }
+    }
+    if value.get("layer_types").is_none_or(Value::is_null) {
+        let layers = value
+            .get("num_hidden_layers")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        value["layer_types"] = (0..layers)
+            .map(|i| {
+                if (i + 1) % 2 == 1 {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
+            .collect::<Vec<_>>()
+            .into();
+    }
+    Ok(())
+}
+
 /// A model's architecture and sizes, read from and written to `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
@@ -38,16 +84,29 @@ impl ModelConfig {
                 .map(ModelConfig::Gpt2)
                 .map_err(|e| format!("GPT-2 config: {e}"))
                 .and_then(ModelConfig::checked),
-            Some(family @ ("llama" | "qwen2" | "qwen3" | "mistral")) => {
+            Some(family @ ("llama" | "qwen2" | "qwen3" | "mistral" | "gemma2")) => {
                 let family = match family {
                     "qwen2" => LlamaFamily::Qwen2,
                     "qwen3" => LlamaFamily::Qwen3,
                     "mistral" => LlamaFamily::Mistral,
+                    "gemma2" => LlamaFamily::Gemma2,
                     _ => LlamaFamily::Llama,
                 };
+                let mut value = value;
+                if family == LlamaFamily::Gemma2 {
+                    gemma2_fields(&mut value)?;
+                } else {
+                    for key in [
+                        "layer_types",
+                        "query_pre_attn_scalar",
+                        "attn_logit_softcapping",
+                        "final_logit_softcapping",
+                    ] {
+                        value[key] = Value::Null;
+                    }
+                }
                 // transformers 5 writes `rope_parameters.rope_theta`; older versions a
                 // top-level `rope_theta`.
-                let mut value = value;
                 if value.get("rope_theta").is_none()
                     && let Some(theta) = value.pointer("/rope_parameters/rope_theta").cloned()
                 {
@@ -84,12 +143,12 @@ impl ModelConfig {
                         "`use_sliding_window` with a window of {window}: hone does not implement Qwen2's per-layer sliding windows"
                     ));
                 }
-                if family != LlamaFamily::Mistral {
+                if !matches!(family, LlamaFamily::Mistral | LlamaFamily::Gemma2) {
                     value["sliding_window"] = Value::Null;
                 }
                 // A head size equal to hidden / heads is left out, so configs keep their
                 // bytes; Qwen3's is always written (transformers' default is not that).
-                if family != LlamaFamily::Qwen3
+                if !matches!(family, LlamaFamily::Qwen3 | LlamaFamily::Gemma2)
                     && let (Some(head_dim), Some(hidden), Some(heads)) = (
                         value.get("head_dim").and_then(Value::as_u64),
                         value.get("hidden_size").and_then(Value::as_u64),
@@ -115,6 +174,16 @@ impl ModelConfig {
     }
 
     fn checked(self) -> std::result::Result<ModelConfig, String> {
+        if let ModelConfig::Llama(c) = &self
+            && let Some(types) = &c.layer_types
+            && types.len() != c.num_hidden_layers
+        {
+            return Err(format!(
+                "`layer_types` names {} layers, `num_hidden_layers` is {}",
+                types.len(),
+                c.num_hidden_layers
+            ));
+        }
         self.check().map(|()| self)
     }
 
@@ -273,12 +342,24 @@ impl ModelConfig {
         map.insert("model_type".into(), Value::from(model_type));
         map.insert("architectures".into(), Value::from(vec![architecture]));
         map.insert("torch_dtype".into(), Value::from("float32"));
-        // transformers' Mistral defaults to a window of 4096: say that there is none.
+        // transformers' Mistral and Gemma 2 default to a window of 4096 (and Gemma 2 to
+        // soft caps): say that there is none.
         if let ModelConfig::Llama(c) = self
-            && c.family == LlamaFamily::Mistral
-            && c.sliding_window.is_none()
+            && matches!(c.family, LlamaFamily::Mistral | LlamaFamily::Gemma2)
         {
-            map.insert("sliding_window".into(), Value::Null);
+            for key in [
+                "sliding_window",
+                "attn_logit_softcapping",
+                "final_logit_softcapping",
+            ] {
+                map.entry(key).or_insert(Value::Null);
+            }
+            if c.family == LlamaFamily::Gemma2 {
+                map.insert("hidden_activation".into(), Value::from("gelu_pytorch_tanh"));
+            } else {
+                map.remove("attn_logit_softcapping");
+                map.remove("final_logit_softcapping");
+            }
         }
         if let ModelConfig::Gpt2(_) = self {
             map.insert("tie_word_embeddings".into(), Value::from(true));

@@ -136,21 +136,37 @@ pub fn causal_mask(
     Tensor::from_vec(values, (t_q, t_k), device)
 }
 
-/// Scaled dot-product attention: q [b, h, t_q, d], k and v [b, h, t_k, d]; with a
-/// `window`, each query sees only the last `window` positions, itself included.
-pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, window: Option<usize>) -> Result<Tensor> {
-    attention_probs(q, k, window)?.matmul(v)
+/// How attention scores are formed, beyond q k^T.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct AttentionOptions {
+    /// The factor on q k^T; 1 / sqrt(head size) when none.
+    pub scale: Option<f64>,
+    /// Each query sees only the last `window` positions, itself included.
+    pub window: Option<usize>,
+    /// Gemma 2's soft cap: scores become cap * tanh(scores / cap).
+    pub softcap: Option<f64>,
+}
+
+/// Scaled dot-product attention: q [b, h, t_q, d], k and v [b, h, t_k, d].
+pub fn attention(q: &Tensor, k: &Tensor, v: &Tensor, opts: AttentionOptions) -> Result<Tensor> {
+    attention_probs(q, k, opts)?.matmul(v)
 }
 
 /// The causal attention weights [b, h, t_q, t_k] of queries q over keys k.
-pub fn attention_probs(q: &Tensor, k: &Tensor, window: Option<usize>) -> Result<Tensor> {
+pub fn attention_probs(q: &Tensor, k: &Tensor, opts: AttentionOptions) -> Result<Tensor> {
     let (_, _, t_q, d) = q.dims4()?;
     let t_k = k.dim(2)?;
+    let window = opts.window;
     let scores = q.matmul(&k.t()?.contiguous()?)?;
+    let scale = opts.scale.unwrap_or(1.0 / (d as f64).sqrt());
+    let (scores, scale) = match opts.softcap {
+        Some(cap) => (((scores * (scale / cap))?.tanh()? * cap)?, 1.0),
+        None => (scores, scale),
+    };
     if kernels::applies(&scores) {
-        return kernels::causal_softmax(&scores, 1.0 / (d as f64).sqrt(), window);
+        return kernels::causal_softmax(&scores, scale, window);
     }
-    let scores = (scores / (d as f64).sqrt())?;
+    let scores = (scores * scale)?;
     let scores = if t_q > 1 || window.is_some_and(|w| w < t_k) {
         scores.broadcast_add(&causal_mask(t_q, t_k, window, q.device())?)?
     } else {

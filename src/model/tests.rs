@@ -39,6 +39,10 @@ fn llama() -> ModelConfig {
         tie_word_embeddings: false,
         head_dim: None,
         sliding_window: None,
+        query_pre_attn_scalar: None,
+        attn_logit_softcapping: None,
+        final_logit_softcapping: None,
+        layer_types: None,
         rope_scaling: None,
         attention_bias: false,
         bos_token_id: None,
@@ -77,6 +81,22 @@ fn mistral_window() -> ModelConfig {
     ModelConfig::Llama(c)
 }
 
+/// Gemma 2 with soft caps and a window on the first layer.
+fn gemma2() -> ModelConfig {
+    let ModelConfig::Llama(mut c) = llama() else {
+        unreachable!()
+    };
+    c.family = LlamaFamily::Gemma2;
+    c.head_dim = Some(8);
+    c.query_pre_attn_scalar = Some(6);
+    c.attn_logit_softcapping = Some(2.0);
+    c.final_logit_softcapping = Some(3.0);
+    c.sliding_window = Some(3);
+    c.layer_types = Some(vec!["sliding_attention".into(), "full_attention".into()]);
+    c.tie_word_embeddings = true;
+    ModelConfig::Llama(c)
+}
+
 fn ids(values: &[u32]) -> Tensor {
     Tensor::new(values, &Device::Cpu)
         .unwrap()
@@ -86,7 +106,14 @@ fn ids(values: &[u32]) -> Tensor {
 
 #[test]
 fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
-    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
+    for config in [
+        gpt2(),
+        llama(),
+        qwen2(),
+        qwen3(),
+        mistral_window(),
+        gemma2(),
+    ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
             &[(vec![1, 5, 9, 3, 7, 2, 8], 0), (vec![4, 4, 6], 1)],
@@ -119,7 +146,14 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
 
 #[test]
 fn cached_decoding_matches_the_full_forward_pass() {
-    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
+    for config in [
+        gpt2(),
+        llama(),
+        qwen2(),
+        qwen3(),
+        mistral_window(),
+        gemma2(),
+    ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
         let sequence = [3u32, 14, 15, 9, 2, 6, 5, 35];
@@ -162,7 +196,14 @@ fn cached_decoding_matches_the_full_forward_pass() {
 #[test]
 fn a_saved_checkpoint_loads_with_identical_logits() {
     let dir = tempfile::tempdir().unwrap();
-    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
+    for config in [
+        gpt2(),
+        llama(),
+        qwen2(),
+        qwen3(),
+        mistral_window(),
+        gemma2(),
+    ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
         let loaded = Trainable::load(dir.path(), &Device::Cpu).unwrap();
@@ -176,7 +217,14 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
 
 #[test]
 fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
-    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
+    for config in [
+        gpt2(),
+        llama(),
+        qwen2(),
+        qwen3(),
+        mistral_window(),
+        gemma2(),
+    ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
             peak_lr: 1e-2,
@@ -229,7 +277,14 @@ fn weights(t: &Trainable) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn seeded_weights_depend_only_on_the_seed() {
-    for config in [gpt2(), llama(), qwen2(), qwen3(), mistral_window()] {
+    for config in [
+        gpt2(),
+        llama(),
+        qwen2(),
+        qwen3(),
+        mistral_window(),
+        gemma2(),
+    ] {
         let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
         assert_eq!(
             a,
@@ -382,4 +437,35 @@ fn llama3_rope_scaling_matches_hand_computed_frequencies() {
     for (a, b) in scaled.iter().zip(expected) {
         assert!((a - b).abs() <= 1e-6 * b.max(1e-3), "{scaled:?}");
     }
+}
+
+#[test]
+fn gemma2_configs_take_transformers_defaults_and_refuse_other_activations() {
+    let config = |extra: &str| {
+        format!(
+            r#"{{"model_type": "gemma2", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 16{extra}}}"#
+        )
+    };
+    let ModelConfig::Llama(c) = ModelConfig::from_hf_json(&config("")).unwrap() else {
+        unreachable!()
+    };
+    assert_eq!(c.family, LlamaFamily::Gemma2);
+    assert_eq!(c.head_dim, Some(256));
+    assert_eq!(c.query_pre_attn_scalar, Some(256));
+    assert_eq!(
+        (c.attn_logit_softcapping, c.final_logit_softcapping),
+        (Some(50.0), Some(30.0))
+    );
+    // The window on every other layer, from the first.
+    assert_eq!(
+        (c.window(0), c.window(1), c.window(2)),
+        (Some(4096), None, Some(4096))
+    );
+    let err = ModelConfig::from_hf_json(&config(r#", "hidden_activation": "relu""#)).unwrap_err();
+    assert!(err.contains("`relu`"), "{err}");
+    let err =
+        ModelConfig::from_hf_json(&config(r#", "layer_types": ["full_attention"]"#)).unwrap_err();
+    assert!(err.contains("`layer_types` names 1 layers"), "{err}");
 }

@@ -33,7 +33,7 @@ fn ids(v: &Value) -> Vec<u32> {
 const TOLERANCE: f32 = 1e-4;
 
 /// Every fixture under tests/fixtures/models/ (scripts/make_model_fixtures.py).
-const MODELS: [&str; 7] = [
+const MODELS: [&str; 8] = [
     "gpt2-tiny",
     "llama-tiny",
     "qwen2-tiny",
@@ -41,6 +41,7 @@ const MODELS: [&str; 7] = [
     "llama3-tiny",
     "qwen3-tiny",
     "mistral-window-tiny",
+    "gemma2-tiny",
 ];
 
 #[test]
