@@ -202,3 +202,55 @@ fn a_checkpoint_saved_by_hone_loads_in_transformers() {
         );
     }
 }
+
+/// Checkpoints stored in bf16 or f16 (as most published ones are) load, converted to f32:
+/// the model computes exactly what the f32 model does with each weight rounded to that
+/// dtype.
+#[test]
+fn bf16_and_f16_checkpoints_load_as_their_rounded_weights() {
+    use candle_core::DType;
+    let source = fixture("qwen2-tiny");
+    let original = Trainable::load(&source, &Device::Cpu).unwrap();
+    let stored =
+        candle_core::safetensors::load(source.join("model.safetensors"), &Device::Cpu).unwrap();
+    let x = Tensor::new(&[[3u32, 1, 4, 1, 5, 9, 2, 6]], &Device::Cpu).unwrap();
+    for dtype in [DType::BF16, DType::F16] {
+        let dir = tempfile::tempdir().unwrap();
+        for file in ["config.json", "tokenizer.json"] {
+            std::fs::copy(source.join(file), dir.path().join(file)).unwrap();
+        }
+        let halved: std::collections::HashMap<String, Tensor> = stored
+            .iter()
+            .map(|(name, t)| (name.clone(), t.to_dtype(dtype).unwrap()))
+            .collect();
+        candle_core::safetensors::save(&halved, dir.path().join("model.safetensors")).unwrap();
+        let loaded = Trainable::load(dir.path(), &Device::Cpu).unwrap();
+        // The f32 model with every weight rounded through `dtype`.
+        let rounded = Trainable::load(&source, &Device::Cpu).unwrap();
+        for (_, var) in rounded.varmap.data().lock().unwrap().iter() {
+            var.set(
+                &var.as_tensor()
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_dtype(DType::F32)
+                    .unwrap(),
+            )
+            .unwrap();
+        }
+        let logits = |t: &Trainable| {
+            t.model
+                .forward(&x, None, 0)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap()
+        };
+        assert_eq!(logits(&loaded), logits(&rounded), "{dtype:?}");
+        assert_ne!(
+            logits(&loaded),
+            logits(&original),
+            "{dtype:?} rounds some weight"
+        );
+    }
+}
