@@ -34,10 +34,16 @@ pub fn material(
     }
     let mut deps = BTreeMap::new();
     for dep in &stage.signature.deps {
-        let digest = files
-            .digest(workspace, dep)
-            .map_err(|e| format!("file `{dep}` cannot be read: {e}"))?;
-        deps.insert(dep.clone(), digest.hex);
+        let digest = match super::hf_hub::dep_digest(dep) {
+            Some(commit) => commit?,
+            None => {
+                files
+                    .digest(workspace, dep)
+                    .map_err(|e| format!("file `{dep}` cannot be read: {e}"))?
+                    .hex
+            }
+        };
+        deps.insert(dep.clone(), digest);
     }
     let mut context = BTreeMap::new();
     if stage.kind.observes_context() {

@@ -2,6 +2,7 @@
 
 pub mod files;
 pub mod fingerprint;
+pub mod hf_hub;
 pub mod lock;
 pub mod material;
 pub mod store;

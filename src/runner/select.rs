@@ -56,7 +56,9 @@ pub(super) fn check_deps(
     for &i in selected {
         let stage = &pipeline.spec.stages[i];
         for dep in &stage.signature.deps {
-            if std::fs::symlink_metadata(workspace.join(dep)).is_err() {
+            if let Some(Err(e)) = crate::cache::hf_hub::dep_digest(dep) {
+                missing.push(format!("stage `{}`: {e}", stage.id));
+            } else if !crate::cache::hf_hub::dep_present(workspace, dep) {
                 missing.push(format!("stage `{}` depends on `{dep}`, which does not exist (paths are relative to the workspace `{}`)", stage.id, workspace.display()));
             }
         }

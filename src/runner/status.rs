@@ -70,7 +70,7 @@ fn survey(pipeline: &Pipeline, spec_path: &Path, workspace: &Path) -> Result<Sur
             .signature
             .deps
             .iter()
-            .filter(|d| std::fs::symlink_metadata(workspace.join(d)).is_err())
+            .filter(|d| !crate::cache::hf_hub::dep_present(workspace, d))
             .map(|d| format!("file `{d}` does not exist"))
             .collect();
         let state = if !missing.is_empty() {

@@ -13,6 +13,7 @@ use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::Provenance;
+use crate::cache::hf_hub;
 use crate::model::train::{Batch, Schedule, Trainer};
 use crate::model::{Gpt2Config, LlamaConfig, LlamaFamily, ModelConfig, Trainable, tokenizer};
 use crate::policy::meta::ModelMeta;
@@ -85,6 +86,14 @@ pub struct PretrainParams {
     /// `hf`: the checkpoint directory, relative to the workspace.
     #[serde(default)]
     pub path: Option<String>,
+    /// `hf`, instead of `path`: a model id (`Qwen/Qwen2.5-0.5B-Instruct`) found in the local
+    /// Hugging Face cache (`$HF_HUB_CACHE`, `$HF_HOME/hub` or ~/.cache/huggingface/hub);
+    /// nothing is downloaded. The snapshot's commit goes into the lock.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// With `model`: the branch, tag or commit (default `main`).
+    #[serde(default)]
+    pub revision: Option<String>,
     /// `builtin`: a JSONL file of `{"text": ...}` lines.
     #[serde(default = "default_corpus")]
     pub corpus: String,
@@ -160,17 +169,38 @@ impl Kind for PretrainLoad {
         let mut errors = Vec::new();
         let key = |k: &str| vec![PathSeg::Key(k.into())];
         let deps = match p.source {
-            Source::Hf => {
-                match &p.path {
-                    Some(path) => vec![path.clone()],
-                    None => {
-                        errors.push(ParamError::new(Vec::new(), "missing required key `path` (the checkpoint directory for `source: hf`)"));
-                        Vec::new()
+            Source::Hf => match (&p.path, &p.model) {
+                (Some(path), None) => vec![path.clone()],
+                (None, Some(model)) => {
+                    let revision = p.revision.as_deref().unwrap_or("main");
+                    match hf_hub::resolve(model, revision) {
+                        Ok(snap) => vec![hf_hub::dep(model, &snap.commit)],
+                        Err(e) => {
+                            errors.push(ParamError::new(key("model"), e));
+                            Vec::new()
+                        }
                     }
                 }
-            }
+                (Some(_), Some(_)) => {
+                    errors.push(ParamError::new(
+                        key("model"),
+                        "give `path` (a checkpoint directory) or `model` (a Hugging Face cache id), not both",
+                    ));
+                    Vec::new()
+                }
+                (None, None) => {
+                    errors.push(ParamError::new(Vec::new(), "missing required key `path` (the checkpoint directory for `source: hf`) or `model` (a model id in the local Hugging Face cache)"));
+                    Vec::new()
+                }
+            },
             Source::Builtin => vec![p.corpus.clone()],
         };
+        if p.revision.is_some() && p.model.is_none() {
+            errors.push(ParamError::new(
+                key("revision"),
+                "`revision` goes with `model` (a Hugging Face cache id)",
+            ));
+        }
         if p.source == Source::Builtin {
             if !p.d_model.is_multiple_of(p.n_heads) {
                 errors.push(ParamError::new(
@@ -215,17 +245,35 @@ impl Kind for PretrainLoad {
         let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
         match p.source {
             Source::Hf => {
-                let source = ctx
-                    .workspace
-                    .join(p.path.as_deref().expect("checked by signature"));
+                let (source, snapshot) = match &p.model {
+                    Some(model) => {
+                        let revision = p.revision.as_deref().unwrap_or("main");
+                        let snap = hf_hub::resolve(model, revision).map_err(failed)?;
+                        (snap.dir.clone(), Some(snap))
+                    }
+                    None => (
+                        ctx.workspace
+                            .join(p.path.as_deref().expect("checked by signature")),
+                        None,
+                    ),
+                };
                 let (trainable, tok) = lm::load_dir(&source, &device)?;
                 let meta = ModelMeta {
                     source: Some("hf".into()),
-                    path: p.path.clone(),
+                    path: match (&p.model, &snapshot) {
+                        (Some(model), Some(snap)) => Some(hf_hub::dep(model, &snap.commit)),
+                        _ => p.path.clone(),
+                    },
                     ..ModelMeta::of_stage("pretrain-load")
                 };
                 lm::write_model(&model_dir, &trainable, &tok, &meta)?;
-                lm::write_metrics(&metrics_dir, &json!({"source": "hf"}), &[], &provenance)
+                let metrics = match (&p.model, &snapshot) {
+                    (Some(model), Some(snap)) => {
+                        json!({"source": "hf", "model": model, "commit": snap.commit})
+                    }
+                    _ => json!({"source": "hf"}),
+                };
+                lm::write_metrics(&metrics_dir, &metrics, &[], &provenance)
             }
             Source::Builtin => pretrain(ctx, p, &device, &model_dir, &metrics_dir, &provenance),
         }

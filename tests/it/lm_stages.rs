@@ -607,3 +607,91 @@ fn a_run_into_a_log_prints_plain_lines_per_stage_and_progress() {
         "{stderr}"
     );
 }
+
+/// `model: ORG/NAME` finds the snapshot in the local Hugging Face cache (the layout
+/// huggingface_hub writes: refs/main holds the commit, snapshots/COMMIT holds the files,
+/// here as symlinks to blobs/ as there); the commit is in the lock; a model that is not
+/// there is a spec error naming the path looked at.
+#[test]
+fn a_model_id_loads_from_the_local_hugging_face_cache() {
+    let ws = Workspace::new();
+    let hub = tempfile::tempdir().unwrap();
+    let commit = "0123456789abcdef0123456789abcdef01234567";
+    let repo = hub.path().join("models--hone--qwen2-tiny");
+    let snapshot = repo.join("snapshots").join(commit);
+    std::fs::create_dir_all(&snapshot).unwrap();
+    std::fs::create_dir_all(repo.join("blobs")).unwrap();
+    std::fs::create_dir_all(repo.join("refs")).unwrap();
+    std::fs::write(repo.join("refs/main"), commit).unwrap();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2-tiny");
+    for file in ["config.json", "model.safetensors", "tokenizer.json"] {
+        let blob = repo.join("blobs").join(file.replace('.', "-"));
+        std::fs::copy(fixture.join(file), &blob).unwrap();
+        std::os::unix::fs::symlink(&blob, snapshot.join(file)).unwrap();
+    }
+    let spec = |model: &str| {
+        format!(
+            "name: hf\nstages:\n  base: {{ kind: pretrain-load, with: {{ source: hf, model: {model}, device: cpu }} }}\n"
+        )
+    };
+    let run = |args: &[&str]| {
+        let out = ws
+            .command(args)
+            .env("HF_HUB_CACHE", hub.path())
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    ws.write("p.yaml", &spec("hone/qwen2-tiny"));
+    let (code, text) = run(&["run", "p.yaml", "-q"]);
+    assert_eq!(code, 0, "{text}");
+    let lock = ws.read("p.lock");
+    assert!(
+        lock.contains(&format!("hf:hone/qwen2-tiny@{commit}")),
+        "{lock}"
+    );
+    let (code, text) = run(&["run", "p.yaml", "--json"]);
+    assert_eq!(code, 0, "{text}");
+    assert!(
+        text.contains("\"cached\""),
+        "a second run is cached: {text}"
+    );
+    // The model is the fixture's.
+    let show = run(&["show", "p.yaml", "base", "--json"]).1;
+    let show: Value = serde_json::from_str(&show).unwrap();
+    let model = show["outputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["output"] == "model")
+        .map(|o| ws.path(o["path"].as_str().unwrap()))
+        .unwrap();
+    let a = hone::model::Trainable::load(&fixture, &candle_core::Device::Cpu).unwrap();
+    let b = hone::model::Trainable::load(&model, &candle_core::Device::Cpu).unwrap();
+    let x = candle_core::Tensor::new(&[[3u32, 1, 4]], &candle_core::Device::Cpu).unwrap();
+    assert_eq!(
+        a.model
+            .forward(&x, None, 0)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap(),
+        b.model
+            .forward(&x, None, 0)
+            .unwrap()
+            .to_vec3::<f32>()
+            .unwrap()
+    );
+    // Not in the cache: exit 2, naming where it looked.
+    ws.write("p.yaml", &spec("hone/absent"));
+    let (code, text) = run(&["validate", "p.yaml"]);
+    assert_eq!(code, 2, "{text}");
+    assert!(text.contains("models--hone--absent/refs/main"), "{text}");
+    assert!(
+        text.contains("p.yaml:3:"),
+        "the error points into the spec: {text}"
+    );
+}
