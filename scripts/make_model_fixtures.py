@@ -35,6 +35,7 @@ WHAT IT WRITES (into tests/fixtures/models/, well under 1 MB in total)
     qwen3-tiny/                 Qwen3ForCausalLM (q/k norms, head_dim 16 != 32 / 4), seed 5
     mistral-window-tiny/        MistralForCausalLM with a sliding window of 4, seed 6
     gemma2-tiny/                Gemma2ForCausalLM (soft caps, window on layer 0), seed 7
+    phi3-tiny/                  Phi3ForCausalLM (fused projections, half-head RoPE), seed 8
         config.json             as written by save_pretrained
         generation_config.json  as written by save_pretrained
         model.safetensors       as written by save_pretrained (float32)
@@ -110,6 +111,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Phi3Config,
+    Phi3ForCausalLM,
 )
 
 VOCAB_SIZE = 96
@@ -379,6 +382,38 @@ def gemma2_tiny(eos_id: int) -> Gemma2ForCausalLM:
     return model
 
 
+def phi3_tiny(eos_id: int) -> Phi3ForCausalLM:
+    """Phi-3 layout (fused qkv_proj and gate_up_proj) with RoPE on half of each head, as
+    Phi-4-mini rotates part of its heads."""
+    cfg = Phi3Config(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        hidden_act="silu",
+        max_position_embeddings=32,
+        original_max_position_embeddings=32,
+        rms_norm_eps=1e-5,
+        rope_theta=10000.0,
+        partial_rotary_factor=0.5,
+        sliding_window=None,
+        tie_word_embeddings=False,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    cfg._attn_implementation = ATTN_IMPL
+    torch.manual_seed(8)
+    model = Phi3ForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
 def llama3_tiny(eos_id: int) -> LlamaForCausalLM:
     """Llama 3's rotary scaling (`rope_type: llama3`, as Llama 3.1/3.2), with an original
     context of 8 so that the test sequences reach the scaled frequencies."""
@@ -566,6 +601,7 @@ def main() -> int:
         ("qwen3-tiny", qwen3_tiny, "qwen3"),
         ("mistral-window-tiny", mistral_window_tiny, "mistral"),
         ("gemma2-tiny", gemma2_tiny, "gemma2"),
+        ("phi3-tiny", phi3_tiny, "phi3"),
     ):
         if args.only and name not in args.only:
             continue

@@ -51,6 +51,13 @@ pub struct LlamaConfig {
     /// see everything (`full_attention`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Phi-3: the share of each head that RoPE rotates (the rest passes through).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
+    /// Phi-3: its padding token (transformers' default, 32000, lies outside a small
+    /// vocabulary, so it is written back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pad_token_id: Option<u32>,
     /// Llama 3's rotary scaling (`rope_type: llama3`); none for plain RoPE.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<Llama3Scaling>,
@@ -96,6 +103,9 @@ pub enum LlamaFamily {
     /// 1 + w, norms after attention and after the MLP too, a tanh-GELU MLP, soft-capped
     /// attention scores and logits, a sliding window on alternate layers.
     Gemma2,
+    /// `model_type: phi3` (Phi-3, Phi-3.5, Phi-4-mini): q, k and v in one `qkv_proj`, gate
+    /// and up in one `gate_up_proj`, RoPE on part of each head.
+    Phi3,
 }
 
 impl LlamaFamily {
@@ -127,6 +137,7 @@ impl LlamaFamily {
                 "Gemma2ForCausalLM",
                 "Gemma2ForSequenceClassification",
             ),
+            LlamaFamily::Phi3 => ("phi3", "Phi3ForCausalLM", "Phi3ForSequenceClassification"),
         }
     }
 }
@@ -168,6 +179,15 @@ impl LlamaConfig {
         self.family == LlamaFamily::Gemma2
     }
 
+    /// How many dimensions of a head RoPE rotates (an even number).
+    pub fn rotary_dim(&self) -> usize {
+        let d = self.head_dim();
+        match self.partial_rotary_factor {
+            Some(f) => (((d as f64) * f) as usize).min(d) & !1,
+            None => d,
+        }
+    }
+
     /// The sliding window layer `i` attends within, if any.
     pub fn window(&self, i: usize) -> Option<usize> {
         match &self.layer_types {
@@ -206,6 +226,7 @@ const INIT: Init = Init::Randn {
 };
 
 /// A linear layer with HF's [out, in] weight layout, with or without a bias.
+#[derive(Clone)]
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
@@ -270,6 +291,44 @@ impl Llama {
         let layers = (0..cfg.num_hidden_layers)
             .map(|i| {
                 let l = m.pp("layers").pp(i);
+                let (a, mlp) = (l.pp("self_attn"), l.pp("mlp"));
+                let inter = cfg.intermediate_size;
+                let ((q, k, v), (gate, up)) = if cfg.family == LlamaFamily::Phi3 {
+                    // One variable each (the checkpoint's tensors), used through views, so
+                    // that gradients and updates reach the fused weight.
+                    let qkv = a
+                        .pp("qkv_proj")
+                        .get_with_hints((qd + 2 * kv, h), "weight", INIT)?;
+                    let gate_up =
+                        mlp.pp("gate_up_proj")
+                            .get_with_hints((2 * inter, h), "weight", INIT)?;
+                    let part = |w: &Tensor, at: usize, n: usize| -> Result<Linear> {
+                        Ok(Linear {
+                            weight: w.narrow(0, at, n)?,
+                            bias: None,
+                        })
+                    };
+                    (
+                        (
+                            part(&qkv, 0, qd)?,
+                            part(&qkv, qd, kv)?,
+                            part(&qkv, qd + kv, kv)?,
+                        ),
+                        (part(&gate_up, 0, inter)?, part(&gate_up, inter, inter)?),
+                    )
+                } else {
+                    (
+                        (
+                            Linear::with_bias(h, qd, qkv_bias, a.pp("q_proj"))?,
+                            Linear::with_bias(h, kv, qkv_bias, a.pp("k_proj"))?,
+                            Linear::with_bias(h, kv, qkv_bias, a.pp("v_proj"))?,
+                        ),
+                        (
+                            Linear::new(h, inter, mlp.pp("gate_proj"))?,
+                            Linear::new(h, inter, mlp.pp("up_proj"))?,
+                        ),
+                    )
+                };
                 Ok(Layer {
                     input_norm: l.pp("input_layernorm").get_with_hints(h, "weight", ones)?,
                     output_norms: if cfg.gemma() {
@@ -292,9 +351,9 @@ impl Llama {
                     } else {
                         None
                     },
-                    q: Linear::with_bias(h, qd, qkv_bias, l.pp("self_attn").pp("q_proj"))?,
-                    k: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("k_proj"))?,
-                    v: Linear::with_bias(h, kv, qkv_bias, l.pp("self_attn").pp("v_proj"))?,
+                    q,
+                    k,
+                    v,
                     o: Linear::with_bias(qd, h, cfg.o_bias(), l.pp("self_attn").pp("o_proj"))?,
                     post_norm: l
                         .pp(if cfg.gemma() {
@@ -303,8 +362,8 @@ impl Llama {
                             "post_attention_layernorm"
                         })
                         .get_with_hints(h, "weight", ones)?,
-                    gate: Linear::new(h, cfg.intermediate_size, l.pp("mlp").pp("gate_proj"))?,
-                    up: Linear::new(h, cfg.intermediate_size, l.pp("mlp").pp("up_proj"))?,
+                    gate,
+                    up,
                     down: Linear::new(cfg.intermediate_size, h, l.pp("mlp").pp("down_proj"))?,
                 })
             })
@@ -359,7 +418,8 @@ impl Llama {
             );
         }
         let (n_heads, n_kv, head_dim) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
-        let inv_freq = rope_inv_freq(head_dim, cfg.rope_theta, cfg.rope_scaling.as_ref());
+        let rotary = cfg.rotary_dim();
+        let inv_freq = rope_inv_freq(rotary, cfg.rope_theta, cfg.rope_scaling.as_ref());
         let (cos, sin) = rope_tables(start, t, &inv_freq, ids.device())?;
         let mut x =
             self.embed
@@ -380,8 +440,15 @@ impl Llama {
                 x.transpose(1, 2)?.contiguous()
             };
             let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
-            let q = apply_rope(&heads(&layer.q, n_heads, qn)?, &cos, &sin)?;
-            let mut k = apply_rope(&heads(&layer.k, n_kv, kn)?, &cos, &sin)?;
+            let rope = |x: Tensor| -> Result<Tensor> {
+                if rotary == head_dim {
+                    return apply_rope(&x, &cos, &sin);
+                }
+                let turned = apply_rope(&x.narrow(3, 0, rotary)?, &cos, &sin)?;
+                Tensor::cat(&[&turned, &x.narrow(3, rotary, head_dim - rotary)?], 3)
+            };
+            let q = rope(heads(&layer.q, n_heads, qn)?)?;
+            let mut k = rope(heads(&layer.k, n_kv, kn)?)?;
             if attention_only && i + 1 == self.layers.len() {
                 return attention_probs(&q, &repeat_kv(&k, n_heads / n_kv)?, cfg.attention(i));
             }

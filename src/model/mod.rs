@@ -84,12 +84,13 @@ impl ModelConfig {
                 .map(ModelConfig::Gpt2)
                 .map_err(|e| format!("GPT-2 config: {e}"))
                 .and_then(ModelConfig::checked),
-            Some(family @ ("llama" | "qwen2" | "qwen3" | "mistral" | "gemma2")) => {
+            Some(family @ ("llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "phi3")) => {
                 let family = match family {
                     "qwen2" => LlamaFamily::Qwen2,
                     "qwen3" => LlamaFamily::Qwen3,
                     "mistral" => LlamaFamily::Mistral,
                     "gemma2" => LlamaFamily::Gemma2,
+                    "phi3" => LlamaFamily::Phi3,
                     _ => LlamaFamily::Llama,
                 };
                 let mut value = value;
@@ -143,8 +144,32 @@ impl ModelConfig {
                         "`use_sliding_window` with a window of {window}: hone does not implement Qwen2's per-layer sliding windows"
                     ));
                 }
-                if !matches!(family, LlamaFamily::Mistral | LlamaFamily::Gemma2) {
+                if !matches!(
+                    family,
+                    LlamaFamily::Mistral | LlamaFamily::Gemma2 | LlamaFamily::Phi3
+                ) {
                     value["sliding_window"] = Value::Null;
+                }
+                if value
+                    .get("partial_rotary_factor")
+                    .is_none_or(Value::is_null)
+                    && let Some(f) = value
+                        .pointer("/rope_parameters/partial_rotary_factor")
+                        .cloned()
+                {
+                    value["partial_rotary_factor"] = f;
+                }
+                if family != LlamaFamily::Phi3 {
+                    value["partial_rotary_factor"] = Value::Null;
+                    value["pad_token_id"] = Value::Null;
+                } else if value
+                    .get("hidden_act")
+                    .and_then(Value::as_str)
+                    .is_some_and(|a| a != "silu")
+                {
+                    return Err(
+                        "Phi-3 `hidden_act` other than `silu` is not one hone implements".into(),
+                    );
                 }
                 // A head size equal to hidden / heads is left out, so configs keep their
                 // bytes; Qwen3's is always written (transformers' default is not that).
@@ -317,8 +342,15 @@ impl ModelConfig {
                 } else {
                     0
                 };
-                let layer =
-                    2 * d * q + 2 * d * kv + 3 * d * i + 2 * d + qkv_bias + o_bias + qk_norm;
+                let gemma_norms = if c.gemma() { 2 * d } else { 0 };
+                let layer = 2 * d * q
+                    + 2 * d * kv
+                    + 3 * d * i
+                    + 2 * d
+                    + qkv_bias
+                    + o_bias
+                    + qk_norm
+                    + gemma_norms;
                 let head = if c.tie_word_embeddings { 0 } else { v * d };
                 v * d + l * layer + d + head
             }

@@ -43,6 +43,8 @@ fn llama() -> ModelConfig {
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
         layer_types: None,
+        partial_rotary_factor: None,
+        pad_token_id: None,
         rope_scaling: None,
         attention_bias: false,
         bos_token_id: None,
@@ -94,6 +96,16 @@ fn gemma2() -> ModelConfig {
     c.sliding_window = Some(3);
     c.layer_types = Some(vec!["sliding_attention".into(), "full_attention".into()]);
     c.tie_word_embeddings = true;
+    ModelConfig::Llama(c)
+}
+
+/// Phi-3: fused projections, RoPE on half of each head.
+fn phi3() -> ModelConfig {
+    let ModelConfig::Llama(mut c) = llama() else {
+        unreachable!()
+    };
+    c.family = LlamaFamily::Phi3;
+    c.partial_rotary_factor = Some(0.5);
     ModelConfig::Llama(c)
 }
 
@@ -344,6 +356,7 @@ fn a_checkpoint_missing_a_tensor_does_not_load() {
         (llama(), "model.layers.0.post_attention_layernorm.weight"),
         (qwen2(), "model.layers.1.self_attn.k_proj.bias"),
         (qwen3(), "model.layers.0.self_attn.q_norm.weight"),
+        (phi3(), "model.layers.1.mlp.gate_up_proj.weight"),
     ] {
         Trainable::seeded(&config, SEED, &Device::Cpu)
             .unwrap()

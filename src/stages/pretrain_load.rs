@@ -363,6 +363,8 @@ fn pretrain(
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             layer_types: None,
+            partial_rotary_factor: None,
+            pad_token_id: None,
             rope_scaling: None,
             attention_bias: false,
             bos_token_id: Some(eot),
