@@ -36,6 +36,7 @@ WHAT IT WRITES (into tests/fixtures/models/, well under 1 MB in total)
     mistral-window-tiny/        MistralForCausalLM with a sliding window of 4, seed 6
     gemma2-tiny/                Gemma2ForCausalLM (soft caps, window on layer 0), seed 7
     phi3-tiny/                  Phi3ForCausalLM (fused projections, half-head RoPE), seed 8
+    gemma3-tiny/                Gemma3ForCausalLM (q/k norms, local and global RoPE), seed 9
         config.json             as written by save_pretrained
         generation_config.json  as written by save_pretrained
         model.safetensors       as written by save_pretrained (float32)
@@ -111,6 +112,8 @@ from transformers import (
     Qwen3ForCausalLM,
     Gemma2Config,
     Gemma2ForCausalLM,
+    Gemma3ForCausalLM,
+    Gemma3TextConfig,
     Phi3Config,
     Phi3ForCausalLM,
 )
@@ -382,6 +385,37 @@ def gemma2_tiny(eos_id: int) -> Gemma2ForCausalLM:
     return model
 
 
+def gemma3_tiny(eos_id: int) -> Gemma3ForCausalLM:
+    """Gemma 3 (text): per-head q/k norms, windowed layers (4) rotating with base 10^4 and a
+    full layer with 10^6, no soft caps."""
+    cfg = Gemma3TextConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        hidden_activation="gelu_pytorch_tanh",
+        max_position_embeddings=32,
+        rms_norm_eps=1e-6,
+        query_pre_attn_scalar=24,
+        sliding_window=4,
+        layer_types=["sliding_attention", "sliding_attention", "full_attention"],
+        tie_word_embeddings=True,
+        attention_bias=False,
+        attention_dropout=0.0,
+        bos_token_id=eos_id,
+        eos_token_id=eos_id,
+        pad_token_id=eos_id,
+    )
+    cfg._attn_implementation = ATTN_IMPL
+    torch.manual_seed(9)
+    model = Gemma3ForCausalLM(cfg)
+    model.param_init = reinit_params(model)
+    return model
+
+
 def phi3_tiny(eos_id: int) -> Phi3ForCausalLM:
     """Phi-3 layout (fused qkv_proj and gate_up_proj) with RoPE on half of each head, as
     Phi-4-mini rotates part of its heads."""
@@ -602,6 +636,7 @@ def main() -> int:
         ("mistral-window-tiny", mistral_window_tiny, "mistral"),
         ("gemma2-tiny", gemma2_tiny, "gemma2"),
         ("phi3-tiny", phi3_tiny, "phi3"),
+        ("gemma3-tiny", gemma3_tiny, "gemma3_text"),
     ):
         if args.only and name not in args.only:
             continue

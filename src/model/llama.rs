@@ -51,6 +51,9 @@ pub struct LlamaConfig {
     /// see everything (`full_attention`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Gemma 3: the RoPE base of the windowed layers (`rope_theta` is the full ones').
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
     /// Phi-3: the share of each head that RoPE rotates (the rest passes through).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub partial_rotary_factor: Option<f64>,
@@ -103,6 +106,10 @@ pub enum LlamaFamily {
     /// 1 + w, norms after attention and after the MLP too, a tanh-GELU MLP, soft-capped
     /// attention scores and logits, a sliding window on alternate layers.
     Gemma2,
+    /// `model_type: gemma3_text` (Gemma 3 1B and the text part of the larger ones): Gemma
+    /// 2's layout with per-head q/k norms, no soft caps by default, and a RoPE base of its
+    /// own on the windowed layers.
+    Gemma3,
     /// `model_type: phi3` (Phi-3, Phi-3.5, Phi-4-mini): q, k and v in one `qkv_proj`, gate
     /// and up in one `gate_up_proj`, RoPE on part of each head.
     Phi3,
@@ -136,6 +143,11 @@ impl LlamaFamily {
                 "gemma2",
                 "Gemma2ForCausalLM",
                 "Gemma2ForSequenceClassification",
+            ),
+            LlamaFamily::Gemma3 => (
+                "gemma3_text",
+                "Gemma3ForCausalLM",
+                "Gemma3TextForSequenceClassification",
             ),
             LlamaFamily::Phi3 => ("phi3", "Phi3ForCausalLM", "Phi3ForSequenceClassification"),
         }
@@ -171,12 +183,12 @@ impl LlamaConfig {
 
     /// Whether q and k get an RMSNorm per head (Qwen3).
     pub fn qk_norm(&self) -> bool {
-        self.family == LlamaFamily::Qwen3
+        matches!(self.family, LlamaFamily::Qwen3 | LlamaFamily::Gemma3)
     }
 
     /// Gemma's layout: norms that scale by 1 + w, four of them a layer.
     pub fn gemma(&self) -> bool {
-        self.family == LlamaFamily::Gemma2
+        matches!(self.family, LlamaFamily::Gemma2 | LlamaFamily::Gemma3)
     }
 
     /// How many dimensions of a head RoPE rotates (an even number).
@@ -420,7 +432,17 @@ impl Llama {
         let (n_heads, n_kv, head_dim) = (cfg.num_attention_heads, cfg.n_kv_heads(), cfg.head_dim());
         let rotary = cfg.rotary_dim();
         let inv_freq = rope_inv_freq(rotary, cfg.rope_theta, cfg.rope_scaling.as_ref());
-        let (cos, sin) = rope_tables(start, t, &inv_freq, ids.device())?;
+        let global = rope_tables(start, t, &inv_freq, ids.device())?;
+        // Gemma 3's windowed layers rotate with a base of their own.
+        let local = match cfg.rope_local_base_freq {
+            Some(theta) => Some(rope_tables(
+                start,
+                t,
+                &rope_inv_freq(rotary, theta, None),
+                ids.device(),
+            )?),
+            None => None,
+        };
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
@@ -440,11 +462,15 @@ impl Llama {
                 x.transpose(1, 2)?.contiguous()
             };
             let (qn, kn) = layer.qk_norm.as_ref().map(|(q, k)| (q, k)).unzip();
+            let (cos, sin) = match (&local, cfg.window(i)) {
+                (Some(local), Some(_)) => local,
+                _ => &global,
+            };
             let rope = |x: Tensor| -> Result<Tensor> {
                 if rotary == head_dim {
-                    return apply_rope(&x, &cos, &sin);
+                    return apply_rope(&x, cos, sin);
                 }
-                let turned = apply_rope(&x.narrow(3, 0, rotary)?, &cos, &sin)?;
+                let turned = apply_rope(&x.narrow(3, 0, rotary)?, cos, sin)?;
                 Tensor::cat(&[&turned, &x.narrow(3, rotary, head_dim - rotary)?], 3)
             };
             let q = rope(heads(&layer.q, n_heads, qn)?)?;

@@ -21,10 +21,12 @@ use serde_json::Value;
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig, LlamaFamily};
 
-/// Gemma 2's fields as transformers reads them: its defaults where a key is absent (head size
-/// 256, q k^T scaled by 256^-1/2, soft caps 50 and 30, a window of 4096 on every other layer
-/// from the first), and only the activation hone implements.
-fn gemma2_fields(value: &mut Value) -> std::result::Result<(), String> {
+/// Gemma 2's and Gemma 3's fields as transformers reads them: their defaults where a key
+/// is absent (head size 256, q k^T scaled by 256^-1/2, a window of 4096; Gemma 2: soft caps
+/// 50 and 30 and a window on every other layer from the first; Gemma 3: no soft caps, five
+/// windowed layers to one full, RoPE bases 10^6 (full) and 10^4 (windowed) from the
+/// per-layer-type `rope_parameters` transformers 5 writes), and only what hone implements.
+fn gemma_fields(value: &mut Value, gemma3: bool) -> std::result::Result<(), String> {
     let activation = value
         .get("hidden_activation")
         .or_else(|| value.get("hidden_act"))
@@ -32,14 +34,26 @@ fn gemma2_fields(value: &mut Value) -> std::result::Result<(), String> {
         .unwrap_or("gelu_pytorch_tanh");
     if activation != "gelu_pytorch_tanh" {
         return Err(format!(
-            "Gemma 2 `hidden_activation` `{activation}` is not one hone implements (gelu_pytorch_tanh)"
+            "Gemma `hidden_activation` `{activation}` is not one hone implements (gelu_pytorch_tanh)"
         ));
     }
+    if value
+        .get("use_bidirectional_attention")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
+        return Err("`use_bidirectional_attention` is true: hone's models are causal".into());
+    }
+    let (attn_cap, final_cap) = if gemma3 {
+        (Value::Null, Value::Null)
+    } else {
+        (Value::from(50.0), Value::from(30.0))
+    };
     for (key, default) in [
         ("head_dim", Value::from(256)),
         ("query_pre_attn_scalar", Value::from(256)),
-        ("attn_logit_softcapping", Value::from(50.0)),
-        ("final_logit_softcapping", Value::from(30.0)),
+        ("attn_logit_softcapping", attn_cap),
+        ("final_logit_softcapping", final_cap),
         ("sliding_window", Value::from(4096)),
         ("rms_norm_eps", Value::from(1e-6)),
         ("tie_word_embeddings", Value::from(true)),
@@ -48,14 +62,58 @@ fn gemma2_fields(value: &mut Value) -> std::result::Result<(), String> {
             value[key] = default;
         }
     }
+    if gemma3 {
+        // transformers 5: {"full_attention": {...}, "sliding_attention": {...}}; earlier:
+        // rope_theta, rope_local_base_freq and rope_scaling at the top.
+        let per_type = |kind: &str, key: &str| {
+            value
+                .pointer(&format!("/rope_parameters/{kind}/{key}"))
+                .cloned()
+        };
+        for kind in ["full_attention", "sliding_attention"] {
+            if let Some(t) = per_type(kind, "rope_type").as_ref().and_then(Value::as_str)
+                && t != "default"
+            {
+                return Err(format!(
+                    "Gemma 3 rope type `{t}` ({kind}) is not one hone implements (`default`)"
+                ));
+            }
+        }
+        if let Some(t) = value
+            .pointer("/rope_scaling/rope_type")
+            .and_then(Value::as_str)
+            && t != "default"
+        {
+            return Err(format!(
+                "Gemma 3 rope type `{t}` is not one hone implements (`default`)"
+            ));
+        }
+        let full = per_type("full_attention", "rope_theta")
+            .or_else(|| value.get("rope_theta").cloned())
+            .unwrap_or(Value::from(1_000_000.0));
+        let local = per_type("sliding_attention", "rope_theta")
+            .or_else(|| value.get("rope_local_base_freq").cloned())
+            .unwrap_or(Value::from(10_000.0));
+        value["rope_theta"] = full;
+        value["rope_local_base_freq"] = local;
+        value["rope_parameters"] = Value::Null;
+        value["rope_scaling"] = Value::Null;
+    }
     if value.get("layer_types").is_none_or(Value::is_null) {
         let layers = value
             .get("num_hidden_layers")
             .and_then(Value::as_u64)
             .unwrap_or(0);
+        let sliding = |i: u64| {
+            if gemma3 {
+                !(i + 1).is_multiple_of(6)
+            } else {
+                (i + 1) % 2 == 1
+            }
+        };
         value["layer_types"] = (0..layers)
             .map(|i| {
-                if (i + 1) % 2 == 1 {
+                if sliding(i) {
                     "sliding_attention"
                 } else {
                     "full_attention"
@@ -84,24 +142,29 @@ impl ModelConfig {
                 .map(ModelConfig::Gpt2)
                 .map_err(|e| format!("GPT-2 config: {e}"))
                 .and_then(ModelConfig::checked),
-            Some(family @ ("llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "phi3")) => {
+            Some(
+                family @ ("llama" | "qwen2" | "qwen3" | "mistral" | "gemma2" | "gemma3_text"
+                | "phi3"),
+            ) => {
                 let family = match family {
                     "qwen2" => LlamaFamily::Qwen2,
                     "qwen3" => LlamaFamily::Qwen3,
                     "mistral" => LlamaFamily::Mistral,
                     "gemma2" => LlamaFamily::Gemma2,
+                    "gemma3_text" => LlamaFamily::Gemma3,
                     "phi3" => LlamaFamily::Phi3,
                     _ => LlamaFamily::Llama,
                 };
                 let mut value = value;
-                if family == LlamaFamily::Gemma2 {
-                    gemma2_fields(&mut value)?;
+                if matches!(family, LlamaFamily::Gemma2 | LlamaFamily::Gemma3) {
+                    gemma_fields(&mut value, family == LlamaFamily::Gemma3)?;
                 } else {
                     for key in [
                         "layer_types",
                         "query_pre_attn_scalar",
                         "attn_logit_softcapping",
                         "final_logit_softcapping",
+                        "rope_local_base_freq",
                     ] {
                         value[key] = Value::Null;
                     }
@@ -146,7 +209,10 @@ impl ModelConfig {
                 }
                 if !matches!(
                     family,
-                    LlamaFamily::Mistral | LlamaFamily::Gemma2 | LlamaFamily::Phi3
+                    LlamaFamily::Mistral
+                        | LlamaFamily::Gemma2
+                        | LlamaFamily::Gemma3
+                        | LlamaFamily::Phi3
                 ) {
                     value["sliding_window"] = Value::Null;
                 }
@@ -173,13 +239,14 @@ impl ModelConfig {
                 }
                 // A head size equal to hidden / heads is left out, so configs keep their
                 // bytes; Qwen3's is always written (transformers' default is not that).
-                if !matches!(family, LlamaFamily::Qwen3 | LlamaFamily::Gemma2)
-                    && let (Some(head_dim), Some(hidden), Some(heads)) = (
-                        value.get("head_dim").and_then(Value::as_u64),
-                        value.get("hidden_size").and_then(Value::as_u64),
-                        value.get("num_attention_heads").and_then(Value::as_u64),
-                    )
-                    && head_dim * heads == hidden
+                if !matches!(
+                    family,
+                    LlamaFamily::Qwen3 | LlamaFamily::Gemma2 | LlamaFamily::Gemma3
+                ) && let (Some(head_dim), Some(hidden), Some(heads)) = (
+                    value.get("head_dim").and_then(Value::as_u64),
+                    value.get("hidden_size").and_then(Value::as_u64),
+                    value.get("num_attention_heads").and_then(Value::as_u64),
+                ) && head_dim * heads == hidden
                 {
                     value["head_dim"] = Value::Null;
                 }
@@ -377,7 +444,10 @@ impl ModelConfig {
         // transformers' Mistral and Gemma 2 default to a window of 4096 (and Gemma 2 to
         // soft caps): say that there is none.
         if let ModelConfig::Llama(c) = self
-            && matches!(c.family, LlamaFamily::Mistral | LlamaFamily::Gemma2)
+            && matches!(
+                c.family,
+                LlamaFamily::Mistral | LlamaFamily::Gemma2 | LlamaFamily::Gemma3
+            )
         {
             for key in [
                 "sliding_window",
@@ -386,9 +456,21 @@ impl ModelConfig {
             ] {
                 map.entry(key).or_insert(Value::Null);
             }
-            if c.family == LlamaFamily::Gemma2 {
+            if c.gemma() {
                 map.insert("hidden_activation".into(), Value::from("gelu_pytorch_tanh"));
-            } else {
+            }
+            if c.family == LlamaFamily::Gemma3 {
+                // transformers 5's per-layer-type form, which it reads back.
+                let theta = |t: f64| serde_json::json!({"rope_theta": t, "rope_type": "default"});
+                map.insert(
+                    "rope_parameters".into(),
+                    serde_json::json!({
+                        "full_attention": theta(c.rope_theta),
+                        "sliding_attention": theta(c.rope_local_base_freq.unwrap_or(10_000.0)),
+                    }),
+                );
+            }
+            if c.family == LlamaFamily::Mistral {
                 map.remove("attn_logit_softcapping");
                 map.remove("final_logit_softcapping");
             }

@@ -43,6 +43,7 @@ fn llama() -> ModelConfig {
         attn_logit_softcapping: None,
         final_logit_softcapping: None,
         layer_types: None,
+        rope_local_base_freq: None,
         partial_rotary_factor: None,
         pad_token_id: None,
         rope_scaling: None,
@@ -109,6 +110,19 @@ fn phi3() -> ModelConfig {
     ModelConfig::Llama(c)
 }
 
+/// Gemma 3: Gemma 2 with q/k norms, local RoPE base on its windowed layer, no caps.
+fn gemma3() -> ModelConfig {
+    let ModelConfig::Llama(mut c) = gemma2() else {
+        unreachable!()
+    };
+    c.family = LlamaFamily::Gemma3;
+    c.attn_logit_softcapping = None;
+    c.final_logit_softcapping = None;
+    c.rope_theta = 1e6;
+    c.rope_local_base_freq = Some(1e4);
+    ModelConfig::Llama(c)
+}
+
 fn ids(values: &[u32]) -> Tensor {
     Tensor::new(values, &Device::Cpu)
         .unwrap()
@@ -125,6 +139,8 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
         qwen3(),
         mistral_window(),
         gemma2(),
+        gemma3(),
+        phi3(),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
@@ -165,6 +181,8 @@ fn cached_decoding_matches_the_full_forward_pass() {
         qwen3(),
         mistral_window(),
         gemma2(),
+        gemma3(),
+        phi3(),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
@@ -215,6 +233,8 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
         qwen3(),
         mistral_window(),
         gemma2(),
+        gemma3(),
+        phi3(),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
@@ -236,6 +256,8 @@ fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
         qwen3(),
         mistral_window(),
         gemma2(),
+        gemma3(),
+        phi3(),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
@@ -296,6 +318,8 @@ fn seeded_weights_depend_only_on_the_seed() {
         qwen3(),
         mistral_window(),
         gemma2(),
+        gemma3(),
+        phi3(),
     ] {
         let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
         assert_eq!(
@@ -357,6 +381,7 @@ fn a_checkpoint_missing_a_tensor_does_not_load() {
         (qwen2(), "model.layers.1.self_attn.k_proj.bias"),
         (qwen3(), "model.layers.0.self_attn.q_norm.weight"),
         (phi3(), "model.layers.1.mlp.gate_up_proj.weight"),
+        (gemma3(), "model.layers.1.self_attn.k_norm.weight"),
     ] {
         Trainable::seeded(&config, SEED, &Device::Cpu)
             .unwrap()

@@ -363,6 +363,7 @@ fn pretrain(
             attn_logit_softcapping: None,
             final_logit_softcapping: None,
             layer_types: None,
+            rope_local_base_freq: None,
             partial_rotary_factor: None,
             pad_token_id: None,
             rope_scaling: None,

@@ -33,7 +33,7 @@ fn ids(v: &Value) -> Vec<u32> {
 const TOLERANCE: f32 = 1e-4;
 
 /// Every fixture under tests/fixtures/models/ (scripts/make_model_fixtures.py).
-const MODELS: [&str; 9] = [
+const MODELS: [&str; 10] = [
     "gpt2-tiny",
     "llama-tiny",
     "qwen2-tiny",
@@ -43,6 +43,7 @@ const MODELS: [&str; 9] = [
     "mistral-window-tiny",
     "gemma2-tiny",
     "phi3-tiny",
+    "gemma3-tiny",
 ];
 
 #[test]
