@@ -4,13 +4,20 @@
 # nothing changed re-runs nothing and copies the same files.
 #
 #   bash scripts/experiment.sh SPEC DOCS_DIR [extra `hone run` arguments, e.g. -j 2]
+#
+# HONE=PATH runs that binary instead of building target/release/hone (to keep running
+# experiments with one build while the tree changes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 spec=$1
 docs=$2
 shift 2
-cargo build --release --quiet
-hone=target/release/hone
+if [ -n "${HONE:-}" ]; then
+  hone=$HONE
+else
+  cargo build --release --quiet
+  hone=target/release/hone
+fi
 "$hone" run "$spec" "$@"
 mkdir -p "$docs"
 stages=$("$hone" plan "$spec" | sed -n 's/^ *[0-9]*\. \([^ ]*\) (aggregate).*/\1/p')

@@ -222,6 +222,10 @@ pub mod col {
         Arc::new(UInt64Array::from_iter_values(values))
     }
 
+    pub fn u64_opt(values: impl Iterator<Item = Option<u64>>) -> ArrayRef {
+        Arc::new(values.collect::<UInt64Array>())
+    }
+
     pub fn i64(values: impl Iterator<Item = i64>) -> ArrayRef {
         Arc::new(Int64Array::from_iter_values(values))
     }

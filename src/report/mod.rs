@@ -43,6 +43,29 @@ pub fn clustered_mean_se<K: Ord>(observations: &[(K, f64)]) -> (f64, f64) {
     (mean, var.sqrt())
 }
 
+/// Mean and two-way cluster-robust standard error (Cameron, Gelbach and Miller 2011) of
+/// observations that belong to a run (a seed) and to a prompt at once: the runs of an
+/// experiment answer the same held-out prompts, so neither the runs nor the prompts are
+/// independent of each other's errors. Each observation is one (run, prompt) cell,
+/// weighted equally: `V = V_run + V_prompt − V_cell`, each the CR1 variance of
+/// [`clustered_mean_se`] clustered that way (`V_cell` treats every cell as its own
+/// cluster). Where the difference comes out negative (possible in small samples) the
+/// larger of `V_run` and `V_prompt` is used. NaN with fewer than two runs or two prompts.
+pub fn two_way_clustered_mean_se<R: Ord, P: Ord>(observations: &[(R, P, f64)]) -> (f64, f64) {
+    let by_run: Vec<(&R, f64)> = observations.iter().map(|(r, _, y)| (r, *y)).collect();
+    let by_prompt: Vec<(&P, f64)> = observations.iter().map(|(_, p, y)| (p, *y)).collect();
+    let by_cell: Vec<((&R, &P), f64)> = observations.iter().map(|(r, p, y)| ((r, p), *y)).collect();
+    let (mean, se_run) = clustered_mean_se(&by_run);
+    let (_, se_prompt) = clustered_mean_se(&by_prompt);
+    let (_, se_cell) = clustered_mean_se(&by_cell);
+    if !(se_run.is_finite() && se_prompt.is_finite() && se_cell.is_finite()) {
+        return (mean, f64::NAN);
+    }
+    let (v_run, v_prompt) = (se_run * se_run, se_prompt * se_prompt);
+    let v = v_run + v_prompt - se_cell * se_cell;
+    (mean, if v > 0.0 { v } else { v_run.max(v_prompt) }.sqrt())
+}
+
 /// The smallest x at which a curve (points sorted by x) reaches `target`, interpolating
 /// linearly between the last point below and the first at or above it. `None` when it
 /// never does.
@@ -63,6 +86,45 @@ pub fn first_reach(curve: &[(f64, f64)], target: f64) -> Option<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn two_way_clustered_standard_error_by_hand() {
+        // Two runs (a, b) × three prompts (p, q, r):
+        //        p  q  r
+        //   a    1  2  6
+        //   b    3  2  4      mean 18/6 = 3; residuals a: -2 -1 3, b: 0 -1 1.
+        // V_run    = 2/1 · (0² + 0²) / 36 = 0
+        // V_prompt = 3/2 · ((-2)² + (-2)² + 4²) / 36 = 3/2 · 24/36 = 1
+        // V_cell   = 6/5 · (4 + 1 + 9 + 0 + 1 + 1) / 36 = 6/5 · 16/36 = 8/15
+        // V = 0 + 1 - 8/15 = 7/15.
+        let obs = [
+            ("a", "p", 1.0),
+            ("a", "q", 2.0),
+            ("a", "r", 6.0),
+            ("b", "p", 3.0),
+            ("b", "q", 2.0),
+            ("b", "r", 4.0),
+        ];
+        let (m, se) = two_way_clustered_mean_se(&obs);
+        assert_eq!(m, 3.0);
+        assert!((se * se - 7.0 / 15.0).abs() < 1e-12, "{se}");
+        // The runs move together and the prompts do not differ: only the run clusters
+        // carry variance, V_run = 2/1 · ((-3)² + 3²)/36 = 1, V_prompt = 0 and
+        // V_cell = 6/5 · 6/36 = 1/5, so V = 4/5.
+        let obs = [
+            ("a", "p", 2.0),
+            ("a", "q", 2.0),
+            ("a", "r", 2.0),
+            ("b", "p", 4.0),
+            ("b", "q", 4.0),
+            ("b", "r", 4.0),
+        ];
+        let (_, se) = two_way_clustered_mean_se(&obs);
+        assert!((se * se - 0.8).abs() < 1e-12, "{se}");
+        // Shared prompts widen the interval beyond the spread of the run means, which
+        // is what `mean_se` over runs alone would report (0 in the first example).
+        assert!(two_way_clustered_mean_se(&[("a", "p", 1.0), ("a", "q", 2.0)]).1.is_nan());
+    }
 
     #[test]
     fn mean_and_standard_error_by_hand() {

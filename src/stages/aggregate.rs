@@ -2,7 +2,11 @@
 //! of every bound metrics artifact (typically `fit@*.metrics` from a `matrix` group),
 //! groups the runs by panel, series and x, and writes mean ± 2 standard errors over the
 //! rest (the seeds) as a Parquet table, a Markdown table, an SVG chart and an HTML page
-//! that holds both. With a `baseline` series it also says at which x each series first
+//! that holds both. Where every run of a point also has its figure per prompt (the
+//! `clusters.json` that `evaluate` writes), the standard error is clustered two ways, by
+//! run and by prompt (`report::two_way_clustered_mean_se`): the runs answer the same
+//! prompts, so the spread of the run means alone misses how much the figure would move
+//! on other prompts. With a `baseline` series it also says at which x each series first
 //! reaches the baseline's final mean: the labels a method saves.
 
 use std::collections::BTreeMap;
@@ -55,7 +59,8 @@ pub struct AggregateParams {
 
 pub static AGGREGATE: TableKind = TableKind {
     name: "aggregate",
-    version: 1,
+    // 2: the `prompts` column.
+    version: 2,
     doc: "an experiment's runs summarised: mean and standard error per panel, series and x",
     columns: &[
         Column::new("panel", Utf8, false, "the panel's value (empty: one panel)"),
@@ -77,7 +82,13 @@ pub static AGGREGATE: TableKind = TableKind {
             "se",
             Float64,
             true,
-            "standard error of the mean (null with one run)",
+            "standard error of the mean: clustered by run and prompt where `prompts` is set, over the runs otherwise (null with one run)",
+        ),
+        Column::new(
+            "prompts",
+            UInt64,
+            true,
+            "the prompts the standard error is clustered over (null: over the runs alone)",
         ),
         Column::new("lo", Float64, true, "mean - 2 se"),
         Column::new("hi", Float64, true, "mean + 2 se"),
@@ -92,6 +103,7 @@ struct Row {
     runs: u64,
     mean: f64,
     se: Option<f64>,
+    prompts: Option<u64>,
 }
 
 impl TableRow for Row {
@@ -104,14 +116,51 @@ impl TableRow for Row {
             col::u64(rows.iter().map(|r| r.runs)),
             col::f64(rows.iter().map(|r| r.mean)),
             col::f64_opt(rows.iter().map(|r| r.se)),
+            col::u64_opt(rows.iter().map(|r| r.prompts)),
             col::f64_opt(rows.iter().map(|r| r.se.map(|se| r.mean - 2.0 * se))),
             col::f64_opt(rows.iter().map(|r| r.se.map(|se| r.mean + 2.0 * se))),
         ]
     }
 }
 
-/// The values of one (panel, series) line: x (by its bits) -> (x, y of every run).
-type ByX = BTreeMap<u64, (f64, Vec<f64>)>;
+/// One run's y, and its per-prompt values where the run has them.
+#[derive(Debug, Clone)]
+struct RunValue {
+    y: f64,
+    by_prompt: Option<BTreeMap<String, f64>>,
+}
+
+/// The values of one (panel, series) line: x (by its bits) -> (x, every run's value).
+type ByX = BTreeMap<u64, (f64, Vec<RunValue>)>;
+
+/// Mean and standard error of one point: the mean of the runs' values; the standard
+/// error clustered by run and prompt when every run has per-prompt values (with the
+/// number of prompts), over the runs otherwise.
+fn point_estimate(values: &[RunValue]) -> (f64, f64, Option<u64>) {
+    let ys: Vec<f64> = values.iter().map(|v| v.y).collect();
+    let (mean, se_runs) = report::mean_se(&ys);
+    let cells: Option<Vec<(usize, &str, f64)>> = values
+        .iter()
+        .enumerate()
+        .map(|(run, v)| {
+            v.by_prompt.as_ref().map(|by| {
+                by.iter()
+                    .map(move |(prompt, y)| (run, prompt.as_str(), *y))
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect::<Option<Vec<_>>>()
+        .map(|per_run| per_run.into_iter().flatten().collect());
+    match cells {
+        Some(cells) if values.len() >= 2 && !cells.is_empty() => {
+            let prompts: std::collections::BTreeSet<&str> =
+                cells.iter().map(|(_, p, _)| *p).collect();
+            let (_, se) = report::two_way_clustered_mean_se(&cells);
+            (mean, se, Some(prompts.len() as u64))
+        }
+        _ => (mean, se_runs, None),
+    }
+}
 
 fn lookup<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
     path.split('.').try_fold(value, |v, key| v.get(key))
@@ -128,7 +177,9 @@ impl Kind for Aggregate {
     const NAME: &'static str = "aggregate";
 
     // 2: the reach table's header names all five columns.
-    const VERSION: u32 = 2;
+    /// 3: standard errors clustered by run and prompt where the runs have per-prompt
+    /// values (`clusters.json`); the table's `prompts` column.
+    const VERSION: u32 = 3;
 
     const SUMMARY: &'static str =
         "summarise many runs' metrics: mean ± 2 SE per series and x, as a table and an SVG chart";
@@ -184,17 +235,18 @@ impl Kind for Aggregate {
         let (panels, series, values) = read_runs(p, ctx, &runs)?;
         let mut rows: Vec<Row> = Vec::new();
         for ((pi, si), by_x) in &values {
-            let mut points: Vec<&(f64, Vec<f64>)> = by_x.values().collect();
+            let mut points: Vec<&(f64, Vec<RunValue>)> = by_x.values().collect();
             points.sort_by(|a, b| a.0.total_cmp(&b.0));
-            for (x, ys) in points {
-                let (mean, se) = report::mean_se(ys);
+            for (x, values) in points {
+                let (mean, se, prompts) = point_estimate(values);
                 rows.push(Row {
                     panel: panels[*pi].clone(),
                     series: series[*si].clone(),
                     x: *x,
-                    runs: ys.len() as u64,
+                    runs: values.len() as u64,
                     mean,
                     se: se.is_finite().then_some(se),
+                    prompts: prompts.filter(|_| se.is_finite()),
                 });
             }
         }
@@ -237,6 +289,7 @@ impl Kind for Aggregate {
             "x": p.x,
             "y": p.y,
             "points": rows.len(),
+            "standard_errors": STANDARD_ERRORS,
             "reach": reach,
         });
         write(
@@ -285,6 +338,7 @@ fn read_runs(
         };
         let x = number(&p.x)?;
         let y = number(&p.y)?;
+        let by_prompt = read_clusters(&ctx.workspace.join(run), &p.y)?;
         let panel = match &p.panel {
             Some(key) => text(get(key)?),
             None => String::new(),
@@ -308,9 +362,47 @@ fn read_runs(
             .entry(x.to_bits())
             .or_insert_with(|| (x, Vec::new()))
             .1
-            .push(y);
+            .push(RunValue { y, by_prompt });
     }
     Ok((panels, series, values))
+}
+
+/// The per-prompt values of `y` from a run's `clusters.json`, when it has one and that
+/// names `y`: an object of prompt id to number under the same dotted key as in
+/// `summary.json`. A `clusters.json` that is there but broken is an error.
+fn read_clusters(
+    run: &std::path::Path,
+    y: &str,
+) -> Result<Option<BTreeMap<String, f64>>, StageError> {
+    let path = run.join("clusters.json");
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(failed(format!("`{}`: {e}", path.display()))),
+    };
+    let clusters: Value = serde_json::from_str(&text)
+        .map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
+    let Some(values) = lookup(&clusters, y) else {
+        return Ok(None);
+    };
+    let object = values.as_object().ok_or_else(|| {
+        failed(format!(
+            "`{}`: `{y}` is {values}, not an object of prompt values",
+            path.display()
+        ))
+    })?;
+    object
+        .iter()
+        .map(|(prompt, v)| {
+            v.as_f64().map(|v| (prompt.clone(), v)).ok_or_else(|| {
+                failed(format!(
+                    "`{}`: `{y}.{prompt}` is {v}, not a number",
+                    path.display()
+                ))
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 /// Where each series first reaches the baseline's final mean, per panel, and those levels.
@@ -410,6 +502,17 @@ fn panel_title(p: &AggregateParams, panel: &str) -> String {
     }
 }
 
+/// How the intervals are computed, as the reports say it.
+const STANDARD_ERRORS: &str = "± 2 standard errors: clustered two ways, by run and by prompt, where the runs have per-prompt values (runs × prompts); over the runs alone otherwise";
+
+/// The `runs` cell: `5 × 96` when the interval is clustered by run and prompt.
+fn runs_cell(r: &Row) -> String {
+    match r.prompts {
+        Some(prompts) => format!("{} × {prompts}", r.runs),
+        None => r.runs.to_string(),
+    }
+}
+
 fn fmt(v: f64) -> String {
     if v == v.round() && v.abs() < 1e9 {
         format!("{v:.0}")
@@ -422,7 +525,7 @@ fn markdown(p: &AggregateParams, rows: &[Row], reach: &[Value]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "| {} | {} | {} | runs | {} (mean ± 2 SE) |\n|---|---|---:|---:|---:|",
+        "| {} | {} | {} | runs (× prompts) | {} (mean ± 2 SE) |\n|---|---|---:|---:|---:|",
         p.panel.as_deref().unwrap_or("panel"),
         p.series.as_deref().unwrap_or("series"),
         p.x,
@@ -437,10 +540,11 @@ fn markdown(p: &AggregateParams, rows: &[Row], reach: &[Value]) -> String {
             r.panel,
             r.series,
             fmt(r.x),
-            r.runs,
+            runs_cell(r),
             r.mean
         );
     }
+    let _ = writeln!(out, "\n{STANDARD_ERRORS}.");
     if !reach.is_empty() {
         let _ = writeln!(
             out,
@@ -478,7 +582,7 @@ fn html(title: &str, plot: &str, rows: &[Row], reach: &[Value], p: &AggregatePar
             .replace('>', "&gt;")
     };
     let mut out = format!(
-        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>\n<h1>{}</h1>\n{plot}\n<table><tr><th>{}</th><th>{}</th><th>{}</th><th>runs</th><th>mean</th><th>± 2 SE</th></tr>\n",
+        "<!doctype html>\n<html><head><meta charset=\"utf-8\"><title>{}</title>\n<style>body{{font-family:sans-serif;margin:2em;max-width:70em}}table{{border-collapse:collapse;margin:1em 0}}td,th{{border:1px solid #ccc;padding:2px 8px;text-align:right}}</style></head><body>\n<h1>{}</h1>\n{plot}\n<table><tr><th>{}</th><th>{}</th><th>{}</th><th>runs (× prompts)</th><th>mean</th><th>± 2 SE</th></tr>\n",
         esc(title),
         esc(title),
         esc(p.panel.as_deref().unwrap_or("panel")),
@@ -492,12 +596,13 @@ fn html(title: &str, plot: &str, rows: &[Row], reach: &[Value], p: &AggregatePar
             esc(&r.panel),
             esc(&r.series),
             fmt(r.x),
-            r.runs,
+            runs_cell(r),
             r.mean,
             r.se.map_or("n/a".into(), |se| format!("{:.3}", 2.0 * se))
         );
     }
     out.push_str("</table>\n");
+    let _ = writeln!(out, "<p>{}.</p>", esc(STANDARD_ERRORS));
     if !reach.is_empty() {
         out.push_str("<table><tr><th>panel</th><th>series</th><th>target</th><th>reached at</th><th>saving</th></tr>\n");
         for r in reach {

@@ -186,7 +186,9 @@ impl Kind for Evaluate {
     /// standard errors of the flag rates.
     // 3: the model computes through hone's fused CPU kernels (model::kernels), which
     // round differently from the composed ops.
-    const VERSION: u32 = 3;
+    /// 4: the metrics also hold `clusters.json`, each figure's per-prompt means, so that
+    /// `aggregate` can cluster by prompt across runs.
+    const VERSION: u32 = 4;
 
     const SUMMARY: &'static str = "compare policies on held-out prompts: reward-model score, oracle reward and axes, KL, win rates; HTML report";
 
@@ -290,7 +292,8 @@ impl Kind for Evaluate {
             tracing::info!(policy = %name, "evaluated");
         }
 
-        let summary = summarise(p, &rows, scorer.is_some(), world.is_some(), prompts.len());
+        let (summary, clusters) =
+            summarise(p, &rows, scorer.is_some(), world.is_some(), prompts.len());
 
         let metrics_dir = ctx.workspace.join(&ctx.outputs["metrics"]);
         std::fs::create_dir_all(&metrics_dir).map_err(failed)?;
@@ -302,6 +305,14 @@ impl Kind for Evaluate {
             &rows,
             &provenance,
         )?;
+        let mut text = serde_json::to_string(&clusters).map_err(failed)?;
+        text.push('\n');
+        std::fs::write(metrics_dir.join("clusters.json"), text).map_err(|source| {
+            StageError::Io {
+                context: "writing clusters.json".into(),
+                source,
+            }
+        })?;
 
         let histories: Vec<(String, Vec<serde_json::Map<String, Value>>)> = ctx
             .inputs
@@ -428,30 +439,75 @@ fn evaluate_policy(
     Ok(out)
 }
 
+/// The per-prompt means behind one policy's figures, under the same keys as its
+/// summary: what `aggregate` needs to cluster by prompt across runs.
+#[derive(Default)]
+struct PolicyStats {
+    entry: serde_json::Map<String, Value>,
+    clusters: serde_json::Map<String, Value>,
+}
+
+impl PolicyStats {
+    /// A mean with its clustered standard error (`{"mean", "se"}`).
+    fn stat(&mut self, key: &str, obs: &[(&str, f64)]) {
+        let (mean, se) = report::clustered_mean_se(obs);
+        self.entry
+            .insert(key.into(), json!({"mean": mean, "se": se_json(se)}));
+        self.clusters
+            .insert(key.into(), json!({ "mean": prompt_means(obs) }));
+    }
+
+    /// A rate and its clustered standard error (`NAME` and `NAME_se`).
+    fn rate(&mut self, key: &str, obs: &[(&str, f64)]) {
+        let (mean, se) = report::clustered_mean_se(obs);
+        let value = if obs.is_empty() {
+            json!(null)
+        } else {
+            json!(mean)
+        };
+        self.entry.insert(key.into(), value);
+        self.entry.insert(format!("{key}_se"), se_json(se));
+        self.clusters.insert(key.into(), prompt_means(obs));
+    }
+}
+
+fn se_json(se: f64) -> Value {
+    if se.is_finite() {
+        json!(se)
+    } else {
+        json!(null)
+    }
+}
+
+/// Each prompt's mean of its observations, by prompt id.
+fn prompt_means(obs: &[(&str, f64)]) -> Value {
+    let mut sums: BTreeMap<&str, (f64, usize)> = BTreeMap::new();
+    for (prompt, y) in obs {
+        let cell = sums.entry(prompt).or_insert((0.0, 0));
+        cell.0 += y;
+        cell.1 += 1;
+    }
+    Value::Object(
+        sums.into_iter()
+            .map(|(k, (sum, n))| (k.to_string(), json!(sum / n as f64)))
+            .collect(),
+    )
+}
+
 /// Per-policy summaries (means with standard errors, rates) and win rates against the
-/// first policy.
+/// first policy; and, under the same keys, each figure's per-prompt means
+/// (`clusters.json`).
 fn summarise(
     p: &EvaluateParams,
     rows: &[Row],
     has_scorer: bool,
     has_world: bool,
     n_prompts: usize,
-) -> Value {
+) -> (Value, Value) {
     // Every interval is clustered by prompt: the samples of one prompt share it, so
     // they are not independent observations (`report::clustered_mean_se`).
     let baseline = &p.policies[0];
     let by_policy = |name: &str| rows.iter().filter(|r| r.policy == name).collect::<Vec<_>>();
-    let se_json = |se: f64| {
-        if se.is_finite() {
-            json!(se)
-        } else {
-            json!(null)
-        }
-    };
-    let stat = |obs: Vec<(&str, f64)>| {
-        let (mean, se) = report::clustered_mean_se(&obs);
-        json!({"mean": mean, "se": se_json(se)})
-    };
     // The baseline's row for the same prompt and sample (shared random streams make the
     // two answers a pair).
     let base_rows = by_policy(baseline);
@@ -482,6 +538,7 @@ fn summarise(
         }
     };
     let mut policies = serde_json::Map::new();
+    let mut clusters = serde_json::Map::new();
     for name in &p.policies {
         let mine = by_policy(name);
         let values = |f: fn(&Row) -> Option<f64>| -> Vec<(&str, f64)> {
@@ -489,67 +546,68 @@ fn summarise(
                 .filter_map(|r| Some((r.prompt_id.as_str(), f(r)?)))
                 .collect()
         };
-        let mut entry = json!({
-            "responses": mine.len(),
-            "kl": stat(values(|r| Some(r.kl))),
-            "tokens": stat(values(|r| Some(r.tokens as f64))),
-            "ended_rate": mine.iter().filter(|r| r.ended).count() as f64 / mine.len().max(1) as f64,
-        });
-        // A rate and its clustered standard error (`NAME` and `NAME_se`).
-        let mut rate = |key: &str, f: fn(&oracle::OracleScore) -> bool| {
-            let obs: Vec<(&str, f64)> = mine
-                .iter()
+        let mut stats = PolicyStats::default();
+        stats.entry.insert("responses".into(), json!(mine.len()));
+        stats.stat("kl", &values(|r| Some(r.kl)));
+        stats.stat("tokens", &values(|r| Some(r.tokens as f64)));
+        stats.entry.insert(
+            "ended_rate".into(),
+            json!(mine.iter().filter(|r| r.ended).count() as f64 / mine.len().max(1) as f64),
+        );
+        let flag = |f: fn(&oracle::OracleScore) -> bool| -> Vec<(&str, f64)> {
+            mine.iter()
                 .filter_map(|r| {
                     Some((
                         r.prompt_id.as_str(),
                         f64::from(u8::from(f(r.oracle.as_ref()?))),
                     ))
                 })
-                .collect();
-            let (mean, se) = report::clustered_mean_se(&obs);
-            entry[key] = if obs.is_empty() {
-                json!(null)
-            } else {
-                json!(mean)
-            };
-            entry[format!("{key}_se")] = se_json(se);
+                .collect()
         };
         if has_world {
-            rate("hallucination_rate", |o| o.flags.hallucination);
-            rate("bias_rate", |o| o.flags.bias);
-            rate("unsafe_rate", |o| o.flags.unsafe_advice);
+            stats.rate("hallucination_rate", &flag(|o| o.flags.hallucination));
+            stats.rate("bias_rate", &flag(|o| o.flags.bias));
+            stats.rate("unsafe_rate", &flag(|o| o.flags.unsafe_advice));
         }
         // Win rate and paired difference against the baseline, per (prompt, sample)
         // pair, clustered by prompt.
-        let mut against = |key: &str, f: &dyn Fn(&Row) -> Option<f64>| {
-            let wins = paired(&mine, &base_of, f, &win);
-            let (rate, rate_se) = report::clustered_mean_se(&wins);
-            entry[format!("win_rate_{key}")] = if wins.is_empty() {
-                json!(null)
-            } else {
-                json!(rate)
-            };
-            entry[format!("win_rate_{key}_se")] = se_json(rate_se);
+        let against = |stats: &mut PolicyStats, key: &str, f: &dyn Fn(&Row) -> Option<f64>| {
+            stats.rate(&format!("win_rate_{key}"), &paired(&mine, &base_of, f, &win));
             if name != baseline {
-                entry[format!("diff_{key}")] = stat(paired(&mine, &base_of, f, &|a, b| a - b));
+                stats.stat(
+                    &format!("diff_{key}"),
+                    &paired(&mine, &base_of, f, &|a, b| a - b),
+                );
             }
         };
         if has_scorer {
-            against("rm", &|r: &Row| r.rm_score);
+            against(&mut stats, "rm", &|r: &Row| r.rm_score);
         }
         if has_world {
-            against("oracle", &|r: &Row| r.oracle.as_ref().map(|o| o.reward));
+            against(&mut stats, "oracle", &|r: &Row| {
+                r.oracle.as_ref().map(|o| o.reward)
+            });
         }
         if has_scorer {
-            entry["rm_score"] = stat(values(|r| r.rm_score));
+            stats.stat("rm_score", &values(|r| r.rm_score));
         }
         if has_world {
-            entry["oracle_reward"] = stat(values(|r| r.oracle.as_ref().map(|o| o.reward)));
-            entry["helpfulness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.helpfulness)));
-            entry["honesty"] = stat(values(|r| r.oracle.as_ref().map(|o| o.honesty)));
-            entry["harmlessness"] = stat(values(|r| r.oracle.as_ref().map(|o| o.harmlessness)));
+            stats.stat(
+                "oracle_reward",
+                &values(|r| r.oracle.as_ref().map(|o| o.reward)),
+            );
+            stats.stat(
+                "helpfulness",
+                &values(|r| r.oracle.as_ref().map(|o| o.helpfulness)),
+            );
+            stats.stat("honesty", &values(|r| r.oracle.as_ref().map(|o| o.honesty)));
+            stats.stat(
+                "harmlessness",
+                &values(|r| r.oracle.as_ref().map(|o| o.harmlessness)),
+            );
         }
-        policies.insert(name.clone(), entry);
+        policies.insert(name.clone(), Value::Object(stats.entry));
+        clusters.insert(name.clone(), Value::Object(stats.clusters));
     }
     let summary = json!({
         "baseline": baseline,
@@ -560,8 +618,12 @@ fn summarise(
         "tags": p.tags,
         "policies": policies,
     });
-
-    summary
+    let clusters = json!({
+        "cluster": "prompt",
+        "doc": "each figure of summary.json, under the same key, as the mean of each prompt's observations: for `aggregate`, which clusters by prompt across runs",
+        "policies": clusters,
+    });
+    (summary, clusters)
 }
 
 fn esc(s: &str) -> String {

@@ -103,3 +103,69 @@ stages:
         out.stdout
     );
 }
+
+#[test]
+fn runs_with_per_prompt_values_are_clustered_by_run_and_prompt() {
+    let ws = Workspace::new();
+    // Two runs answer the same three prompts: run 1 scores 1, 2, 6 and run 2 scores
+    // 3, 2, 4. Both means are 3, so the spread over runs alone is 0; clustered by run
+    // and prompt the variance is 0 + 1 - 8/15 = 7/15 (`report`'s unit test by hand).
+    ws.write(
+        "p.yaml",
+        r#"name: agg
+stages:
+  sweep:
+    matrix: { seed: [1, 2] }
+    stages:
+      run:
+        kind: command
+        with:
+          cmd: >-
+            mkdir -p ${outputs.metrics} &&
+            echo '{"tags": {"n": 1}, "policies": {"a": {"score": {"mean": 3.0}}}}' > ${outputs.metrics}/summary.json &&
+            if [ ${item.seed} = 1 ]; then v='{"p": 1, "q": 2, "r": 6}'; else v='{"p": 3, "q": 2, "r": 4}'; fi &&
+            echo "{\"policies\": {\"a\": {\"score\": {\"mean\": $v}}}}" > ${outputs.metrics}/clusters.json
+          outputs: { metrics: metrics }
+  curves:
+    kind: aggregate
+    inputs: { runs: run@*.metrics }
+    with: { x: tags.n, y: policies.a.score.mean }
+"#,
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let table = rows(&output(&ws, "curves", "table"));
+    assert_eq!(table.len(), 1, "{table:?}");
+    assert_eq!(table[0]["mean"], 3.0);
+    assert_eq!(table[0]["prompts"], 3);
+    let se = table[0]["se"].as_f64().unwrap();
+    assert!((se * se - 7.0 / 15.0).abs() < 1e-12, "{se}");
+    let report = output(&ws, "curves", "report");
+    let md = std::fs::read_to_string(report.join("table.md")).unwrap();
+    assert!(md.contains("| 1 | 2 × 3 | 3.000 ± 1.366 |"), "{md}");
+
+    // A key that clusters.json does not have falls back to the spread over the runs.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml")
+            .replace("y: policies.a.score.mean", "y: tags.n"),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    let table = rows(&output(&ws, "curves", "table"));
+    assert_eq!(table[0]["prompts"], Value::Null);
+    assert_eq!(table[0]["se"], 0.0);
+
+    // A broken clusters.json is an error naming it, not a silent fallback.
+    ws.write(
+        "p.yaml",
+        &ws.read("p.yaml")
+            .replace("y: tags.n", "y: policies.a.score.mean")
+            .replace("\"p\": 3, ", "\"p\": \"x\", "),
+    );
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("clusters.json`: `policies.a.score.mean.p` is"),
+        "{}",
+        out.stdout
+    );
+}
