@@ -822,7 +822,7 @@ fn sample_params() -> SampleParams {
         top_k: None,
         top_p: None,
         max_new_tokens: NEW_TOKENS,
-        eos_token_id: None,
+        eos_token_ids: Vec::new(),
     }
 }
 

@@ -70,7 +70,7 @@ pub struct LlamaConfig {
     #[serde(default)]
     pub bos_token_id: Option<u32>,
     #[serde(default)]
-    pub eos_token_id: Option<u32>,
+    pub eos_token_id: Option<super::TokenIds>,
     /// The transformers family this layout is read as and written back as (its
     /// `model_type`); not a field of `config.json` itself.
     #[serde(skip)]

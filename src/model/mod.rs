@@ -5,6 +5,7 @@
 pub mod gpt2;
 pub mod kernels;
 pub mod llama;
+pub mod neox;
 pub mod ops;
 pub mod reward;
 pub mod sample;
@@ -20,6 +21,7 @@ use serde_json::Value;
 
 pub use gpt2::{Gpt2, Gpt2Config};
 pub use llama::{Llama, LlamaConfig, LlamaFamily};
+pub use neox::{Neox, NeoxConfig};
 
 /// Gemma 2's and Gemma 3's fields as transformers reads them: their defaults where a key
 /// is absent (head size 256, q k^T scaled by 256^-1/2, a window of 4096; Gemma 2: soft caps
@@ -125,11 +127,43 @@ fn gemma_fields(value: &mut Value, gemma3: bool) -> std::result::Result<(), Stri
     Ok(())
 }
 
+/// GPT-NeoX's rotary settings as hone keeps them (`rotary_pct`, `rotary_emb_base`), from
+/// transformers 5's `rope_parameters` where it has them; rotary types other than plain
+/// RoPE are refused by name.
+fn neox_fields(value: &mut Value) -> std::result::Result<(), String> {
+    if let Some(rope) = value
+        .get("rope_parameters")
+        .filter(|v| !v.is_null())
+        .cloned()
+    {
+        match rope.get("rope_type").and_then(Value::as_str) {
+            None | Some("default") => {}
+            Some(kind) => {
+                return Err(format!(
+                    "rope type `{kind}` is not one hone implements for GPT-NeoX (`default`)"
+                ));
+            }
+        }
+        if let Some(theta) = rope.get("rope_theta").filter(|v| !v.is_null()) {
+            value["rotary_emb_base"] = theta.clone();
+        }
+        if let Some(pct) = rope.get("partial_rotary_factor").filter(|v| !v.is_null()) {
+            value["rotary_pct"] = pct.clone();
+        }
+    }
+    if value.get("rope_scaling").is_some_and(|v| !v.is_null()) {
+        return Err("`rope_scaling` is set: hone implements plain RoPE for GPT-NeoX".into());
+    }
+    Ok(())
+}
+
 /// A model's architecture and sizes, read from and written to `config.json`.
 #[derive(Debug, Clone, PartialEq)]
 pub enum ModelConfig {
     Gpt2(Gpt2Config),
     Llama(LlamaConfig),
+    /// GPT-NeoX (Pythia).
+    Neox(NeoxConfig),
 }
 
 impl ModelConfig {
@@ -258,8 +292,16 @@ impl ModelConfig {
                 config.family = family;
                 ModelConfig::Llama(config).checked()
             }
+            Some("gpt_neox") => {
+                let mut value = value;
+                neox_fields(&mut value)?;
+                serde_json::from_value(value)
+                    .map(ModelConfig::Neox)
+                    .map_err(|e| format!("GPT-NeoX config: {e}"))
+                    .and_then(ModelConfig::checked)
+            }
             Some(other) => Err(format!(
-                "unsupported `model_type` `{other}` (hone trains `gpt2`, `llama` and `qwen2`)"
+                "unsupported `model_type` `{other}` (hone trains gpt2, gpt_neox, llama, qwen2, qwen3, mistral, gemma2, gemma3_text and phi3)"
             )),
             None => Err("no `model_type` field".into()),
         }
@@ -373,7 +415,42 @@ impl ModelConfig {
                 positive("rms_norm_eps", c.rms_norm_eps)?;
                 positive("rope_theta", c.rope_theta)?;
                 token("bos_token_id", c.bos_token_id, c.vocab_size)?;
-                token("eos_token_id", c.eos_token_id, c.vocab_size)?;
+                for id in c.eos_token_id.as_ref().map_or_else(Vec::new, TokenIds::all) {
+                    token("eos_token_id", Some(id), c.vocab_size)?;
+                }
+            }
+            ModelConfig::Neox(c) => {
+                size("vocab_size", c.vocab_size, VOCAB)?;
+                size(
+                    "max_position_embeddings",
+                    c.max_position_embeddings,
+                    POSITIONS,
+                )?;
+                size("hidden_size", c.hidden_size, WIDTH)?;
+                size("num_hidden_layers", c.num_hidden_layers, LAYERS)?;
+                size("num_attention_heads", c.num_attention_heads, c.hidden_size)?;
+                size("intermediate_size", c.intermediate_size, 8 * WIDTH)?;
+                if c.hidden_size % c.num_attention_heads != 0 {
+                    return Err(format!(
+                        "`hidden_size` ({}) is not a multiple of `num_attention_heads` ({})",
+                        c.hidden_size, c.num_attention_heads
+                    ));
+                }
+                if !(0.0..=1.0).contains(&c.rotary_pct) || c.rotary_dim() % 2 != 0 {
+                    return Err(format!(
+                        "`rotary_pct` {} gives {} rotary dimensions of a head of {}: it must be a share in [0, 1] giving an even number",
+                        c.rotary_pct,
+                        c.rotary_dim(),
+                        c.head_dim()
+                    ));
+                }
+                positive("rotary_emb_base", c.rotary_emb_base)?;
+                positive("layer_norm_eps", c.layer_norm_eps)?;
+                c.check_activation()?;
+                token("bos_token_id", c.bos_token_id, c.vocab_size)?;
+                for id in c.eos_token_id.as_ref().map_or_else(Vec::new, TokenIds::all) {
+                    token("eos_token_id", Some(id), c.vocab_size)?;
+                }
             }
         }
         Ok(())
@@ -421,6 +498,32 @@ impl ModelConfig {
                 let head = if c.tie_word_embeddings { 0 } else { v * d };
                 v * d + l * layer + d + head
             }
+            ModelConfig::Neox(c) => {
+                let (v, d, i, l) = (
+                    c.vocab_size as u128,
+                    c.hidden_size as u128,
+                    c.intermediate_size as u128,
+                    c.num_hidden_layers as u128,
+                );
+                let attention_bias = if c.attention_bias { 4 * d } else { 0 };
+                let layer = 4 * d * d + attention_bias + 2 * d * i + i + d + 4 * d;
+                let head = if c.tie_word_embeddings { 0 } else { v * d };
+                v * d + l * layer + 2 * d + head
+            }
+        }
+    }
+
+    /// The weights of an untied LM head (0 when it is tied to the embedding).
+    pub fn untied_head_count(&self) -> u128 {
+        let tied = match self {
+            ModelConfig::Gpt2(_) => true,
+            ModelConfig::Llama(c) => c.tie_word_embeddings,
+            ModelConfig::Neox(c) => c.tie_word_embeddings,
+        };
+        if tied {
+            0
+        } else {
+            (self.vocab_size() * self.hidden_size()) as u128
         }
     }
 
@@ -432,6 +535,7 @@ impl ModelConfig {
                 let (model_type, causal_lm, _) = c.family.names();
                 (serde_json::to_value(c), model_type, causal_lm)
             }
+            ModelConfig::Neox(c) => (serde_json::to_value(c), "gpt_neox", "GPTNeoXForCausalLM"),
         };
         let map = value
             .as_mut()
@@ -475,6 +579,18 @@ impl ModelConfig {
                 map.remove("final_logit_softcapping");
             }
         }
+        if let ModelConfig::Neox(c) = self {
+            // transformers 5 reads the rotary settings from `rope_parameters`; 4 from the
+            // top-level names, which stay.
+            map.insert(
+                "rope_parameters".into(),
+                serde_json::json!({
+                    "rope_type": "default",
+                    "rope_theta": c.rotary_emb_base,
+                    "partial_rotary_factor": c.rotary_pct,
+                }),
+            );
+        }
         if let ModelConfig::Gpt2(_) = self {
             map.insert("tie_word_embeddings".into(), Value::from(true));
             for zero in ["resid_pdrop", "embd_pdrop", "attn_pdrop"] {
@@ -491,6 +607,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt2(c) => c.vocab_size,
             ModelConfig::Llama(c) => c.vocab_size,
+            ModelConfig::Neox(c) => c.vocab_size,
         }
     }
 
@@ -498,6 +615,7 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt2(c) => c.n_positions,
             ModelConfig::Llama(c) => c.max_position_embeddings,
+            ModelConfig::Neox(c) => c.max_position_embeddings,
         }
     }
 
@@ -505,13 +623,40 @@ impl ModelConfig {
         match self {
             ModelConfig::Gpt2(c) => c.n_embd,
             ModelConfig::Llama(c) => c.hidden_size,
+            ModelConfig::Neox(c) => c.hidden_size,
         }
     }
 
+    /// The end-of-text token: the first of a list (Llama 3.1 lists several).
     pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_ids().first().copied()
+    }
+
+    /// Every end-of-sequence token `config.json` names (Llama 3.1 and 3.2 end a turn with
+    /// `<|eot_id|>` or `<|eom_id|>` as well as `<|end_of_text|>`).
+    pub fn eos_token_ids(&self) -> Vec<u32> {
         match self {
-            ModelConfig::Gpt2(c) => c.eos_token_id,
-            ModelConfig::Llama(c) => c.eos_token_id,
+            ModelConfig::Gpt2(c) => c.eos_token_id.into_iter().collect(),
+            ModelConfig::Llama(c) => c.eos_token_id.as_ref().map_or_else(Vec::new, TokenIds::all),
+            ModelConfig::Neox(c) => c.eos_token_id.as_ref().map_or_else(Vec::new, TokenIds::all),
+        }
+    }
+}
+
+/// A token id, or a list of them, as `config.json` writes `eos_token_id` (written back in
+/// the form it was read).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(untagged)]
+pub enum TokenIds {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl TokenIds {
+    pub fn all(&self) -> Vec<u32> {
+        match self {
+            TokenIds::One(id) => vec![*id],
+            TokenIds::Many(ids) => ids.clone(),
         }
     }
 }
@@ -540,6 +685,7 @@ impl KvCache {
 pub enum CausalLm {
     Gpt2(Gpt2),
     Llama(Llama),
+    Neox(Neox),
 }
 
 impl CausalLm {
@@ -549,6 +695,7 @@ impl CausalLm {
         Ok(match config {
             ModelConfig::Gpt2(c) => CausalLm::Gpt2(Gpt2::new(c, vb)?),
             ModelConfig::Llama(c) => CausalLm::Llama(Llama::new(c, vb)?),
+            ModelConfig::Neox(c) => CausalLm::Neox(Neox::new(c, vb)?),
         })
     }
 
@@ -574,6 +721,7 @@ impl CausalLm {
         let n = match self {
             CausalLm::Gpt2(m) => m.n_layers(),
             CausalLm::Llama(m) => m.n_layers(),
+            CausalLm::Neox(m) => m.n_layers(),
         };
         KvCache {
             layers: vec![None; n],
@@ -590,6 +738,7 @@ impl CausalLm {
         match self {
             CausalLm::Gpt2(m) => m.hidden(ids, cache, start),
             CausalLm::Llama(m) => m.hidden(ids, cache, start),
+            CausalLm::Neox(m) => m.hidden(ids, cache, start),
         }
     }
 
@@ -598,6 +747,7 @@ impl CausalLm {
         match self {
             CausalLm::Gpt2(m) => m.last_attention(ids),
             CausalLm::Llama(m) => m.last_attention(ids),
+            CausalLm::Neox(m) => m.last_attention(ids),
         }
     }
 
@@ -605,6 +755,7 @@ impl CausalLm {
         match self {
             CausalLm::Gpt2(m) => m.logits(hidden),
             CausalLm::Llama(m) => m.logits(hidden),
+            CausalLm::Neox(m) => m.logits(hidden),
         }
     }
 
@@ -691,6 +842,17 @@ impl Trainable {
     /// Loads `config.json` and `model.safetensors` from a Hugging Face checkpoint directory.
     /// Weights stored in another float type (bf16, f16) are converted to f32.
     pub fn load(dir: &Path, device: &Device) -> std::result::Result<Self, CheckpointError> {
+        Trainable::load_with(dir, device, false)
+    }
+
+    /// As [`Trainable::load`]; with `without_head`, an untied LM head (`lm_head`,
+    /// `embed_out`) may be absent and is left at its seeded initial weights: a
+    /// `*ForSequenceClassification` checkpoint written by transformers has none.
+    pub fn load_with(
+        dir: &Path,
+        device: &Device,
+        without_head: bool,
+    ) -> std::result::Result<Self, CheckpointError> {
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
             path: config_path.display().to_string(),
@@ -714,7 +876,12 @@ impl Trainable {
         let file_size = std::fs::metadata(&weights_path)
             .map(|m| m.len() as u128)
             .unwrap_or(0);
-        let implied = config.parameter_count();
+        let implied = config.parameter_count()
+            - if without_head {
+                config.untied_head_count()
+            } else {
+                0
+            };
         if implied * 2 > file_size {
             return Err(CheckpointError::Invalid {
                 path: config_path.display().to_string(),
@@ -723,7 +890,13 @@ impl Trainable {
                 ),
             });
         }
-        let trainable = Trainable::init(&config, device)?;
+        // Seeded when a head may be left out, so that it is the same on every run (every
+        // other weight is overwritten below).
+        let trainable = if without_head {
+            Trainable::seeded(&config, 0, device)?
+        } else {
+            Trainable::init(&config, device)?
+        };
         let stored = candle_core::safetensors::load(&weights_path, device).map_err(|e| {
             CheckpointError::Invalid {
                 path: weights_path.display().to_string(),
@@ -739,6 +912,7 @@ impl Trainable {
                     .and_then(|n| stored.get(n))
             });
             match found {
+                None if without_head && is_lm_head(name) => {}
                 None => missing.push(name.clone()),
                 Some(tensor) => {
                     if tensor.dims() != var.dims() {
@@ -810,6 +984,11 @@ impl Trainable {
             .unwrap_or(Device::Cpu);
         CausalLm::frozen(&self.config, &self.varmap, &device)
     }
+}
+
+/// An untied LM head's variables (Llama's `lm_head`, GPT-NeoX's `embed_out`).
+pub fn is_lm_head(name: &str) -> bool {
+    name.starts_with("lm_head.") || name.starts_with("embed_out.")
 }
 
 /// `auto`, `cpu` or `cuda:N`; `auto` is CUDA device 0 when hone is built with the `cuda`

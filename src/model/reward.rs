@@ -49,7 +49,9 @@ impl RewardModel {
         seed: u64,
         device: &Device,
     ) -> std::result::Result<Self, CheckpointError> {
-        let base = Trainable::load(dir, device)?;
+        // A reward model does not use the LM head; transformers does not save it in a
+        // `*ForSequenceClassification` checkpoint.
+        let base = Trainable::load_with(dir, device, true)?;
         let model = RewardModel::from_causal(base, seed, device)?;
         let stored = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
         if let Some(score) = stored.get("score.weight") {
@@ -74,6 +76,7 @@ impl RewardModel {
         let architecture = match &self.base.config {
             ModelConfig::Gpt2(_) => "GPT2ForSequenceClassification",
             ModelConfig::Llama(c) => c.family.names().2,
+            ModelConfig::Neox(_) => "GPTNeoXForSequenceClassification",
         };
         config["architectures"] = Value::from(vec![architecture]);
         config["num_labels"] = Value::from(1);
@@ -86,11 +89,12 @@ impl RewardModel {
         })
     }
 
-    /// The variables to train: everything but a Llama's unused LM head.
+    /// The variables to train: everything but an untied LM head (Llama's `lm_head`,
+    /// GPT-NeoX's `embed_out`), which a reward model does not use.
     pub fn trainable_vars(&self) -> Vec<(String, Var)> {
         super::train::Trainer::named_vars(&self.base.varmap)
             .into_iter()
-            .filter(|(name, _)| !name.starts_with("lm_head."))
+            .filter(|(name, _)| !super::is_lm_head(name))
             .collect()
     }
 

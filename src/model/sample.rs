@@ -15,7 +15,9 @@ pub struct SampleParams {
     pub top_k: Option<usize>,
     pub top_p: Option<f64>,
     pub max_new_tokens: usize,
-    pub eos_token_id: Option<u32>,
+    /// Sampling stops after any of these (a chat model may end a turn with one of
+    /// several).
+    pub eos_token_ids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,7 +57,7 @@ pub fn sample(
         let (token, logprob) = choose(&last, params, rng);
         out.tokens.push(token);
         out.logprobs.push(logprob);
-        if Some(token) == params.eos_token_id {
+        if params.eos_token_ids.contains(&token) {
             out.stopped_at_eos = true;
             break;
         }
@@ -152,7 +154,7 @@ mod tests {
             top_k,
             top_p,
             max_new_tokens: 1,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
         }
     }
 

@@ -49,7 +49,7 @@ fn llama() -> ModelConfig {
         rope_scaling: None,
         attention_bias: false,
         bos_token_id: None,
-        eos_token_id: Some(0),
+        eos_token_id: Some(super::TokenIds::One(0)),
         family: LlamaFamily::Llama,
     })
 }
@@ -123,6 +123,28 @@ fn gemma3() -> ModelConfig {
     ModelConfig::Llama(c)
 }
 
+/// GPT-NeoX: parallel residual, a quarter of each head rotated, untied `embed_out`; and
+/// the serial residual of the GPT-NeoX variants that do not use the parallel one.
+fn neox(parallel: bool) -> ModelConfig {
+    ModelConfig::Neox(super::NeoxConfig {
+        vocab_size: 50,
+        hidden_size: 16,
+        num_hidden_layers: 2,
+        num_attention_heads: 2,
+        intermediate_size: 32,
+        hidden_act: "gelu".into(),
+        max_position_embeddings: 16,
+        layer_norm_eps: 1e-5,
+        use_parallel_residual: parallel,
+        tie_word_embeddings: false,
+        attention_bias: true,
+        rotary_pct: 0.25,
+        rotary_emb_base: 10000.0,
+        bos_token_id: Some(0),
+        eos_token_id: Some(super::TokenIds::One(0)),
+    })
+}
+
 fn ids(values: &[u32]) -> Tensor {
     Tensor::new(values, &Device::Cpu)
         .unwrap()
@@ -141,6 +163,8 @@ fn every_trainable_parameter_gets_a_finite_nonzero_gradient() {
         gemma2(),
         gemma3(),
         phi3(),
+        neox(true),
+        neox(false),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let batch = Batch::new(
@@ -183,6 +207,8 @@ fn cached_decoding_matches_the_full_forward_pass() {
         gemma2(),
         gemma3(),
         phi3(),
+        neox(true),
+        neox(false),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let model = t.frozen().unwrap();
@@ -235,6 +261,8 @@ fn a_saved_checkpoint_loads_with_identical_logits() {
         gemma2(),
         gemma3(),
         phi3(),
+        neox(true),
+        neox(false),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         t.save(dir.path()).unwrap();
@@ -258,6 +286,8 @@ fn a_few_steps_of_adamw_fit_a_repeated_sequence() {
         gemma2(),
         gemma3(),
         phi3(),
+        neox(true),
+        neox(false),
     ] {
         let t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
         let schedule = Schedule {
@@ -320,6 +350,8 @@ fn seeded_weights_depend_only_on_the_seed() {
         gemma2(),
         gemma3(),
         phi3(),
+        neox(true),
+        neox(false),
     ] {
         let a = weights(&Trainable::seeded(&config, 7, &Device::Cpu).unwrap());
         assert_eq!(
@@ -382,6 +414,10 @@ fn a_checkpoint_missing_a_tensor_does_not_load() {
         (qwen3(), "model.layers.0.self_attn.q_norm.weight"),
         (phi3(), "model.layers.1.mlp.gate_up_proj.weight"),
         (gemma3(), "model.layers.1.self_attn.k_norm.weight"),
+        (
+            neox(true),
+            "gpt_neox.layers.1.attention.query_key_value.bias",
+        ),
     ] {
         Trainable::seeded(&config, SEED, &Device::Cpu)
             .unwrap()
@@ -506,4 +542,35 @@ fn gemma2_configs_take_transformers_defaults_and_refuse_other_activations() {
     let err =
         ModelConfig::from_hf_json(&config(r#", "layer_types": ["full_attention"]"#)).unwrap_err();
     assert!(err.contains("`layer_types` names 1 layers"), "{err}");
+}
+
+#[test]
+fn a_list_of_end_tokens_is_read_and_written_back_as_a_list() {
+    // Llama 3.1 and 3.2 configs list three end tokens.
+    let config = |eos: &str| {
+        format!(
+            r#"{{"model_type": "llama", "vocab_size": 50, "hidden_size": 16, "intermediate_size": 32,
+              "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 16, "bos_token_id": 1, "eos_token_id": {eos}}}"#
+        )
+    };
+    let read = ModelConfig::from_hf_json(&config("[2, 8, 9]")).unwrap();
+    assert_eq!(read.eos_token_ids(), vec![2, 8, 9]);
+    assert_eq!(read.eos_token_id(), Some(2));
+    let written = read.to_hf_json();
+    let json: serde_json::Value = serde_json::from_str(&written).unwrap();
+    assert_eq!(
+        json["eos_token_id"],
+        serde_json::json!([2, 8, 9]),
+        "{written}"
+    );
+    assert_eq!(ModelConfig::from_hf_json(&written).unwrap(), read);
+    // One id stays one id.
+    let one = ModelConfig::from_hf_json(&config("7")).unwrap();
+    assert_eq!(one.eos_token_ids(), vec![7]);
+    let json: serde_json::Value = serde_json::from_str(&one.to_hf_json()).unwrap();
+    assert_eq!(json["eos_token_id"], 7);
+    // Every listed id must lie in the vocabulary.
+    let err = ModelConfig::from_hf_json(&config("[2, 80]")).unwrap_err();
+    assert!(err.to_string().contains("`eos_token_id` is 80"), "{err}");
 }

@@ -3,6 +3,8 @@
 //! `StageContext` or the spec; it takes models, tokenizers, paths and plain values, and
 //! returns values or a [`PolicyError`], which the stages turn into their own error.
 //!
+//! - [`chat`]: a model's chat template, rendered as transformers renders it, and the
+//!   tokenizer files that travel with a model.
 //! - [`rollout`]: the one sampling path of generate, ppo and evaluate.
 //! - [`logprobs`]: per-token log-probabilities (and values) of given sequences.
 //! - [`data`]: prompts and demonstrations from JSONL, and epoch batching.
@@ -11,6 +13,7 @@
 //! - [`reward`]: the reward-model scorer, its assessment, pair batching, saving.
 //! - [`train`]: which variables a stage trains.
 
+pub mod chat;
 pub mod data;
 pub mod feedback;
 pub mod logprobs;

@@ -9,6 +9,7 @@ use rand::seq::SliceRandom;
 use serde_json::{Value, json};
 use tokenizers::Tokenizer;
 
+use super::chat::PromptFormat;
 use super::feedback::Pair;
 use super::meta::ModelMeta;
 use super::{PolicyError, Progress, Result};
@@ -17,19 +18,21 @@ use crate::model::reward::{RewardModel, last_hidden};
 use crate::model::{CausalLm, tokenizer};
 use crate::rl::metrics;
 
-/// The tokens a reward model reads for (prompt, response): the template filled in, cut to
+/// hone's template for what a reward model reads, where the model has no chat template.
+pub const DEFAULT_REWARD_TEMPLATE: &str = "User: {prompt}\nAssistant: {response}";
+
+/// The tokens a reward model reads for (prompt, response): the template filled in (or the
+/// exchange rendered by the model's chat template), cut to
 /// leave room in the context, then end-of-text, where the reward is read.
 pub fn reward_input(
     tok: &Tokenizer,
-    template: &str,
+    format: &PromptFormat,
     prompt: &str,
     response: &str,
     context: usize,
     eot: u32,
 ) -> Result<Vec<u32>> {
-    let text = template
-        .replace("{prompt}", prompt)
-        .replace("{response}", response);
+    let text = format.exchange_text(prompt, response)?;
     let mut ids = tokenizer::encode(tok, &text).map_err(PolicyError::Invalid)?;
     ids.truncate(context.saturating_sub(1));
     ids.push(eot);
@@ -203,17 +206,20 @@ pub fn assess(
 }
 
 /// Writes a reward model, its tokenizer and `hone.json` (`{"hone": meta}`: the template it
-/// reads responses with, its offset) to `out`.
+/// reads responses with, its offset) to `out`, with the tokenizer files (chat template,
+/// special tokens) of the model in `base_dir` it was made from.
 pub fn save_reward_model(
     rm: &RewardModel,
     tok: &tokenizers::Tokenizer,
     out: &std::path::Path,
     meta: &super::meta::ModelMeta,
+    base_dir: &std::path::Path,
 ) -> Result<()> {
     let eot = super::end_of_text(&rm.base.config, tok);
     rm.save(out, eot).map_err(|e| PolicyError::input(out, e))?;
     tok.save(out.join("tokenizer.json"), true)
         .map_err(|e| PolicyError::input(out, e))?;
+    super::chat::carry_tokenizer_files(base_dir, out)?;
     meta.write(out)
 }
 
@@ -225,7 +231,7 @@ const MAX_ORACLE_ROWS: usize = 5000;
 pub struct Scorer {
     model: CausalLm,
     tok: tokenizers::Tokenizer,
-    template: String,
+    format: PromptFormat,
     eot: u32,
     context: usize,
     device: candle_core::Device,
@@ -236,14 +242,14 @@ impl Scorer {
     pub fn new(
         rm: &RewardModel,
         tok: &tokenizers::Tokenizer,
-        template: &str,
+        format: &PromptFormat,
         eot: u32,
         device: &candle_core::Device,
     ) -> Result<Self> {
         Ok(Scorer {
             model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)?,
             tok: tok.clone(),
-            template: template.to_string(),
+            format: format.clone(),
             eot,
             context: rm.base.config.context_len(),
             device: device.clone(),
@@ -271,7 +277,7 @@ impl Scorer {
             let seqs = chunk
                 .iter()
                 .map(|(pr, re)| {
-                    reward_input(&self.tok, &self.template, pr, re, self.context, self.eot)
+                    reward_input(&self.tok, &self.format, pr, re, self.context, self.eot)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let h = last_hidden(&self.model, &seqs, self.eot, &self.device)
@@ -291,7 +297,8 @@ impl Scorer {
 }
 
 /// The template a reward model reads responses with: `template` if given, else the one it
-/// was fitted with, else reward-fit's default.
+/// was fitted with, else reward-fit's default. (Left at that default, a model with a chat
+/// template reads through it instead: [`reward_format`].)
 pub fn reward_template(
     meta: Option<&ModelMeta>,
     template: Option<&str>,
@@ -300,7 +307,7 @@ pub fn reward_template(
     let template = template
         .map(str::to_string)
         .or_else(|| meta.and_then(|m| m.template.clone()))
-        .unwrap_or_else(|| "User: {prompt}\nAssistant: {response}".into());
+        .unwrap_or_else(|| DEFAULT_REWARD_TEMPLATE.into());
     if !template.contains("{prompt}") || !template.contains("{response}") {
         return Err(PolicyError::Invalid(format!(
             "`{}`: the reward template `{template}` lacks `{{prompt}}` or `{{response}}`",
@@ -308,6 +315,12 @@ pub fn reward_template(
         )));
     }
     Ok(template)
+}
+
+/// How the reward model in `dir` reads (prompt, response): its chat template when it has
+/// one and `template` is hone's default, else `template`.
+pub fn reward_format(dir: &std::path::Path, template: &str) -> Result<PromptFormat> {
+    PromptFormat::for_model(dir, template, DEFAULT_REWARD_TEMPLATE)
 }
 
 /// A reward model's score of one response, and with ABC the attention of its final token
@@ -323,7 +336,7 @@ pub struct RewardScorer {
     model: CausalLm,
     head: candle_core::Tensor,
     tok: Tokenizer,
-    template: String,
+    format: PromptFormat,
     offset: f64,
     eot: u32,
     context: usize,
@@ -342,6 +355,7 @@ impl RewardScorer {
         let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(PolicyError::Invalid)?;
         let meta = ModelMeta::read(dir)?;
         let template = reward_template(meta.as_ref(), template, dir)?;
+        let format = reward_format(dir, &template)?;
         let eot = super::end_of_text(&rm.base.config, &tok);
         Ok(RewardScorer {
             model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)
@@ -350,7 +364,7 @@ impl RewardScorer {
             offset: meta.and_then(|m| m.reward_offset).unwrap_or(0.0),
             context: rm.base.config.context_len(),
             tok,
-            template,
+            format,
             eot,
             device: device.clone(),
         })
@@ -363,16 +377,16 @@ impl RewardScorer {
         for chunk in items.chunks(32) {
             let seqs = chunk
                 .iter()
-                .map(|(p, r)| reward_input(&self.tok, &self.template, p, r, self.context, self.eot))
+                .map(|(p, r)| reward_input(&self.tok, &self.format, p, r, self.context, self.eot))
                 .collect::<Result<Vec<_>>>()?;
             let rewards = last_hidden(&self.model, &seqs, self.eot, &self.device)
                 .and_then(|h| h.matmul(&self.head.t()?))
                 .and_then(|r| r.squeeze(1))
                 .and_then(|r| r.to_vec1::<f32>())
                 .map_err(PolicyError::from)?;
-            for ((prompt, _), (seq, r)) in chunk.iter().zip(seqs.iter().zip(rewards)) {
+            for ((prompt, response), (seq, r)) in chunk.iter().zip(seqs.iter().zip(rewards)) {
                 let weights = if attention {
-                    Some(self.response_attention(prompt, seq)?)
+                    Some(self.response_attention(prompt, response, seq)?)
                 } else {
                     None
                 };
@@ -385,18 +399,15 @@ impl RewardScorer {
         Ok(out)
     }
 
-    fn response_attention(&self, prompt: &str, seq: &[u32]) -> Result<Vec<f64>> {
-        let (before, after) = self
-            .template
-            .split_once("{response}")
-            .expect("checked at load");
-        let start = tokenizer::encode(&self.tok, &before.replace("{prompt}", prompt))
+    fn response_attention(&self, prompt: &str, response: &str, seq: &[u32]) -> Result<Vec<f64>> {
+        let (before, after) = self.format.around_response(prompt, response)?;
+        let start = tokenizer::encode(&self.tok, &before)
             .map_err(PolicyError::Invalid)?
             .len();
         let tail = if after.is_empty() {
             0
         } else {
-            tokenizer::encode(&self.tok, &after.replace("{prompt}", prompt))
+            tokenizer::encode(&self.tok, &after)
                 .map_err(PolicyError::Invalid)?
                 .len()
         };

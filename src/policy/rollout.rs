@@ -26,8 +26,10 @@ pub struct RolloutParams<'a> {
     pub top_k: Option<usize>,
     pub top_p: Option<f64>,
     pub max_new_tokens: usize,
-    /// The end-of-text token (`stages::lm::end_of_text`).
-    pub eos: u32,
+    /// The tokens that end a completion: the end-of-text token
+    /// (`stages::lm::end_of_text`), and a chat model's end of turn
+    /// (`chat::PromptFormat::stop_tokens`).
+    pub eos: &'a [u32],
     /// A completion ends at the first of these strings.
     pub stop: &'a [String],
 }
@@ -59,7 +61,12 @@ pub struct Completion {
 impl<'a> RolloutParams<'a> {
     /// Plain sampling at `temperature`, without top-k or top-p truncation (what PPO and
     /// evaluate use: log-probabilities under the distribution sampled from).
-    pub fn sampling(temperature: f64, max_new_tokens: usize, eos: u32, stop: &'a [String]) -> Self {
+    pub fn sampling(
+        temperature: f64,
+        max_new_tokens: usize,
+        eos: &'a [u32],
+        stop: &'a [String],
+    ) -> Self {
         RolloutParams {
             temperature,
             top_k: None,
@@ -96,7 +103,7 @@ pub fn rollout(
         top_k: params.top_k,
         top_p: params.top_p,
         max_new_tokens: params.max_new_tokens,
-        eos_token_id: Some(params.eos),
+        eos_token_ids: params.eos.to_vec(),
     };
     let decode = |ids: &[u32]| tokenizer::decode(tok, ids).map_err(PolicyError::Invalid);
     requests
@@ -122,14 +129,14 @@ pub fn rollout(
 /// response text. Pure over `decode`, so it is tested with a toy decoder.
 pub fn cut(
     tokens: &[u32],
-    eos: u32,
+    eos: &[u32],
     stops: &[String],
     decode: impl Fn(&[u32]) -> Result<String>,
 ) -> Result<(usize, StopReason, String)> {
     let mut kept = tokens.len();
     let mut reason = StopReason::Length;
     for (i, &t) in tokens.iter().enumerate() {
-        if t == eos {
+        if eos.contains(&t) {
             kept = i + 1;
             reason = StopReason::Eos;
             break;
@@ -146,7 +153,7 @@ pub fn cut(
     let body: Vec<u32> = tokens[..kept]
         .iter()
         .copied()
-        .filter(|&t| t != eos)
+        .filter(|t| !eos.contains(t))
         .collect();
     let decoded = decode(&body)?;
     let end = stops
@@ -188,15 +195,22 @@ mod tests {
 
     #[test]
     fn eos_ends_a_completion_and_is_kept_as_its_last_token() {
-        let (kept, why, text) = cut(&[0, 1, 9, 2], 9, &[], decode).unwrap();
+        let (kept, why, text) = cut(&[0, 1, 9, 2], &[9], &[], decode).unwrap();
         assert_eq!((kept, why, text.as_str()), (3, StopReason::Eos, "ab"));
+    }
+
+    #[test]
+    fn any_of_several_end_tokens_ends_it() {
+        // A chat model ends its turn with its own token (7) as well as end-of-text (9).
+        let (kept, why, text) = cut(&[0, 7, 1, 9], &[9, 7], &[], decode).unwrap();
+        assert_eq!((kept, why, text.as_str()), (2, StopReason::Eos, "a"));
     }
 
     #[test]
     fn a_stop_string_ends_it_at_the_token_that_completes_it() {
         // "abcd": the stop string "cd" is complete after token 3; the text ends before it.
         let stops = vec!["cd".to_string()];
-        let (kept, why, text) = cut(&[0, 1, 2, 3, 4, 5], 9, &stops, decode).unwrap();
+        let (kept, why, text) = cut(&[0, 1, 2, 3, 4, 5], &[9], &stops, decode).unwrap();
         assert_eq!(
             (kept, why, text.as_str()),
             (4, StopReason::StopString, "ab")
@@ -206,7 +220,7 @@ mod tests {
     #[test]
     fn without_eos_or_stop_string_everything_is_kept() {
         let stops = vec!["zz".to_string()];
-        let (kept, why, text) = cut(&[0, 1, 2], 9, &stops, decode).unwrap();
+        let (kept, why, text) = cut(&[0, 1, 2], &[9], &stops, decode).unwrap();
         assert_eq!((kept, why, text.as_str()), (3, StopReason::Length, "abc"));
     }
 
@@ -236,7 +250,7 @@ mod tests {
             top_k: None,
             top_p: None,
             max_new_tokens: 8,
-            eos: 0,
+            eos: &[0],
             stop: &stop,
         };
         let together =

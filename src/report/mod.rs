@@ -123,7 +123,11 @@ mod tests {
         assert!((se * se - 0.8).abs() < 1e-12, "{se}");
         // Shared prompts widen the interval beyond the spread of the run means, which
         // is what `mean_se` over runs alone would report (0 in the first example).
-        assert!(two_way_clustered_mean_se(&[("a", "p", 1.0), ("a", "q", 2.0)]).1.is_nan());
+        assert!(
+            two_way_clustered_mean_se(&[("a", "p", 1.0), ("a", "q", 2.0)])
+                .1
+                .is_nan()
+        );
     }
 
     #[test]

@@ -380,8 +380,8 @@ fn read_clusters(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(failed(format!("`{}`: {e}", path.display()))),
     };
-    let clusters: Value = serde_json::from_str(&text)
-        .map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
+    let clusters: Value =
+        serde_json::from_str(&text).map_err(|e| failed(format!("`{}`: {e}", path.display())))?;
     let Some(values) = lookup(&clusters, y) else {
         return Ok(None);
     };

@@ -13,8 +13,9 @@ use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
+use crate::model::CausalLm;
 use crate::model::train::{Schedule, Trainer, token_logprobs};
-use crate::model::{CausalLm, tokenizer};
+use crate::policy::chat::PromptFormat;
 use crate::policy::data::epoch_batches;
 use crate::policy::feedback::Pair;
 use crate::policy::meta::ModelMeta;
@@ -192,26 +193,12 @@ impl Kind for Dpo {
                 feedback_dir.display()
             )));
         }
-        let examples = encode_pairs(p, &tok, &pairs, eot, context)?;
+        let format = lm::prompt_format(ctx, "policy", &p.template)?;
+        let examples = encode_pairs(&format, &tok, &pairs, eot, context)?;
 
         // The reference's log-probabilities, once.
         let reference_sums = response_sums(ctx, &reference, &examples, eot, &device)?;
-        let provenance = ctx.provenance();
-        let mut writer: TableWriter<RefRow> = TableWriter::create(
-            &ctx.workspace.join(&ctx.outputs["reference_logprobs"]),
-            &provenance,
-        )
-        .map_err(failed)?;
-        for (pair, sums) in pairs.iter().zip(&reference_sums) {
-            writer
-                .push(RefRow {
-                    pair,
-                    chosen: sums[0],
-                    rejected: sums[1],
-                })
-                .map_err(failed)?;
-        }
-        writer.finish().map_err(failed)?;
+        write_reference_table(ctx, &pairs, &reference_sums)?;
 
         // Batches of pairs, ordered by length within a seeded shuffle (as `sft`).
         let by_length: Vec<(Vec<u32>, usize)> = examples
@@ -285,6 +272,7 @@ impl Kind for Dpo {
                 template: Some(p.template.clone()),
                 ..ModelMeta::of_stage("dpo")
             },
+            Some(&lm::input_dir(ctx, "policy")?),
         )?;
         let summary = json!({
             "pairs": pairs.len(),
@@ -299,29 +287,51 @@ impl Kind for Dpo {
             &ctx.workspace.join(&ctx.outputs["metrics"]),
             &summary,
             &history,
-            &provenance,
+            &ctx.provenance(),
         )?;
         Ok(())
     }
 }
 
+/// The `reference_logprobs` table: each pair's summed response log-probabilities under
+/// the reference.
+fn write_reference_table(
+    ctx: &StageContext<'_>,
+    pairs: &[Pair],
+    reference_sums: &[[f64; 2]],
+) -> Result<(), StageError> {
+    let mut writer: TableWriter<RefRow> = TableWriter::create(
+        &ctx.workspace.join(&ctx.outputs["reference_logprobs"]),
+        &ctx.provenance(),
+    )
+    .map_err(failed)?;
+    for (pair, sums) in pairs.iter().zip(reference_sums) {
+        writer
+            .push(RefRow {
+                pair,
+                chosen: sums[0],
+                rejected: sums[1],
+            })
+            .map_err(failed)?;
+    }
+    writer.finish().map_err(failed)?;
+    Ok(())
+}
+
 /// A pair's chosen and rejected answers as (tokens, first response token), each the
-/// template's prompt, a space, the response and end-of-text, cut to the context.
+/// template's prompt, a space, the response and end-of-text (or the exchange in the
+/// model's chat format), cut to the context.
 type Example = [(Vec<u32>, usize); 2];
 
 fn encode_pairs(
-    p: &DpoParams,
+    format: &PromptFormat,
     tok: &tokenizers::Tokenizer,
     pairs: &[Pair],
     eot: u32,
     context: usize,
 ) -> Result<Vec<Example>, StageError> {
     let encode = |prompt: &str, response: &str| -> Result<(Vec<u32>, usize), StageError> {
-        let mut tokens =
-            tokenizer::encode(tok, &p.template.replace("{prompt}", prompt)).map_err(failed)?;
-        let start = tokens.len();
-        tokens.extend(tokenizer::encode(tok, &format!(" {response}")).map_err(failed)?);
-        tokens.push(eot);
+        let (mut tokens, start) = format.encode_exchange(tok, prompt, response, eot)?;
         tokens.truncate(context);
         if start + 1 >= tokens.len() {
             return Err(failed(format!(

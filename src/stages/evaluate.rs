@@ -18,7 +18,6 @@ use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::table::{self, Column, ColumnType::*, TableKind, TableRow, col};
 use crate::model::CausalLm;
-use crate::model::tokenizer;
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::per_token;
 use crate::policy::reward::RewardScorer;
@@ -371,14 +370,21 @@ fn evaluate_policy(
     let (policy, tok) = lm::load_input(ctx, name, device)?;
     let model = policy.frozen().map_err(failed)?;
     let eos = lm::end_of_text(&policy.config, &tok);
-    let params = RolloutParams::sampling(p.temperature, p.max_new_tokens, eos, &p.stop);
+    let prompt_format = lm::prompt_format(ctx, name, &p.template)?;
+    let stop_tokens = prompt_format.stop_tokens(
+        &lm::input_dir(ctx, name)?,
+        &tok,
+        eos,
+        &policy.config.eos_token_ids(),
+    )?;
+    let params = RolloutParams::sampling(p.temperature, p.max_new_tokens, &stop_tokens, &p.stop);
     let mut responses = Vec::new();
     let mut sequences = Vec::new();
     for (n, (id, text)) in prompts.iter().enumerate() {
         if ctx.cancelled() {
             return Err(StageError::Cancelled);
         }
-        let ids = tokenizer::encode(&tok, &p.template.replace("{prompt}", text)).map_err(failed)?;
+        let ids = prompt_format.encode_prompt(&tok, text)?;
         rollout::check_fits(
             id,
             ids.len(),
@@ -494,6 +500,33 @@ fn prompt_means(obs: &[(&str, f64)]) -> Value {
     )
 }
 
+/// `g` of each of `mine`'s values and the baseline's for the same prompt and sample, by
+/// prompt.
+fn paired<'a>(
+    mine: &[&'a Row],
+    base_of: &BTreeMap<(&str, u64), &Row>,
+    f: &dyn Fn(&Row) -> Option<f64>,
+    g: &dyn Fn(f64, f64) -> f64,
+) -> Vec<(&'a str, f64)> {
+    mine.iter()
+        .filter_map(|a| {
+            let b = base_of.get(&(a.prompt_id.as_str(), a.sample))?;
+            Some((a.prompt_id.as_str(), g(f(a)?, f(b)?)))
+        })
+        .collect()
+}
+
+/// 1 when `a` beats `b`, a half for a tie.
+fn win(a: f64, b: f64) -> f64 {
+    if a > b {
+        1.0
+    } else if a == b {
+        0.5
+    } else {
+        0.0
+    }
+}
+
 /// Per-policy summaries (means with standard errors, rates) and win rates against the
 /// first policy; and, under the same keys, each figure's per-prompt means
 /// (`clusters.json`).
@@ -515,28 +548,6 @@ fn summarise(
         .iter()
         .map(|r| ((r.prompt_id.as_str(), r.sample), *r))
         .collect();
-    fn paired<'a>(
-        mine: &[&'a Row],
-        base_of: &BTreeMap<(&str, u64), &Row>,
-        f: &dyn Fn(&Row) -> Option<f64>,
-        g: &dyn Fn(f64, f64) -> f64,
-    ) -> Vec<(&'a str, f64)> {
-        mine.iter()
-            .filter_map(|a| {
-                let b = base_of.get(&(a.prompt_id.as_str(), a.sample))?;
-                Some((a.prompt_id.as_str(), g(f(a)?, f(b)?)))
-            })
-            .collect()
-    }
-    let win = |a: f64, b: f64| {
-        if a > b {
-            1.0
-        } else if a == b {
-            0.5
-        } else {
-            0.0
-        }
-    };
     let mut policies = serde_json::Map::new();
     let mut clusters = serde_json::Map::new();
     for name in &p.policies {
@@ -572,7 +583,10 @@ fn summarise(
         // Win rate and paired difference against the baseline, per (prompt, sample)
         // pair, clustered by prompt.
         let against = |stats: &mut PolicyStats, key: &str, f: &dyn Fn(&Row) -> Option<f64>| {
-            stats.rate(&format!("win_rate_{key}"), &paired(&mine, &base_of, f, &win));
+            stats.rate(
+                &format!("win_rate_{key}"),
+                &paired(&mine, &base_of, f, &win),
+            );
             if name != baseline {
                 stats.stat(
                     &format!("diff_{key}"),

@@ -10,7 +10,6 @@ use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
 use crate::artifact::candidates::Candidate;
 use crate::artifact::table::TableWriter;
-use crate::model::tokenizer;
 use crate::policy::data::read_prompts;
 use crate::policy::rollout::{self, RolloutParams, rollout};
 use crate::spec::derive_seed;
@@ -121,12 +120,19 @@ impl Kind for Generate {
             prompts.truncate(n);
         }
         let eos = lm::end_of_text(&trainable.config, &tok);
+        let format = lm::prompt_format(ctx, "model", &p.template)?;
+        let stop_tokens = format.stop_tokens(
+            &lm::input_dir(ctx, "model")?,
+            &tok,
+            eos,
+            &trainable.config.eos_token_ids(),
+        )?;
         let params = RolloutParams {
             temperature: p.temperature,
             top_k: p.top_k,
             top_p: p.top_p,
             max_new_tokens: p.max_new_tokens,
-            eos,
+            eos: &stop_tokens,
             stop: &p.stop,
         };
         let context = trainable.config.context_len();
@@ -140,8 +146,7 @@ impl Kind for Generate {
             if ctx.cancelled() {
                 return Err(StageError::Cancelled);
             }
-            let ids =
-                tokenizer::encode(&tok, &p.template.replace("{prompt}", text)).map_err(failed)?;
+            let ids = format.encode_prompt(&tok, text)?;
             rollout::check_fits(id, ids.len(), p.max_new_tokens, context, "the model")?;
             // Each (prompt, sample) draws from its own stream: results do not depend on
             // the order or number of prompts.

@@ -15,6 +15,7 @@ use super::{StageContext, StageError};
 use crate::artifact::table::Provenance;
 use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::{self, Trainable, tokenizer};
+use crate::policy::chat::PromptFormat;
 use crate::policy::meta::ModelMeta;
 
 pub fn failed(e: impl std::fmt::Display) -> StageError {
@@ -57,13 +58,31 @@ pub fn load_input(
     port: &str,
     device: &Device,
 ) -> Result<(Trainable, Tokenizer), StageError> {
-    let dir = ctx.workspace.join(
+    load_dir(&input_dir(ctx, port)?, device)
+}
+
+/// The directory of the (first) artifact bound to input `port`.
+pub fn input_dir(ctx: &StageContext<'_>, port: &str) -> Result<std::path::PathBuf, StageError> {
+    Ok(ctx.workspace.join(
         ctx.inputs
             .get(port)
             .and_then(|p| p.first())
             .ok_or_else(|| failed(format!("no `{port}` input")))?,
-    );
-    load_dir(&dir, device)
+    ))
+}
+
+/// How prompts are put to the model bound to `port`: its chat template when it has one
+/// and the stage's `template` is hone's default, else `template` (`PromptFormat::for_model`).
+pub fn prompt_format(
+    ctx: &StageContext<'_>,
+    port: &str,
+    template: &str,
+) -> Result<PromptFormat, StageError> {
+    Ok(PromptFormat::for_model(
+        &input_dir(ctx, port)?,
+        template,
+        &default_template(),
+    )?)
 }
 
 pub fn load_dir(dir: &Path, device: &Device) -> Result<(Trainable, Tokenizer), StageError> {
@@ -99,15 +118,20 @@ pub fn load_reference(
 }
 
 /// Writes a model directory a Hugging Face user recognises, plus `hone.json` (how it was
-/// made).
+/// made), with the tokenizer files (chat template, special tokens, generation config) of
+/// the model in `base_dir` it was made from.
 pub fn write_model(
     dir: &Path,
     trainable: &Trainable,
     tok: &Tokenizer,
     meta: &ModelMeta,
+    base_dir: Option<&Path>,
 ) -> Result<(), StageError> {
     trainable.save(dir).map_err(failed)?;
     tok.save(dir.join("tokenizer.json"), true).map_err(failed)?;
+    if let Some(base) = base_dir {
+        crate::policy::chat::carry_tokenizer_files(base, dir)?;
+    }
     Ok(meta.write(dir)?)
 }
 

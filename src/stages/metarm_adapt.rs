@@ -241,6 +241,7 @@ impl Kind for MetarmAdapt {
         let tok = tokenizer::load(&rm_dir.join("tokenizer.json")).map_err(failed)?;
         let meta = ModelMeta::read(&rm_dir)?;
         let template = lm::reward_template(meta.as_ref(), None, &rm_dir)?;
+        let format = crate::policy::reward::reward_format(&rm_dir, &template)?;
         let eot = lm::end_of_text(&rm.base.config, &tok);
 
         let data = lm::read_feedback(ctx, p.use_margin)?;
@@ -271,7 +272,7 @@ impl Kind for MetarmAdapt {
         // How the reward model ranks and spreads the policy's responses. A fresh scorer
         // each time: it reads the variables' storage, but caches features.
         let diagnose = || -> Result<Assessment, StageError> {
-            let mut scorer = Scorer::new(&rm, &tok, &template, eot, &device)?;
+            let mut scorer = Scorer::new(&rm, &tok, &format, eot, &device)?;
             let head = head_weights(&rm)?;
             let mut a = assess(
                 ctx,
@@ -297,7 +298,7 @@ impl Kind for MetarmAdapt {
                 p,
                 &rm,
                 &tok,
-                &template,
+                &format,
                 &train_pairs,
                 &candidates,
                 &groups,
@@ -336,7 +337,7 @@ impl Kind for MetarmAdapt {
             template: Some(template.clone()),
             ..meta.unwrap_or_default()
         };
-        save_reward_model(&rm, &tok, &out, &meta_out)?;
+        save_reward_model(&rm, &tok, &out, &meta_out, &rm_dir)?;
 
         let provenance = ctx.provenance();
         lm::write_summary_and_table(
@@ -448,7 +449,7 @@ fn adapt(
     p: &MetarmParams,
     rm: &RewardModel,
     tok: &tokenizers::Tokenizer,
-    template: &str,
+    format: &crate::policy::chat::PromptFormat,
     train_pairs: &[Pair],
     candidates: &[Candidate],
     groups: &[Vec<usize>],
@@ -457,7 +458,7 @@ fn adapt(
     let eot = lm::end_of_text(&rm.base.config, tok);
     let context = rm.base.config.context_len();
     let encode = |prompt: &str, response: &str| {
-        lm::reward_input(tok, template, prompt, response, context, eot)
+        lm::reward_input(tok, format, prompt, response, context, eot)
     };
     let (pref_batches, meta_batches) = batch_plan(p, train_pairs, groups, ctx.seed);
 

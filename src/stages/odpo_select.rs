@@ -44,7 +44,7 @@ fn default_iterations() -> usize {
     500
 }
 fn default_template() -> String {
-    "User: {prompt}\nAssistant: {response}".into()
+    crate::policy::reward::DEFAULT_REWARD_TEMPLATE.into()
 }
 
 /// Parameters of an `odpo-select` stage.
@@ -378,6 +378,7 @@ fn candidate_features(
     let rm = RewardModel::load(dir, ctx.seed, device).map_err(failed)?;
     let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
     let eot = rm.base.config.eos_token_id().unwrap_or(0);
+    let format = crate::policy::reward::reward_format(dir, &p.template)?;
     let context = rm.base.config.context_len();
     let frozen = CausalLm::frozen(&rm.base.config, &rm.base.varmap, device).map_err(failed)?;
     let mut features: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
@@ -388,7 +389,7 @@ fn candidate_features(
         }
         let seqs = chunk
             .iter()
-            .map(|c| lm::reward_input(&tok, &p.template, &c.prompt, &c.response, context, eot))
+            .map(|c| lm::reward_input(&tok, &format, &c.prompt, &c.response, context, eot))
             .collect::<Result<Vec<_>, crate::policy::PolicyError>>()?;
         let h = last_hidden(&frozen, &seqs, eot, device)
             .and_then(|t| t.to_vec2::<f32>())

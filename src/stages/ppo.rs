@@ -26,6 +26,7 @@ use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, col};
 use crate::model::reward::RewardModel;
 use crate::model::train::{Schedule, Trainer, token_logprobs};
 use crate::model::{CausalLm, Trainable, tokenizer};
+use crate::policy::chat::PromptFormat;
 use crate::policy::data::read_prompts;
 use crate::policy::logprobs::{per_token, value_of};
 use crate::policy::meta::ModelMeta;
@@ -437,14 +438,7 @@ impl Kind for Ppo {
             &device,
         )?;
         let eos = lm::end_of_text(&policy.config, &tok);
-        let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
-        if let Some(n) = p.max_prompts {
-            prompts.truncate(n);
-        }
-        if prompts.is_empty() {
-            return Err(failed(format!("`{}` has no prompts", p.prompts)));
-        }
-        let encoded = encode_prompts(p, &tok, &prompts, policy.config.context_len())?;
+        let (prompts, encoded, stop_tokens) = prompts_and_stops(p, ctx, &policy, &tok, eos)?;
 
         let steps_per_iteration = p.epochs * p.rollouts.div_ceil(p.minibatch_size);
         let schedule = |lr: f64| Schedule {
@@ -489,6 +483,7 @@ impl Kind for Ppo {
             value_head: &value_head,
             value_bias: &value_bias,
             eos,
+            stop_tokens: &stop_tokens,
             device: &device,
         };
         let started = std::time::Instant::now();
@@ -562,13 +557,46 @@ struct Models<'a> {
     tok: &'a tokenizers::Tokenizer,
     value_head: &'a Tensor,
     value_bias: &'a Tensor,
+    /// End-of-text: what sequences are padded with.
     eos: u32,
+    /// What ends a sampled response (end-of-text, and a chat model's end of turn).
+    stop_tokens: &'a [u32],
     device: &'a Device,
 }
 
-/// Each prompt through the template, checked against the context.
+/// The prompts (at most `max_prompts`), each encoded through the template (or the
+/// policy's chat template), and the tokens that end a response.
+#[allow(clippy::type_complexity)]
+fn prompts_and_stops(
+    p: &PpoParams,
+    ctx: &StageContext<'_>,
+    policy: &Trainable,
+    tok: &tokenizers::Tokenizer,
+    eos: u32,
+) -> Result<(Vec<(String, String)>, Vec<Vec<u32>>, Vec<u32>), StageError> {
+    let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
+    if let Some(n) = p.max_prompts {
+        prompts.truncate(n);
+    }
+    if prompts.is_empty() {
+        return Err(failed(format!("`{}` has no prompts", p.prompts)));
+    }
+    let format = lm::prompt_format(ctx, "policy", &p.template)?;
+    let stop_tokens = format.stop_tokens(
+        &lm::input_dir(ctx, "policy")?,
+        tok,
+        eos,
+        &policy.config.eos_token_ids(),
+    )?;
+    let encoded = encode_prompts(p, &format, tok, &prompts, policy.config.context_len())?;
+    Ok((prompts, encoded, stop_tokens))
+}
+
+/// Each prompt through the template (or the model's chat template), checked against the
+/// context.
 fn encode_prompts(
     p: &PpoParams,
+    format: &PromptFormat,
     tok: &tokenizers::Tokenizer,
     prompts: &[(String, String)],
     context: usize,
@@ -576,8 +604,7 @@ fn encode_prompts(
     prompts
         .iter()
         .map(|(id, text)| {
-            let ids =
-                tokenizer::encode(tok, &p.template.replace("{prompt}", text)).map_err(failed)?;
+            let ids = format.encode_prompt(tok, text)?;
             check_fits(id, ids.len(), p.max_new_tokens, context, "the model")?;
             Ok(ids)
         })
@@ -794,7 +821,8 @@ fn collect(
             (encoded[i].as_slice(), seed)
         })
         .collect();
-    let rollout_params = RolloutParams::sampling(p.temperature, p.max_new_tokens, eos, &p.stop);
+    let rollout_params =
+        RolloutParams::sampling(p.temperature, p.max_new_tokens, m.stop_tokens, &p.stop);
     let responses: Vec<(Vec<u32>, bool, String)> =
         rollout(&frozen, m.tok, &requests, &rollout_params, device)?
             .into_iter()
@@ -964,6 +992,7 @@ fn write_outputs(
         .save_filtered(&out, |name| !name.starts_with("hone_value."))
         .map_err(failed)?;
     tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
+    crate::policy::chat::carry_tokenizer_files(&lm::input_dir(ctx, "policy")?, &out)?;
     ModelMeta {
         template: Some(p.template.clone()),
         ..ModelMeta::of_stage("ppo")

@@ -155,7 +155,9 @@ impl Kind for PretrainLoad {
     // 2: AdamW computed in one fused f64 pass (outputs differ in the last bits).
     // 3: the model computes through hone's fused CPU kernels (model::kernels), which
     // round differently from the composed ops.
-    const VERSION: u32 = 3;
+    /// 4: a checkpoint's tokenizer files (`tokenizer_config.json`, `chat_template.jinja`,
+    /// `special_tokens_map.json`, `generation_config.json`) are carried into the model.
+    const VERSION: u32 = 4;
 
     const SUMMARY: &'static str = "load a Hugging Face checkpoint, or pretrain a small model with its own tokenizer on a shipped corpus";
 
@@ -266,7 +268,7 @@ impl Kind for PretrainLoad {
                     },
                     ..ModelMeta::of_stage("pretrain-load")
                 };
-                lm::write_model(&model_dir, &trainable, &tok, &meta)?;
+                lm::write_model(&model_dir, &trainable, &tok, &meta, Some(&source))?;
                 let metrics = match (&p.model, &snapshot) {
                     (Some(model), Some(snap)) => {
                         json!({"source": "hf", "model": model, "commit": snap.commit})
@@ -369,7 +371,7 @@ fn pretrain(
             rope_scaling: None,
             attention_bias: false,
             bos_token_id: Some(eot),
-            eos_token_id: Some(eot),
+            eos_token_id: Some(crate::model::TokenIds::One(eot)),
             family: LlamaFamily::Llama,
         }),
     };
@@ -420,7 +422,7 @@ fn pretrain(
         final_loss: Some(final_loss),
         ..ModelMeta::of_stage("pretrain-load")
     };
-    lm::write_model(model_dir, &trainable, &tok, &meta)?;
+    lm::write_model(model_dir, &trainable, &tok, &meta, None)?;
     let summary = json!({
         "source": "builtin",
         "steps": p.steps,

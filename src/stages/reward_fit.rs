@@ -46,7 +46,7 @@ fn default_clip() -> f64 {
     1.0
 }
 fn default_template() -> String {
-    "User: {prompt}\nAssistant: {response}".into()
+    crate::policy::reward::DEFAULT_REWARD_TEMPLATE.into()
 }
 fn default_held_out() -> f64 {
     0.1
@@ -295,6 +295,7 @@ impl Kind for RewardFit {
                 ordinal_thresholds: Some(thresholds.iter().map(|&t| f64::from(t)).collect()),
                 ..ModelMeta::of_stage("reward-fit")
             },
+            &source_dir(ctx)?,
         )?;
         if p.ensemble > 1 {
             let member_dir = |k: usize| out.join("members").join(k.to_string());
@@ -302,6 +303,7 @@ impl Kind for RewardFit {
                 member.save(&member_dir(k), eot).map_err(failed)?;
                 tok.save(member_dir(k).join("tokenizer.json"), true)
                     .map_err(failed)?;
+                crate::policy::chat::carry_tokenizer_files(&source_dir(ctx)?, &member_dir(k))?;
             }
         }
         let provenance = ctx.provenance();
@@ -385,7 +387,7 @@ fn fit_full(
         members.push(member.model);
         tracing::info!(member = k, of = p.ensemble, "ensemble member fitted");
     }
-    let scorer = Scorer::new(&trained.model, tok, &p.template, eot, device)?;
+    let scorer = Scorer::new(&trained.model, tok, &reward_format(ctx, p)?, eot, device)?;
     Ok(Fitted {
         model: trained.model,
         thresholds: trained.thresholds,
@@ -413,7 +415,7 @@ fn fit_heads(
             "`train: head` fits pairs only; scores and flags are not used"
         );
     }
-    let mut scorer = Scorer::new(&rm, tok, &p.template, eot, device)?;
+    let mut scorer = Scorer::new(&rm, tok, &reward_format(ctx, p)?, eot, device)?;
     let (weights, history) = fit_head(ctx, p, &mut scorer, data.pairs)?;
     set_head(&rm, &weights, device)?;
     let mut members = Vec::new();
@@ -461,8 +463,9 @@ fn fit_member(
     let device = device.clone();
     let eot = lm::end_of_text(&rm.base.config, tok);
     let context = rm.base.config.context_len();
+    let format = reward_format(ctx, p)?;
     let encode = |prompt: &str, response: &str| {
-        lm::reward_input(tok, &p.template, prompt, response, context, eot)
+        lm::reward_input(tok, &format, prompt, response, context, eot)
     };
     let aux = VarBuilder::from_varmap(&rm.base.varmap, candle_core::DType::F32, &device);
     let thresholds_raw = aux
@@ -621,8 +624,8 @@ fn start_model(
     seed: u64,
     device: &candle_core::Device,
 ) -> Result<(RewardModel, tokenizers::Tokenizer), StageError> {
-    if let Some(init) = ctx.inputs.get("init").and_then(|i| i.first()) {
-        let dir = ctx.workspace.join(init);
+    if ctx.inputs.get("init").and_then(|i| i.first()).is_some() {
+        let dir = source_dir(ctx)?;
         let rm = RewardModel::load(&dir, seed, device).map_err(failed)?;
         let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
         return Ok((rm, tok));
@@ -630,6 +633,28 @@ fn start_model(
     let (base, tok) = lm::load_input(ctx, "model", device)?;
     let rm = RewardModel::from_causal(base, seed, device).map_err(failed)?;
     Ok((rm, tok))
+}
+
+/// The model the reward model starts from: `init` when bound, else `model`.
+fn source_dir(ctx: &StageContext<'_>) -> Result<std::path::PathBuf, StageError> {
+    let port = if ctx.inputs.get("init").is_some_and(|i| !i.is_empty()) {
+        "init"
+    } else {
+        "model"
+    };
+    lm::input_dir(ctx, port)
+}
+
+/// How the reward model reads (prompt, response): the starting model's chat template when
+/// it has one and `template` is left at its default, else `template`.
+fn reward_format(
+    ctx: &StageContext<'_>,
+    p: &RewardFitParams,
+) -> Result<crate::policy::chat::PromptFormat, StageError> {
+    Ok(crate::policy::reward::reward_format(
+        &source_dir(ctx)?,
+        &p.template,
+    )?)
 }
 
 fn set_head(

@@ -10,7 +10,6 @@ use serde_json::{Value, json};
 use super::lm::{self, failed};
 use super::{Kind, ParamError, Port, Signature, StageContext, StageError};
 use crate::artifact::ArtifactType;
-use crate::model::tokenizer;
 use crate::model::train::{Batch, Schedule, Trainer};
 use crate::policy::data::epoch_batches;
 use crate::policy::meta::ModelMeta;
@@ -127,12 +126,9 @@ impl Kind for Sft {
         // (tokens, index of the first completion token), cut to the context.
         let mut examples: Vec<(Vec<u32>, usize)> = Vec::new();
         let mut skipped = 0usize;
+        let format = lm::prompt_format(ctx, "model", &p.template)?;
         for (prompt, completion) in read_demos(&ctx.workspace.join(&p.demos))? {
-            let mut tokens = tokenizer::encode(&tok, &p.template.replace("{prompt}", &prompt))
-                .map_err(failed)?;
-            let start = tokens.len();
-            tokens.extend(tokenizer::encode(&tok, &format!(" {completion}")).map_err(failed)?);
-            tokens.push(eot);
+            let (mut tokens, start) = format.encode_exchange(&tok, &prompt, &completion, eot)?;
             if start + 1 >= context {
                 skipped += 1;
                 continue;
@@ -191,6 +187,7 @@ impl Kind for Sft {
                 final_loss: Some(final_loss),
                 ..ModelMeta::of_stage("sft")
             },
+            Some(&lm::input_dir(ctx, "model")?),
         )?;
         let provenance = ctx.provenance();
         let summary = json!({"steps": total, "examples": examples.len(), "skipped": skipped, "final_loss": final_loss});

@@ -164,7 +164,8 @@ stages:
     let out = ws.hone(&["run", "p.yaml"]);
     assert_eq!(out.code, 1, "{}", out.stdout);
     assert!(
-        out.stdout.contains("clusters.json`: `policies.a.score.mean.p` is"),
+        out.stdout
+            .contains("clusters.json`: `policies.a.score.mean.p` is"),
         "{}",
         out.stdout
     );

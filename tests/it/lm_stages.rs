@@ -695,3 +695,115 @@ fn a_model_id_loads_from_the_local_hugging_face_cache() {
         "the error points into the spec: {text}"
     );
 }
+
+/// A Hugging Face model's chat template formats the prompts of every model stage when the
+/// stage's `template` is left at its default, and travels with the models made from it.
+#[test]
+fn a_chat_template_formats_prompts_and_travels_with_the_model() {
+    use hone::policy::chat::PromptFormat;
+    use hone::policy::rollout::{RolloutParams, rollout};
+
+    let ws = Workspace::new();
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/qwen2-tiny");
+    std::fs::create_dir_all(ws.path("models/qwen")).unwrap();
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "generation_config.json",
+    ] {
+        std::fs::copy(fixture.join(file), ws.path(&format!("models/qwen/{file}"))).unwrap();
+    }
+    // A terse template: the model's context is 32 tokens.
+    let config = r#"{"chat_template": "{% for m in messages %}{{ m.role[0] }}:{{ m.content }}\n{% endfor %}{% if add_generation_prompt %}a:{% endif %}", "eos_token": "</s>"}"#;
+    ws.write("models/qwen/tokenizer_config.json", config);
+    ws.write(
+        "prompts.jsonl",
+        "{\"id\": \"p1\", \"text\": \"Hi?\"}\n{\"id\": \"p2\", \"text\": \"Go.\"}\n",
+    );
+    ws.write(
+        "demos.jsonl",
+        "{\"prompt\": \"Hi?\", \"completion\": \"Yo.\"}\n{\"prompt\": \"Go.\", \"completion\": \"No.\"}\n",
+    );
+    let sample =
+        "prompts: prompts.jsonl, n_samples: 1, max_new_tokens: 6, temperature: 0, device: cpu";
+    ws.write(
+        "p.yaml",
+        &format!(
+            r#"name: chat
+stages:
+  base: {{ kind: pretrain-load, with: {{ source: hf, path: models/qwen, device: cpu }} }}
+  chat: {{ kind: generate, inputs: {{ model: base.model }}, with: {{ {sample} }} }}
+  plain: {{ kind: generate, inputs: {{ model: base.model }}, with: {{ {sample}, template: "Q {{prompt}} A" }} }}
+  sft: {{ kind: sft, inputs: {{ model: base.model }}, with: {{ demos: demos.jsonl, max_steps: 2, batch_size: 2, device: cpu }} }}
+"#
+        ),
+    );
+    ws.ok(&["run", "p.yaml", "-q"]);
+    // The tokenizer files travel: the loaded model and the fine-tuned one keep them.
+    for stage in ["base", "sft"] {
+        let dir = output(&ws, stage, "model");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("tokenizer_config.json")).unwrap(),
+            config,
+            "{stage}"
+        );
+        assert!(dir.join("generation_config.json").is_file(), "{stage}");
+    }
+    // What generate sampled is what greedy decoding gives from the prompt as the chat
+    // template renders it ("u:Hi?\na:"), and from the plain template when one is set.
+    let (model, tok) = {
+        let t = hone::model::Trainable::load(&fixture, &candle_core::Device::Cpu).unwrap();
+        let tok = hone::model::tokenizer::load(&fixture.join("tokenizer.json")).unwrap();
+        (t.frozen().unwrap(), tok)
+    };
+    let chat = PromptFormat::for_model(
+        &ws.path("models/qwen"),
+        "User: {prompt}\nAssistant:",
+        "User: {prompt}\nAssistant:",
+    )
+    .unwrap();
+    assert_eq!(chat.prompt_text("Hi?").unwrap(), "u:Hi?\na:");
+    let plain = PromptFormat::Plain("Q {prompt} A".into());
+    let stop = vec!["\nUser:".to_string()];
+    for (stage, format) in [("chat", &chat), ("plain", &plain)] {
+        let table = rows(&output(&ws, stage, "candidates"));
+        assert_eq!(table.len(), 2);
+        for row in &table {
+            let prompt = row["prompt"].as_str().unwrap();
+            let ids = format.encode_prompt(&tok, prompt).unwrap();
+            let params = RolloutParams::sampling(0.0, 6, &[0], &stop);
+            let want = rollout(
+                &model,
+                &tok,
+                &[(&ids, 0)],
+                &params,
+                &candle_core::Device::Cpu,
+            )
+            .unwrap()
+            .remove(0);
+            let got: Vec<u32> = row["token_ids"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t.as_u64().unwrap() as u32)
+                .collect();
+            assert_eq!(got, want.tokens, "{stage} {prompt}");
+        }
+    }
+
+    // A template that does not render the prompt as the start of the whole exchange
+    // cannot be trained on: sft fails naming the file, and nothing else is lost.
+    ws.write(
+        "models/qwen/tokenizer_config.json",
+        r#"{"chat_template": "{% if add_generation_prompt %}A{% else %}B{% endif %}"}"#,
+    );
+    let out = ws.hone(&["run", "p.yaml"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert!(
+        out.stdout.contains("tokenizer_config.json")
+            && out.stdout.contains("start of the whole exchange"),
+        "{}",
+        out.stdout
+    );
+}

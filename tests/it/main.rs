@@ -2,6 +2,7 @@
 
 mod aggregate;
 mod annotate;
+mod chat;
 mod crash;
 mod faults;
 mod feedback;

@@ -33,7 +33,7 @@ fn ids(v: &Value) -> Vec<u32> {
 const TOLERANCE: f32 = 1e-4;
 
 /// Every fixture under tests/fixtures/models/ (scripts/make_model_fixtures.py).
-const MODELS: [&str; 10] = [
+const MODELS: [&str; 11] = [
     "gpt2-tiny",
     "llama-tiny",
     "qwen2-tiny",
@@ -44,6 +44,7 @@ const MODELS: [&str; 10] = [
     "gemma2-tiny",
     "phi3-tiny",
     "gemma3-tiny",
+    "neox-tiny",
 ];
 
 #[test]
@@ -96,7 +97,7 @@ fn logits_loss_and_greedy_decoding_match_transformers() {
             top_k: None,
             top_p: None,
             max_new_tokens: 8,
-            eos_token_id: None,
+            eos_token_ids: Vec::new(),
         };
         let free = sample(&model, &prompt, &params, &mut rng, &Device::Cpu).unwrap();
         assert_eq!(
@@ -105,7 +106,7 @@ fn logits_loss_and_greedy_decoding_match_transformers() {
             "{model_name}: argmax decoding"
         );
         let stopping = SampleParams {
-            eos_token_id: Some(0),
+            eos_token_ids: vec![0],
             ..params
         };
         let stopped = sample(&model, &prompt, &stopping, &mut rng, &Device::Cpu).unwrap();
@@ -202,6 +203,83 @@ fn a_checkpoint_saved_by_hone_loads_in_transformers() {
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
+    }
+}
+
+/// Reward models both ways: hone's `*ForSequenceClassification` checkpoint loads in
+/// transformers with the same rewards (within 1e-4), and the checkpoint transformers saves
+/// from it (which has no LM head) loads back in hone with the same rewards.
+#[test]
+#[ignore = "needs torch and transformers: see CONTRIBUTING.md"]
+fn a_reward_model_round_trips_through_transformers() {
+    use hone::model::reward::RewardModel;
+    let python = match std::env::var_os("HONE_TRANSFORMERS_PYTHON") {
+        Some(python) if !python.is_empty() => PathBuf::from(python),
+        _ => panic!(
+            "HONE_TRANSFORMERS_PYTHON is not set: CONTRIBUTING.md, \"The transformers round \
+             trip\", gives the commands to set one up"
+        ),
+    };
+    // No token 0 (the padding id written into the config): transformers reads the reward
+    // at the last token that is not padding.
+    let sequences: Vec<Vec<u32>> = vec![
+        vec![17, 42, 5, 88, 63],
+        vec![3, 95, 27, 27, 60, 11, 74, 1, 50],
+    ];
+    let rewards = |rm: &RewardModel| -> Vec<f32> {
+        sequences
+            .iter()
+            .map(|seq| {
+                let ids = Tensor::new(seq.as_slice(), &Device::Cpu)
+                    .unwrap()
+                    .unsqueeze(0)
+                    .unwrap();
+                let hidden = rm.base.model.hidden(&ids, None, 0).unwrap();
+                let last = hidden
+                    .narrow(1, seq.len() - 1, 1)
+                    .unwrap()
+                    .squeeze(1)
+                    .unwrap();
+                last.matmul(&rm.head.as_tensor().t().unwrap())
+                    .unwrap()
+                    .flatten_all()
+                    .unwrap()
+                    .to_vec1::<f32>()
+                    .unwrap()[0]
+            })
+            .collect()
+    };
+    for model_name in MODELS {
+        let (dir, back) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let base = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
+        let rm = RewardModel::from_causal(base, 7, &Device::Cpu).unwrap();
+        rm.save(dir.path(), 0).unwrap();
+        let want = rewards(&rm);
+        let expected = dir.path().join("expected_rewards.json");
+        std::fs::write(
+            &expected,
+            serde_json::json!({"sequences": sequences, "rewards": want}).to_string(),
+        )
+        .unwrap();
+        let out = std::process::Command::new(&python)
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_hf_reward_model.py"))
+            .arg(dir.path())
+            .arg(&expected)
+            .arg(back.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{model_name}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // transformers' own checkpoint, back in hone.
+        let again = RewardModel::load(back.path(), 0, &Device::Cpu)
+            .unwrap_or_else(|e| panic!("{model_name}: {e}"));
+        for (a, b) in rewards(&again).iter().zip(&want) {
+            assert!((a - b).abs() < 1e-4, "{model_name}: {a} against {b}");
+        }
     }
 }
 
