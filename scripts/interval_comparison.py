@@ -27,11 +27,15 @@ def aggs(node, out):
     return out
 for name, a in aggs(spec, {}).items():
     w = a['with']; runs_ref = a['inputs']['runs']
-    prefix, port = runs_ref.split('.')
-    prefix = prefix.rstrip('*').rstrip('@')
+    refs = runs_ref if isinstance(runs_ref, list) else [runs_ref]
+    wanted = {}
+    for ref in refs:
+        stage_ref, port = ref.rsplit('.', 1)
+        wanted[stage_ref] = port
     cells = defaultdict(list)
     for sid, s in stages.items():
-        if sid.split('@')[0] != prefix: continue
+        port = wanted.get(sid) or wanted.get(sid.split('@')[0] + '@*')
+        if port is None: continue
         d = s['outputs'][port]['digest']
         summ = json.load(open(f'{root}/.hone/objects/{d[:2]}/{d}/summary.json'))
         key = (lookup(summ, w['series']) if w.get('series') else '', lookup(summ, w['x']))
