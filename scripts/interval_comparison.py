@@ -38,17 +38,18 @@ for name, a in aggs(spec, {}).items():
         if port is None: continue
         d = s['outputs'][port]['digest']
         summ = json.load(open(f'{root}/.hone/objects/{d[:2]}/{d}/summary.json'))
-        key = (lookup(summ, w['series']) if w.get('series') else '', lookup(summ, w['x']))
+        key = (lookup(summ, w['panel']) if w.get('panel') else '',
+               lookup(summ, w['series']) if w.get('series') else '', lookup(summ, w['x']))
         cells[key].append(lookup(summ, w['y']))
     new = {}
     d = lock['stages'][name]['outputs']['report']['digest']
     for line in open(f'{root}/.hone/objects/{d[:2]}/{d}/table.md'):
         parts = [p.strip() for p in line.split('|')]
         if len(parts) > 5 and '±' in parts[5]:
-            new[(parts[2], parts[3])] = (parts[4], parts[5])
+            new[(parts[1], parts[2], parts[3])] = (parts[4], parts[5])
     print(f'## {spec_lock} {name}: {w["y"]}')
-    for (series, x), ys in cells.items():
+    for (panel, series, x), ys in cells.items():
         m = st.mean(ys); se = st.stdev(ys)/math.sqrt(len(ys)) if len(ys) > 1 else float('nan')
         xs = f'{x:.0f}' if float(x).is_integer() else f'{x}'
-        n = new.get((str(series), xs), ('?', '?'))
-        print(f'| {series} | {xs} | over runs {m:.3f} ± {2*se:.3f} | two-way {n[1]} ({n[0]}) |')
+        n = new.get((str(panel), str(series), xs), ('?', '?'))
+        print(f'| {panel} | {series} | {xs} | over runs {m:.3f} ± {2*se:.3f} | two-way {n[1]} ({n[0]}) |')
