@@ -370,13 +370,7 @@ fn evaluate_policy(
     let (policy, tok) = lm::load_input(ctx, name, device)?;
     let model = policy.frozen().map_err(failed)?;
     let eos = lm::end_of_text(&policy.config, &tok);
-    let prompt_format = lm::prompt_format(ctx, name, &p.template)?;
-    let stop_tokens = prompt_format.stop_tokens(
-        &lm::input_dir(ctx, name)?,
-        &tok,
-        eos,
-        &policy.config.eos_token_ids(),
-    )?;
+    let (prompt_format, stop_tokens) = lm::sampling_format(ctx, name, &p.template, &policy, &tok)?;
     let params = RolloutParams::sampling(p.temperature, p.max_new_tokens, &stop_tokens, &p.stop);
     let mut responses = Vec::new();
     let mut sequences = Vec::new();

@@ -119,14 +119,8 @@ impl Kind for Generate {
         if let Some(n) = p.max_prompts {
             prompts.truncate(n);
         }
-        let eos = lm::end_of_text(&trainable.config, &tok);
-        let format = lm::prompt_format(ctx, "model", &p.template)?;
-        let stop_tokens = format.stop_tokens(
-            &lm::input_dir(ctx, "model")?,
-            &tok,
-            eos,
-            &trainable.config.eos_token_ids(),
-        )?;
+        let (format, stop_tokens) =
+            lm::sampling_format(ctx, "model", &p.template, &trainable, &tok)?;
         let params = RolloutParams {
             temperature: p.temperature,
             top_k: p.top_k,

@@ -85,6 +85,27 @@ pub fn prompt_format(
     )?)
 }
 
+/// What a sampling stage needs to put prompts to the model bound to `port`: the prompt
+/// format ([`prompt_format`]) and the tokens that end a response (end-of-text, and a chat
+/// model's end of turn: `PromptFormat::stop_tokens`).
+pub fn sampling_format(
+    ctx: &StageContext<'_>,
+    port: &str,
+    template: &str,
+    model: &Trainable,
+    tok: &Tokenizer,
+) -> Result<(PromptFormat, Vec<u32>), StageError> {
+    let dir = input_dir(ctx, port)?;
+    let format = PromptFormat::for_model(&dir, template, &default_template())?;
+    let stop_tokens = format.stop_tokens(
+        &dir,
+        tok,
+        end_of_text(&model.config, tok),
+        &model.config.eos_token_ids(),
+    )?;
+    Ok((format, stop_tokens))
+}
+
 pub fn load_dir(dir: &Path, device: &Device) -> Result<(Trainable, Tokenizer), StageError> {
     let trainable = Trainable::load(dir, device).map_err(failed)?;
     let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;

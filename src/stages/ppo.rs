@@ -438,7 +438,7 @@ impl Kind for Ppo {
             &device,
         )?;
         let eos = lm::end_of_text(&policy.config, &tok);
-        let (prompts, encoded, stop_tokens) = prompts_and_stops(p, ctx, &policy, &tok, eos)?;
+        let (prompts, encoded, stop_tokens) = prompts_and_stops(p, ctx, &policy, &tok)?;
 
         let steps_per_iteration = p.epochs * p.rollouts.div_ceil(p.minibatch_size);
         let schedule = |lr: f64| Schedule {
@@ -572,7 +572,6 @@ fn prompts_and_stops(
     ctx: &StageContext<'_>,
     policy: &Trainable,
     tok: &tokenizers::Tokenizer,
-    eos: u32,
 ) -> Result<(Vec<(String, String)>, Vec<Vec<u32>>, Vec<u32>), StageError> {
     let mut prompts = read_prompts(&ctx.workspace.join(&p.prompts))?;
     if let Some(n) = p.max_prompts {
@@ -581,13 +580,7 @@ fn prompts_and_stops(
     if prompts.is_empty() {
         return Err(failed(format!("`{}` has no prompts", p.prompts)));
     }
-    let format = lm::prompt_format(ctx, "policy", &p.template)?;
-    let stop_tokens = format.stop_tokens(
-        &lm::input_dir(ctx, "policy")?,
-        tok,
-        eos,
-        &policy.config.eos_token_ids(),
-    )?;
+    let (format, stop_tokens) = lm::sampling_format(ctx, "policy", &p.template, policy, tok)?;
     let encoded = encode_prompts(p, &format, tok, &prompts, policy.config.context_len())?;
     Ok((prompts, encoded, stop_tokens))
 }
