@@ -138,11 +138,7 @@ impl Block {
         };
         let (q, mut k, mut v) = (split(0)?, split(1)?, split(2)?);
         if let Some(slot) = cache {
-            if let Some((k_past, v_past)) = slot.as_ref() {
-                k = Tensor::cat(&[k_past, &k], 2)?;
-                v = Tensor::cat(&[v_past, &v], 2)?;
-            }
-            *slot = Some((k.clone(), v.clone()));
+            (k, v) = super::append_kv(slot, k, v)?;
         }
         let y = attention(&q, &k, &v, AttentionOptions::default())?
             .transpose(1, 2)?

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use super::KvCache;
 use super::ops::{
-    AttentionOptions, apply_rope, attention, attention_probs, gelu_tanh, linear, repeat_kv,
+    AttentionOptions, apply_partial_rope, attention, attention_probs, gelu_tanh, linear, repeat_kv,
     rms_norm, rope_inv_freq, rope_tables,
 };
 
@@ -466,13 +466,7 @@ impl Llama {
                 (Some(local), Some(_)) => local,
                 _ => &global,
             };
-            let rope = |x: Tensor| -> Result<Tensor> {
-                if rotary == head_dim {
-                    return apply_rope(&x, cos, sin);
-                }
-                let turned = apply_rope(&x.narrow(3, 0, rotary)?, cos, sin)?;
-                Tensor::cat(&[&turned, &x.narrow(3, rotary, head_dim - rotary)?], 3)
-            };
+            let rope = |x: Tensor| apply_partial_rope(&x, cos, sin, rotary, head_dim);
             let q = rope(heads(&layer.q, n_heads, qn)?)?;
             let mut k = rope(heads(&layer.k, n_kv, kn)?)?;
             if attention_only && i + 1 == self.layers.len() {
@@ -480,12 +474,7 @@ impl Llama {
             }
             let mut v = heads(&layer.v, n_kv, None)?;
             if let Some(cache) = cache.as_deref_mut() {
-                let slot = &mut cache.layers[i];
-                if let Some((k_past, v_past)) = slot.as_ref() {
-                    k = Tensor::cat(&[k_past, &k], 2)?;
-                    v = Tensor::cat(&[v_past, &v], 2)?;
-                }
-                *slot = Some((k.clone(), v.clone()));
+                (k, v) = super::append_kv(&mut cache.layers[i], k, v)?;
             }
             let (k, v) = (
                 repeat_kv(&k, n_heads / n_kv)?,

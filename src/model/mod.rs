@@ -681,6 +681,24 @@ impl KvCache {
     }
 }
 
+/// Appends one layer's new keys and values [b, h, t, d] to its cache slot (on the time
+/// axis) and returns all of them: what every attention layer does with a KV cache.
+pub fn append_kv(
+    slot: &mut Option<(Tensor, Tensor)>,
+    k: Tensor,
+    v: Tensor,
+) -> Result<(Tensor, Tensor)> {
+    let (k, v) = match slot.as_ref() {
+        Some((k_past, v_past)) => (
+            Tensor::cat(&[k_past, &k], 2)?,
+            Tensor::cat(&[v_past, &v], 2)?,
+        ),
+        None => (k, v),
+    };
+    *slot = Some((k.clone(), v.clone()));
+    Ok((k, v))
+}
+
 /// A causal LM of either architecture.
 pub enum CausalLm {
     Gpt2(Gpt2),

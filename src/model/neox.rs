@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::KvCache;
 use super::ops::{
-    AttentionOptions, apply_rope, attention, attention_probs, gelu_tanh, layer_norm, linear,
-    rope_inv_freq, rope_tables,
+    AttentionOptions, apply_partial_rope, attention, attention_probs, gelu_tanh, layer_norm,
+    linear, rope_inv_freq, rope_tables,
 };
 
 /// The fields of a Hugging Face `GPTNeoXConfig` that hone uses. The rotary settings are
@@ -229,16 +229,7 @@ impl Neox {
             &rope_inv_freq(rotary, cfg.rotary_emb_base, None),
             ids.device(),
         )?;
-        let rope = |x: Tensor| -> Result<Tensor> {
-            if rotary == 0 {
-                return Ok(x);
-            }
-            if rotary == head_dim {
-                return apply_rope(&x, &cos, &sin);
-            }
-            let turned = apply_rope(&x.narrow(3, 0, rotary)?, &cos, &sin)?;
-            Tensor::cat(&[&turned, &x.narrow(3, rotary, head_dim - rotary)?], 3)
-        };
+        let rope = |x: Tensor| apply_partial_rope(&x, &cos, &sin, rotary, head_dim);
         let mut x =
             self.embed
                 .index_select(&ids.flatten_all()?, 0)?
@@ -258,12 +249,7 @@ impl Neox {
             }
             let mut v = part(2)?;
             if let Some(cache) = cache.as_deref_mut() {
-                let slot = &mut cache.layers[i];
-                if let Some((k_past, v_past)) = slot.as_ref() {
-                    k = Tensor::cat(&[k_past, &k], 2)?;
-                    v = Tensor::cat(&[v_past, &v], 2)?;
-                }
-                *slot = Some((k.clone(), v.clone()));
+                (k, v) = super::append_kv(&mut cache.layers[i], k, v)?;
             }
             let y = attention(&q, &k, &v, AttentionOptions::default())?
                 .transpose(1, 2)?

@@ -186,6 +186,26 @@ pub fn apply_rope(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
         .broadcast_add(&rotated.broadcast_mul(sin)?)
 }
 
+/// RoPE on the first `rotary` of each head's `head_dim` dimensions of x [b, h, t, d] (all
+/// of them when `rotary == head_dim`, none when 0), the rest passed through: Phi-3's and
+/// GPT-NeoX's partial rotary embedding.
+pub fn apply_partial_rope(
+    x: &Tensor,
+    cos: &Tensor,
+    sin: &Tensor,
+    rotary: usize,
+    head_dim: usize,
+) -> Result<Tensor> {
+    if rotary == 0 {
+        return Ok(x.clone());
+    }
+    if rotary == head_dim {
+        return apply_rope(x, cos, sin);
+    }
+    let turned = apply_rope(&x.narrow(3, 0, rotary)?, cos, sin)?;
+    Tensor::cat(&[&turned, &x.narrow(3, rotary, head_dim - rotary)?], 3)
+}
+
 /// RoPE's inverse frequencies theta^(-2i/d) for i < d/2, with Llama 3's scaling when given.
 pub fn rope_inv_freq(
     head_dim: usize,
