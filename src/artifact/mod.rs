@@ -306,6 +306,30 @@ pub fn sync_tree(path: &Path) -> io::Result<()> {
     }
 }
 
+/// How an artifact refers to another one it builds on (a LoRA adapter to its base):
+/// when `target` is an object of a store (`objects/ab/<digest>`), the path to it from any
+/// directory `nesting` levels inside another object of the same store
+/// (`../../ab/<digest>`), which holds wherever the store is and whichever machine reads
+/// it, so the referring artifact's bytes do not depend on the workspace's path; else
+/// `target`'s absolute path.
+pub fn store_reference(target: &Path, nesting: usize) -> String {
+    let target = target
+        .canonicalize()
+        .unwrap_or_else(|_| target.to_path_buf());
+    if let (Some(name), Some(shard)) = (target.file_name(), target.parent())
+        && let Some(shard_name) = shard.file_name()
+        && shard.parent().and_then(Path::file_name) == Some(std::ffi::OsStr::new("objects"))
+    {
+        let up = "../".repeat(nesting + 2);
+        return format!(
+            "{up}{}/{}",
+            shard_name.to_string_lossy(),
+            name.to_string_lossy()
+        );
+    }
+    target.display().to_string()
+}
+
 /// Makes a stored artifact read-only (or writable again before deletion), so that a
 /// stage cannot alter an input it shares with other stages.
 pub fn set_readonly(path: &Path, readonly: bool) -> io::Result<()> {

@@ -8,6 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
+use super::lora::{AdapterCtx, Lora, adapted};
 use super::ops::{AttentionOptions, attention, attention_probs, gelu_tanh, layer_norm, linear};
 
 /// The fields of a Hugging Face `GPT2Config` that hone uses.
@@ -45,23 +46,36 @@ const INIT: Init = Init::Randn {
     stdev: 0.02,
 };
 
+/// GPT-2's linear layer ([in, out] weights) and the LoRA adapter that targets it (whose A
+/// and B are [r, in] and [out, r] as on any linear layer: PEFT's `fan_in_fan_out`).
 struct Conv1D {
     weight: Tensor,
     bias: Tensor,
+    lora: Option<Lora>,
 }
 
 impl Conv1D {
-    fn new(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        n_in: usize,
+        n_out: usize,
+        adapter: Option<&AdapterCtx>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Conv1D {
             weight: vb.get_with_hints((n_in, n_out), "weight", INIT)?,
             bias: vb.get_with_hints(n_out, "bias", Init::Const(0.0))?,
+            lora: Lora::build(adapter, &vb, n_in, n_out)?,
         })
     }
 }
 
 impl Module for Conv1D {
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight, Some(&self.bias))
+        adapted(
+            linear(x, &self.weight, Some(&self.bias))?,
+            x,
+            self.lora.as_ref(),
+        )
     }
 }
 
@@ -97,16 +111,16 @@ struct Block {
 }
 
 impl Block {
-    fn new(cfg: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
+    fn new(cfg: &Gpt2Config, adapter: Option<&AdapterCtx>, vb: VarBuilder) -> Result<Self> {
         let d = cfg.n_embd;
         let inner = cfg.n_inner.unwrap_or(4 * d);
         Ok(Block {
             ln_1: LayerNorm::new(d, cfg.layer_norm_epsilon, vb.pp("ln_1"))?,
-            c_attn: Conv1D::new(d, 3 * d, vb.pp("attn").pp("c_attn"))?,
-            attn_proj: Conv1D::new(d, d, vb.pp("attn").pp("c_proj"))?,
+            c_attn: Conv1D::new(d, 3 * d, adapter, vb.pp("attn").pp("c_attn"))?,
+            attn_proj: Conv1D::new(d, d, adapter, vb.pp("attn").pp("c_proj"))?,
             ln_2: LayerNorm::new(d, cfg.layer_norm_epsilon, vb.pp("ln_2"))?,
-            c_fc: Conv1D::new(d, inner, vb.pp("mlp").pp("c_fc"))?,
-            mlp_proj: Conv1D::new(inner, d, vb.pp("mlp").pp("c_proj"))?,
+            c_fc: Conv1D::new(d, inner, adapter, vb.pp("mlp").pp("c_fc"))?,
+            mlp_proj: Conv1D::new(inner, d, adapter, vb.pp("mlp").pp("c_proj"))?,
             n_head: cfg.n_head,
             exact_gelu: cfg.activation_function == "gelu",
         })
@@ -164,7 +178,7 @@ pub struct Gpt2 {
 }
 
 impl Gpt2 {
-    pub fn new(cfg: &Gpt2Config, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &Gpt2Config, adapter: Option<&AdapterCtx>, vb: VarBuilder) -> Result<Self> {
         let t = vb.pp("transformer");
         Ok(Gpt2 {
             wte: t.get_with_hints((cfg.vocab_size, cfg.n_embd), "wte.weight", INIT)?,
@@ -177,7 +191,7 @@ impl Gpt2 {
                 },
             )?,
             blocks: (0..cfg.n_layer)
-                .map(|i| Block::new(cfg, t.pp("h").pp(i)))
+                .map(|i| Block::new(cfg, adapter, t.pp("h").pp(i)))
                 .collect::<Result<_>>()?,
             ln_f: LayerNorm::new(cfg.n_embd, cfg.layer_norm_epsilon, t.pp("ln_f"))?,
             config: cfg.clone(),

@@ -8,6 +8,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
+use super::lora::{AdapterCtx, Lora, adapted};
 use super::ops::{
     AttentionOptions, apply_partial_rope, attention, attention_probs, gelu_tanh, linear, repeat_kv,
     rms_norm, rope_inv_freq, rope_tables,
@@ -237,19 +238,32 @@ const INIT: Init = Init::Randn {
     stdev: 0.02,
 };
 
-/// A linear layer with HF's [out, in] weight layout, with or without a bias.
+/// A linear layer with HF's [out, in] weight layout, with or without a bias, and the LoRA
+/// adapter that targets it.
 #[derive(Clone)]
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    lora: Option<Lora>,
 }
 
 impl Linear {
-    fn new(n_in: usize, n_out: usize, vb: VarBuilder) -> Result<Self> {
-        Linear::with_bias(n_in, n_out, false, vb)
+    fn new(
+        n_in: usize,
+        n_out: usize,
+        adapter: Option<&AdapterCtx>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
+        Linear::with_bias(n_in, n_out, false, adapter, vb)
     }
 
-    fn with_bias(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    fn with_bias(
+        n_in: usize,
+        n_out: usize,
+        bias: bool,
+        adapter: Option<&AdapterCtx>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Linear {
             weight: vb.get_with_hints((n_out, n_in), "weight", INIT)?,
             bias: if bias {
@@ -257,11 +271,16 @@ impl Linear {
             } else {
                 None
             },
+            lora: Lora::build(adapter, &vb, n_in, n_out)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight.t()?, self.bias.as_ref())
+        adapted(
+            linear(x, &self.weight.t()?, self.bias.as_ref())?,
+            x,
+            self.lora.as_ref(),
+        )
     }
 }
 
@@ -290,7 +309,7 @@ pub struct Llama {
 }
 
 impl Llama {
-    pub fn new(cfg: &LlamaConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &LlamaConfig, adapter: Option<&AdapterCtx>, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("model");
         let (h, kv, qd) = (
             cfg.hidden_size,
@@ -308,16 +327,14 @@ impl Llama {
                 let ((q, k, v), (gate, up)) = if cfg.family == LlamaFamily::Phi3 {
                     // One variable each (the checkpoint's tensors), used through views, so
                     // that gradients and updates reach the fused weight.
-                    let qkv = a
-                        .pp("qkv_proj")
-                        .get_with_hints((qd + 2 * kv, h), "weight", INIT)?;
-                    let gate_up =
-                        mlp.pp("gate_up_proj")
-                            .get_with_hints((2 * inter, h), "weight", INIT)?;
-                    let part = |w: &Tensor, at: usize, n: usize| -> Result<Linear> {
+                    // An adapter on a fused projection is one adapter, its B split the same way.
+                    let qkv = Linear::new(h, qd + 2 * kv, adapter, a.pp("qkv_proj"))?;
+                    let gate_up = Linear::new(h, 2 * inter, adapter, mlp.pp("gate_up_proj"))?;
+                    let part = |w: &Linear, at: usize, n: usize| -> Result<Linear> {
                         Ok(Linear {
-                            weight: w.narrow(0, at, n)?,
+                            weight: w.weight.narrow(0, at, n)?,
                             bias: None,
+                            lora: w.lora.as_ref().map(|l| l.rows(at, n)).transpose()?,
                         })
                     };
                     (
@@ -331,13 +348,13 @@ impl Llama {
                 } else {
                     (
                         (
-                            Linear::with_bias(h, qd, qkv_bias, a.pp("q_proj"))?,
-                            Linear::with_bias(h, kv, qkv_bias, a.pp("k_proj"))?,
-                            Linear::with_bias(h, kv, qkv_bias, a.pp("v_proj"))?,
+                            Linear::with_bias(h, qd, qkv_bias, adapter, a.pp("q_proj"))?,
+                            Linear::with_bias(h, kv, qkv_bias, adapter, a.pp("k_proj"))?,
+                            Linear::with_bias(h, kv, qkv_bias, adapter, a.pp("v_proj"))?,
                         ),
                         (
-                            Linear::new(h, inter, mlp.pp("gate_proj"))?,
-                            Linear::new(h, inter, mlp.pp("up_proj"))?,
+                            Linear::new(h, inter, adapter, mlp.pp("gate_proj"))?,
+                            Linear::new(h, inter, adapter, mlp.pp("up_proj"))?,
                         ),
                     )
                 };
@@ -366,7 +383,13 @@ impl Llama {
                     q,
                     k,
                     v,
-                    o: Linear::with_bias(qd, h, cfg.o_bias(), l.pp("self_attn").pp("o_proj"))?,
+                    o: Linear::with_bias(
+                        qd,
+                        h,
+                        cfg.o_bias(),
+                        adapter,
+                        l.pp("self_attn").pp("o_proj"),
+                    )?,
                     post_norm: l
                         .pp(if cfg.gemma() {
                             "pre_feedforward_layernorm"
@@ -376,7 +399,12 @@ impl Llama {
                         .get_with_hints(h, "weight", ones)?,
                     gate,
                     up,
-                    down: Linear::new(cfg.intermediate_size, h, l.pp("mlp").pp("down_proj"))?,
+                    down: Linear::new(
+                        cfg.intermediate_size,
+                        h,
+                        adapter,
+                        l.pp("mlp").pp("down_proj"),
+                    )?,
                 })
             })
             .collect::<Result<Vec<_>>>()?;

@@ -5,6 +5,7 @@
 pub mod gpt2;
 pub mod kernels;
 pub mod llama;
+pub mod lora;
 pub mod neox;
 pub mod ops;
 pub mod reward;
@@ -603,6 +604,35 @@ impl ModelConfig {
         text
     }
 
+    /// `config.json`'s `model_type`.
+    pub fn model_type(&self) -> &'static str {
+        match self {
+            ModelConfig::Gpt2(_) => "gpt2",
+            ModelConfig::Llama(c) => c.family.names().0,
+            ModelConfig::Neox(_) => "gpt_neox",
+        }
+    }
+
+    /// The names of the linear layers a LoRA adapter can target (PEFT's module names).
+    pub fn linear_modules(&self) -> &'static [&'static str] {
+        match self {
+            ModelConfig::Gpt2(_) => &["c_attn", "c_proj", "c_fc"],
+            ModelConfig::Llama(c) if c.family == LlamaFamily::Phi3 => {
+                &["qkv_proj", "o_proj", "gate_up_proj", "down_proj"]
+            }
+            ModelConfig::Llama(_) => &[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+            ],
+            ModelConfig::Neox(_) => &["query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"],
+        }
+    }
+
     pub fn vocab_size(&self) -> usize {
         match self {
             ModelConfig::Gpt2(c) => c.vocab_size,
@@ -710,10 +740,20 @@ impl CausalLm {
     /// Builds the model from `vb`: new variables (randomly initialised) from a `VarMap`,
     /// or given tensors.
     pub fn new(config: &ModelConfig, vb: VarBuilder) -> Result<Self> {
+        CausalLm::with_adapter(config, None, vb)
+    }
+
+    /// As [`CausalLm::new`], with a LoRA adapter on the linear layers it targets (its
+    /// variables come from `vb` too).
+    pub fn with_adapter(
+        config: &ModelConfig,
+        adapter: Option<&lora::AdapterCtx>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(match config {
-            ModelConfig::Gpt2(c) => CausalLm::Gpt2(Gpt2::new(c, vb)?),
-            ModelConfig::Llama(c) => CausalLm::Llama(Llama::new(c, vb)?),
-            ModelConfig::Neox(c) => CausalLm::Neox(Neox::new(c, vb)?),
+            ModelConfig::Gpt2(c) => CausalLm::Gpt2(Gpt2::new(c, adapter, vb)?),
+            ModelConfig::Llama(c) => CausalLm::Llama(Llama::new(c, adapter, vb)?),
+            ModelConfig::Neox(c) => CausalLm::Neox(Neox::new(c, adapter, vb)?),
         })
     }
 
@@ -806,6 +846,51 @@ pub struct Trainable {
     pub config: ModelConfig,
     pub varmap: VarMap,
     pub model: CausalLm,
+    /// The LoRA adapter attached by [`Trainable::attach_adapter`]: then only the variables
+    /// that are not the base's train.
+    pub adapter: Option<Adapter>,
+}
+
+/// A LoRA adapter on a [`Trainable`]: its settings, its dropout, and the names of the base
+/// variables it leaves frozen.
+pub struct Adapter {
+    pub ctx: lora::AdapterCtx,
+    base_names: std::collections::BTreeSet<String>,
+}
+
+/// A `VarBuilder` backend over a `VarMap` whose variables named in `frozen` are handed
+/// out detached: a model built from it records no gradient for them (backward computes no
+/// weight gradient of a frozen base), while new variables (an adapter's) are created in
+/// the `VarMap` and train.
+struct FrozenBase {
+    varmap: VarMap,
+    frozen: std::collections::BTreeSet<String>,
+}
+
+impl candle_nn::var_builder::SimpleBackend for FrozenBase {
+    fn get(
+        &self,
+        s: candle_core::Shape,
+        name: &str,
+        h: candle_nn::Init,
+        dtype: DType,
+        dev: &Device,
+    ) -> Result<Tensor> {
+        let t = self.varmap.get(s, name, h, dtype, dev)?;
+        Ok(if self.frozen.contains(name) {
+            t.detach()
+        } else {
+            t
+        })
+    }
+
+    fn get_unchecked(&self, name: &str, dtype: DType, dev: &Device) -> Result<Tensor> {
+        candle_nn::var_builder::SimpleBackend::get_unchecked(&self.varmap, name, dtype, dev)
+    }
+
+    fn contains_tensor(&self, name: &str) -> bool {
+        candle_nn::var_builder::SimpleBackend::contains_tensor(&self.varmap, name)
+    }
 }
 
 impl Trainable {
@@ -819,6 +904,7 @@ impl Trainable {
             config: config.clone(),
             varmap,
             model,
+            adapter: None,
         })
     }
 
@@ -866,11 +952,28 @@ impl Trainable {
     /// As [`Trainable::load`]; with `without_head`, an untied LM head (`lm_head`,
     /// `embed_out`) may be absent and is left at its seeded initial weights: a
     /// `*ForSequenceClassification` checkpoint written by transformers has none.
+    ///
+    /// A directory with a LoRA adapter in PEFT's format and no `model.safetensors` loads as
+    /// its base (`base_model_name_or_path` in `adapter_config.json`, a directory, relative
+    /// to the adapter's) with the adapter merged into its weights: what the adapted model
+    /// computes, as a plain model.
     pub fn load_with(
         dir: &Path,
         device: &Device,
         without_head: bool,
     ) -> std::result::Result<Self, CheckpointError> {
+        Trainable::load_nested(dir, device, without_head, 0)
+    }
+
+    fn load_nested(
+        dir: &Path,
+        device: &Device,
+        without_head: bool,
+        depth: usize,
+    ) -> std::result::Result<Self, CheckpointError> {
+        if !dir.join("model.safetensors").exists() && dir.join(ADAPTER_CONFIG).is_file() {
+            return Trainable::load_adapter_dir(dir, device, without_head, depth);
+        }
         let config_path = dir.join("config.json");
         let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
             path: config_path.display().to_string(),
@@ -957,6 +1060,247 @@ impl Trainable {
         Ok(trainable)
     }
 
+    /// Loads an adapter directory: its base, then the adapter merged in.
+    fn load_adapter_dir(
+        dir: &Path,
+        device: &Device,
+        without_head: bool,
+        depth: usize,
+    ) -> std::result::Result<Self, CheckpointError> {
+        let config_path = dir.join(ADAPTER_CONFIG);
+        let invalid = |path: &Path, reason: String| CheckpointError::Invalid {
+            path: path.display().to_string(),
+            reason,
+        };
+        if depth >= 16 {
+            return Err(invalid(
+                &config_path,
+                "more than 16 adapters on adapters: the base references go round in a circle"
+                    .into(),
+            ));
+        }
+        let text = std::fs::read_to_string(&config_path).map_err(|source| CheckpointError::Io {
+            path: config_path.display().to_string(),
+            source,
+        })?;
+        let peft: lora::PeftConfig = serde_json::from_str(&text)
+            .map_err(|e| invalid(&config_path, format!("not a PEFT adapter config: {e}")))?;
+        let config = peft.lora().map_err(|e| invalid(&config_path, e))?;
+        let reference = peft.base_model_name_or_path.clone().ok_or_else(|| {
+            invalid(
+                &config_path,
+                "no `base_model_name_or_path`: the adapter does not say what it adapts".into(),
+            )
+        })?;
+        let base_dir = dir.join(&reference);
+        if !base_dir.is_dir() {
+            return Err(invalid(
+                &config_path,
+                format!(
+                    "its base `{reference}` is not a directory (looked at `{}`; hone resolves it relative to the adapter's directory and downloads nothing)",
+                    base_dir.display()
+                ),
+            ));
+        }
+        let base = Trainable::load_nested(&base_dir, device, without_head, depth + 1)?;
+        let weights_path = dir.join(ADAPTER_WEIGHTS);
+        let tensors = lora::read_adapter_tensors(&weights_path, device)
+            .map_err(|e| invalid(&weights_path, e))?;
+        base.merge(&config, &tensors)
+            .map_err(|e| invalid(&weights_path, e))?;
+        Ok(base)
+    }
+
+    /// Adds the adapter `tensors` (hone's names) into the weights they adapt; tensors that
+    /// are not an adapter's replace the base variable of their name (PEFT's
+    /// `modules_to_save`), except a reward model's `score.weight`, which its loader reads.
+    fn merge(
+        &self,
+        config: &lora::LoraConfig,
+        tensors: &std::collections::BTreeMap<String, Tensor>,
+    ) -> std::result::Result<(), String> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let fan_in_fan_out = matches!(self.config, ModelConfig::Gpt2(_));
+        for (name, a) in tensors {
+            let Some(module) = name.strip_suffix(lora::A_SUFFIX) else {
+                if name.ends_with(lora::B_SUFFIX) || name == "score.weight" {
+                    continue;
+                }
+                let var = data.get(name).ok_or_else(|| {
+                    format!("`{name}` is neither an adapter's tensor nor one of the base's")
+                })?;
+                if a.dims() != var.dims() {
+                    return Err(format!(
+                        "`{name}` has shape {:?}, the base's {:?}",
+                        a.dims(),
+                        var.dims()
+                    ));
+                }
+                var.set(a).map_err(|e| e.to_string())?;
+                continue;
+            };
+            let b_name = format!("{module}{}", lora::B_SUFFIX);
+            let b = tensors
+                .get(&b_name)
+                .ok_or_else(|| format!("`{name}` has no `{b_name}`"))?;
+            let weight_name = format!("{module}.weight");
+            let weight = data.get(&weight_name).ok_or_else(|| {
+                format!("the adapter adapts `{module}`, which the base has no weight for")
+            })?;
+            let delta = (b.matmul(a).map_err(|e| e.to_string())? * config.scale())
+                .map_err(|e| e.to_string())?;
+            let delta = if fan_in_fan_out {
+                delta.t().map_err(|e| e.to_string())?
+            } else {
+                delta
+            };
+            if delta.dims() != weight.dims() {
+                return Err(format!(
+                    "the adapter of `{module}` is {:?} x {:?}, its weight {:?}",
+                    b.dims(),
+                    a.dims(),
+                    weight.dims()
+                ));
+            }
+            let merged = (weight.as_tensor() + delta).map_err(|e| e.to_string())?;
+            weight.set(&merged).map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The weights of the base with the adapter merged in (the base's own without one).
+    fn merged_weights(&self) -> Result<Vec<(String, Tensor)>> {
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut out = Vec::new();
+        let fan_in_fan_out = matches!(self.config, ModelConfig::Gpt2(_));
+        for (name, var) in data.iter() {
+            if !self.trains(name) || self.adapter.is_none() {
+                let w = var.as_tensor().detach();
+                let merged = match (&self.adapter, name.strip_suffix(".weight")) {
+                    (Some(adapter), Some(module)) => {
+                        let a = data.get(&format!("{module}{}", lora::A_SUFFIX));
+                        let b = data.get(&format!("{module}{}", lora::B_SUFFIX));
+                        match (a, b) {
+                            (Some(a), Some(b)) => {
+                                let delta = (b.as_tensor().matmul(a.as_tensor())?
+                                    * adapter.ctx.config.scale())?;
+                                let delta = if fan_in_fan_out { delta.t()? } else { delta };
+                                (w + delta)?.detach()
+                            }
+                            _ => w,
+                        }
+                    }
+                    _ => w,
+                };
+                out.push((name.clone(), merged));
+            }
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Writes the base with the adapter merged in as a plain checkpoint (`config.json`,
+    /// `model.safetensors`), with the variables beside the base's that `extra` accepts (a
+    /// reward model's head).
+    pub fn save_merged(
+        &self,
+        dir: &Path,
+        extra: impl Fn(&str) -> bool,
+    ) -> std::result::Result<(), CheckpointError> {
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let config_path = dir.join("config.json");
+        std::fs::write(&config_path, self.config.to_hf_json()).map_err(|source| {
+            CheckpointError::Io {
+                path: config_path.display().to_string(),
+                source,
+            }
+        })?;
+        let mut map: HashMap<String, Tensor> = self.merged_weights()?.into_iter().collect();
+        for (name, var) in self.varmap.data().lock().expect("varmap lock").iter() {
+            if self.trains(name) && !lora::is_adapter_var(name) && extra(name) {
+                map.insert(name.clone(), var.as_tensor().detach());
+            }
+        }
+        candle_core::safetensors::save(&map, dir.join("model.safetensors"))?;
+        Ok(())
+    }
+
+    /// Writes the adapter in PEFT's format: `adapter_config.json` (with `base` as
+    /// `base_model_name_or_path`, and `task_type`) and `adapter_model.safetensors` (the
+    /// adapter's variables and those beside the base's that `extra` accepts, PEFT's
+    /// `modules_to_save`, under PEFT's names). Without an adapter it is an error.
+    pub fn save_adapter(
+        &self,
+        dir: &Path,
+        base: &str,
+        task_type: &str,
+        modules_to_save: &[&str],
+        extra: impl Fn(&str) -> bool,
+    ) -> std::result::Result<(), CheckpointError> {
+        let adapter = self
+            .adapter
+            .as_ref()
+            .ok_or_else(|| CheckpointError::Invalid {
+                path: dir.display().to_string(),
+                reason: "the model has no adapter to save".into(),
+            })?;
+        std::fs::create_dir_all(dir).map_err(|source| CheckpointError::Io {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        let data = self.varmap.data().lock().expect("varmap lock");
+        let mut map: HashMap<String, Tensor> = HashMap::new();
+        let mut targets = std::collections::BTreeSet::new();
+        for (name, var) in data.iter() {
+            if !self.trains(name) {
+                continue;
+            }
+            if let Some(module) = name.strip_suffix(lora::A_SUFFIX) {
+                targets.insert(module.rsplit('.').next().unwrap_or(module).to_string());
+            }
+            if lora::is_adapter_var(name) || extra(name) {
+                map.insert(
+                    format!("{}{name}", lora::PEFT_PREFIX),
+                    var.as_tensor().detach(),
+                );
+            }
+        }
+        drop(data);
+        let c = &adapter.ctx.config;
+        let config = serde_json::json!({
+            "base_model_name_or_path": base,
+            "bias": "none",
+            "fan_in_fan_out": matches!(self.config, ModelConfig::Gpt2(_)),
+            "inference_mode": true,
+            "init_lora_weights": true,
+            "lora_alpha": c.alpha,
+            "lora_dropout": c.dropout,
+            "modules_to_save": if modules_to_save.is_empty() {
+                Value::Null
+            } else {
+                Value::from(modules_to_save.to_vec())
+            },
+            "peft_type": "LORA",
+            "r": c.r,
+            "target_modules": targets.into_iter().collect::<Vec<_>>(),
+            "task_type": task_type,
+            "use_dora": false,
+            "use_rslora": c.rslora,
+        });
+        let path = dir.join(ADAPTER_CONFIG);
+        let mut text = serde_json::to_string_pretty(&config).expect("serialises");
+        text.push('\n');
+        std::fs::write(&path, text).map_err(|source| CheckpointError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        candle_core::safetensors::save(&map, dir.join(ADAPTER_WEIGHTS))?;
+        Ok(())
+    }
+
     /// Writes `config.json` and `model.safetensors` (f32, Hugging Face names) into `dir`.
     pub fn save(&self, dir: &Path) -> std::result::Result<(), CheckpointError> {
         self.save_filtered(dir, |_| true)
@@ -992,17 +1336,134 @@ impl Trainable {
         Ok(())
     }
 
-    /// A detached copy for inference.
+    /// A detached copy for inference (with the adapter, which drops nothing there).
     pub fn frozen(&self) -> Result<CausalLm> {
-        let device = self
-            .varmap
+        let device = self.device();
+        match &self.adapter {
+            None => CausalLm::frozen(&self.config, &self.varmap, &device),
+            Some(adapter) => {
+                let tensors: HashMap<String, Tensor> = self
+                    .varmap
+                    .data()
+                    .lock()
+                    .expect("varmap lock")
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+                    .collect();
+                let ctx = lora::AdapterCtx {
+                    config: adapter.ctx.config.clone(),
+                    dropout: std::sync::Arc::new(lora::Dropout::new(0.0, 0)),
+                };
+                CausalLm::with_adapter(
+                    &self.config,
+                    Some(&ctx),
+                    VarBuilder::from_tensors(tensors, DType::F32, &device),
+                )
+            }
+        }
+    }
+
+    /// The base without its adapter, for inference: the KL reference of a stage that
+    /// trains an adapter. It shares the base's storage, which does not train, so no second
+    /// copy of the weights is made.
+    pub fn base_model(&self) -> Result<CausalLm> {
+        CausalLm::frozen(&self.config, &self.varmap, &self.device())
+    }
+
+    fn device(&self) -> Device {
+        self.varmap
             .all_vars()
             .first()
             .map(|v| v.device().clone())
-            .unwrap_or(Device::Cpu);
-        CausalLm::frozen(&self.config, &self.varmap, &device)
+            .unwrap_or(Device::Cpu)
+    }
+
+    /// Whether the variable `name` trains: all do, but with an adapter only its own (and
+    /// any added after it, such as a value or reward head).
+    pub fn trains(&self, name: &str) -> bool {
+        self.adapter
+            .as_ref()
+            .is_none_or(|a| !a.base_names.contains(name))
+    }
+
+    /// Attaches a fresh LoRA adapter, drawn from `seed` (see [`lora::init_vars`]): the model
+    /// is rebuilt over the same variables, the base's detached (they no longer train) and
+    /// the adapter's new. Heads ([`is_head`]: a reward model's score and training-only
+    /// variables, PPO's value head) train with the adapter. A target module that matches no linear layer is an error naming
+    /// it.
+    pub fn attach_adapter(
+        &mut self,
+        config: lora::LoraConfig,
+        seed: u64,
+    ) -> std::result::Result<(), String> {
+        if self.adapter.is_some() {
+            return Err("the model already has an adapter".into());
+        }
+        let device = self.device();
+        let base_names: std::collections::BTreeSet<String> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .keys()
+            .filter(|name| !is_head(name))
+            .cloned()
+            .collect();
+        let ctx = lora::AdapterCtx {
+            dropout: std::sync::Arc::new(lora::Dropout::new(config.dropout, seed ^ 0x10_7A_D0_0D)),
+            config,
+        };
+        let backend = FrozenBase {
+            varmap: self.varmap.clone(),
+            frozen: base_names.clone(),
+        };
+        let model = CausalLm::with_adapter(
+            &self.config,
+            Some(&ctx),
+            VarBuilder::from_backend(Box::new(backend), DType::F32, device),
+        )
+        .map_err(|e| e.to_string())?;
+        let new: std::collections::BTreeMap<String, candle_core::Var> = self
+            .varmap
+            .data()
+            .lock()
+            .expect("varmap lock")
+            .iter()
+            .filter(|(k, _)| !base_names.contains(*k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        let linear = self.config.linear_modules();
+        for target in &ctx.config.target_modules {
+            let matched = new.keys().any(|name| {
+                name.ends_with(lora::A_SUFFIX) && {
+                    let module = &name[..name.len() - lora::A_SUFFIX.len()];
+                    module == target || module.ends_with(&format!(".{target}"))
+                }
+            });
+            if target != "all-linear" && !matched {
+                return Err(format!(
+                    "`target_modules` names `{target}`, which is no linear layer of this {} model (its linear layers: {})",
+                    self.config.model_type(),
+                    linear.join(", ")
+                ));
+            }
+        }
+        lora::init_vars(&new, seed).map_err(|e| e.to_string())?;
+        self.model = model;
+        self.adapter = Some(Adapter { ctx, base_names });
+        Ok(())
     }
 }
+
+/// The variables beside a network that are a stage's head rather than the base model: a
+/// reward model's `score` (and its training-only `hone_aux.*`), PPO's `hone_value.*`.
+pub fn is_head(name: &str) -> bool {
+    name == "score.weight" || name.starts_with("hone_aux.") || name.starts_with("hone_value.")
+}
+
+/// PEFT's adapter files.
+pub const ADAPTER_CONFIG: &str = "adapter_config.json";
+pub const ADAPTER_WEIGHTS: &str = "adapter_model.safetensors";
 
 /// An untied LM head's variables (Llama's `lm_head`, GPT-NeoX's `embed_out`).
 pub fn is_lm_head(name: &str) -> bool {

@@ -10,6 +10,7 @@ use candle_nn::{Init, VarBuilder};
 use serde::{Deserialize, Serialize};
 
 use super::KvCache;
+use super::lora::{AdapterCtx, Lora, adapted};
 use super::ops::{
     AttentionOptions, apply_partial_rope, attention, attention_probs, gelu_tanh, layer_norm,
     linear, rope_inv_freq, rope_tables,
@@ -96,14 +97,21 @@ const INIT: Init = Init::Randn {
     stdev: 0.02,
 };
 
-/// A linear layer with HF's [out, in] weight layout.
+/// A linear layer with HF's [out, in] weight layout and the LoRA adapter that targets it.
 struct Linear {
     weight: Tensor,
     bias: Option<Tensor>,
+    lora: Option<Lora>,
 }
 
 impl Linear {
-    fn new(n_in: usize, n_out: usize, bias: bool, vb: VarBuilder) -> Result<Self> {
+    fn new(
+        n_in: usize,
+        n_out: usize,
+        bias: bool,
+        adapter: Option<&AdapterCtx>,
+        vb: VarBuilder,
+    ) -> Result<Self> {
         Ok(Linear {
             weight: vb.get_with_hints((n_out, n_in), "weight", INIT)?,
             bias: if bias {
@@ -111,11 +119,16 @@ impl Linear {
             } else {
                 None
             },
+            lora: Lora::build(adapter, &vb, n_in, n_out)?,
         })
     }
 
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        linear(x, &self.weight.t()?, self.bias.as_ref())
+        adapted(
+            linear(x, &self.weight.t()?, self.bias.as_ref())?,
+            x,
+            self.lora.as_ref(),
+        )
     }
 }
 
@@ -152,7 +165,7 @@ pub struct Neox {
 }
 
 impl Neox {
-    pub fn new(cfg: &NeoxConfig, vb: VarBuilder) -> Result<Self> {
+    pub fn new(cfg: &NeoxConfig, adapter: Option<&AdapterCtx>, vb: VarBuilder) -> Result<Self> {
         let m = vb.pp("gpt_neox");
         let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
         let layers = (0..cfg.num_hidden_layers)
@@ -165,11 +178,18 @@ impl Neox {
                         h,
                         3 * h,
                         cfg.attention_bias,
+                        adapter,
                         l.pp("attention").pp("query_key_value"),
                     )?,
-                    dense: Linear::new(h, h, cfg.attention_bias, l.pp("attention").pp("dense"))?,
-                    up: Linear::new(h, i, true, l.pp("mlp").pp("dense_h_to_4h"))?,
-                    down: Linear::new(i, h, true, l.pp("mlp").pp("dense_4h_to_h"))?,
+                    dense: Linear::new(
+                        h,
+                        h,
+                        cfg.attention_bias,
+                        adapter,
+                        l.pp("attention").pp("dense"),
+                    )?,
+                    up: Linear::new(h, i, true, adapter, l.pp("mlp").pp("dense_h_to_4h"))?,
+                    down: Linear::new(i, h, true, adapter, l.pp("mlp").pp("dense_4h_to_h"))?,
                 })
             })
             .collect::<Result<_>>()?;

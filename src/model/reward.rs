@@ -53,7 +53,18 @@ impl RewardModel {
         // `*ForSequenceClassification` checkpoint.
         let base = Trainable::load_with(dir, device, true)?;
         let model = RewardModel::from_causal(base, seed, device)?;
-        let stored = candle_core::safetensors::load(dir.join("model.safetensors"), device)?;
+        // The head: in the checkpoint, or an adapter's `modules_to_save`.
+        let stored = if dir.join("model.safetensors").exists() {
+            candle_core::safetensors::load(dir.join("model.safetensors"), device)?
+        } else {
+            super::lora::read_adapter_tensors(&dir.join(super::ADAPTER_WEIGHTS), device)
+                .map_err(|reason| CheckpointError::Invalid {
+                    path: dir.join(super::ADAPTER_WEIGHTS).display().to_string(),
+                    reason,
+                })?
+                .into_iter()
+                .collect()
+        };
         if let Some(score) = stored.get("score.weight") {
             model.head.set(&score.to_dtype(DType::F32)?)?;
         }
@@ -62,9 +73,14 @@ impl RewardModel {
 
     /// Writes the checkpoint with a sequence-classification `config.json`.
     pub fn save(&self, dir: &Path, pad_token_id: u32) -> std::result::Result<(), CheckpointError> {
-        // Training-only variables (`hone_aux.*`: ordinal thresholds, the flag bias) stay out.
-        self.base
-            .save_filtered(dir, |name| !name.starts_with("hone_aux."))?;
+        // Training-only variables (`hone_aux.*`: ordinal thresholds, the flag bias) stay out;
+        // an adapter is merged in.
+        if self.base.adapter.is_some() {
+            self.base.save_merged(dir, |name| name == "score.weight")?;
+        } else {
+            self.base
+                .save_filtered(dir, |name| !name.starts_with("hone_aux."))?;
+        }
         let path = dir.join("config.json");
         let mut config: Value =
             serde_json::from_str(&self.base.config.to_hf_json()).map_err(|e| {

@@ -574,3 +574,234 @@ fn a_list_of_end_tokens_is_read_and_written_back_as_a_list() {
     let err = ModelConfig::from_hf_json(&config("[2, 80]")).unwrap_err();
     assert!(err.to_string().contains("`eos_token_id` is 80"), "{err}");
 }
+
+fn all_configs() -> Vec<ModelConfig> {
+    vec![
+        gpt2(),
+        llama(),
+        qwen2(),
+        qwen3(),
+        mistral_window(),
+        gemma2(),
+        gemma3(),
+        phi3(),
+        neox(true),
+        neox(false),
+    ]
+}
+
+fn lora(targets: &[&str]) -> super::lora::LoraConfig {
+    super::lora::LoraConfig {
+        r: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        target_modules: targets.iter().map(|s| s.to_string()).collect(),
+        rslora: false,
+    }
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Gives every `lora_B` random values (a fresh adapter's are zero and change nothing).
+fn perturb_adapter(t: &Trainable) {
+    use rand::SeedableRng;
+    use rand_distr::{Distribution, Normal};
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(5);
+    let normal = Normal::new(0.0f32, 0.3).unwrap();
+    let data = t.varmap.data().lock().unwrap();
+    let mut names: Vec<&String> = data.keys().collect();
+    names.sort();
+    for name in names {
+        if name.ends_with(super::lora::B_SUFFIX) {
+            let var = &data[name];
+            let v: Vec<f32> = (0..var.elem_count())
+                .map(|_| normal.sample(&mut rng))
+                .collect();
+            var.set(&Tensor::from_vec(v, var.shape(), var.device()).unwrap())
+                .unwrap();
+        }
+    }
+}
+
+/// A fresh adapter changes no logit; only the adapter's variables get a gradient (and
+/// every one of them a finite non-zero one once B is not zero); backward computes no
+/// gradient of the frozen base.
+#[test]
+fn a_lora_adapter_trains_alone_on_every_architecture() {
+    for config in all_configs() {
+        let mut t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
+        let x = ids(&[1, 5, 9, 3, 7, 2]);
+        let before = t.model.forward(&x, None, 0).unwrap();
+        t.attach_adapter(lora(&["all-linear"]), 3).unwrap();
+        let fresh = t.model.forward(&x, None, 0).unwrap();
+        assert_eq!(max_diff(&before, &fresh), 0.0, "{config:?}");
+        perturb_adapter(&t);
+        let batch = Batch::new(&[(vec![1, 5, 9, 3, 7, 2, 8], 0)], 0, &Device::Cpu).unwrap();
+        let grads = lm_loss(&t.model, &batch).unwrap().backward().unwrap();
+        let data = t.varmap.data().lock().unwrap();
+        let mut adapted = 0;
+        for (name, var) in data.iter() {
+            let g = grads.get(var.as_tensor());
+            if super::lora::is_adapter_var(name) {
+                adapted += 1;
+                let norm = g
+                    .unwrap_or_else(|| panic!("{name}: no gradient"))
+                    .sqr()
+                    .unwrap()
+                    .sum_all()
+                    .unwrap()
+                    .to_scalar::<f32>()
+                    .unwrap();
+                assert!(norm.is_finite() && norm > 0.0, "{name}: {norm}");
+                assert!(t.trains(name));
+            } else {
+                assert!(g.is_none(), "{name}: the frozen base got a gradient");
+                assert!(!t.trains(name), "{name}");
+            }
+        }
+        // Two variables per linear layer: GPT-2 has 4 per block, Phi-3 4, NeoX 4, the
+        // others 7.
+        let per_layer = match &config {
+            ModelConfig::Llama(c) if c.family != LlamaFamily::Phi3 => 7,
+            _ => 4,
+        };
+        assert_eq!(adapted, 2 * per_layer * 2, "{config:?}");
+    }
+}
+
+/// The adapter saved in PEFT's format and loaded through its base reference, and the
+/// merged checkpoint, compute what the adapted model computes; the cache changes nothing.
+#[test]
+fn an_adapter_saves_as_peft_and_merged_with_the_same_logits() {
+    for config in all_configs() {
+        let base_dir = tempfile::tempdir().unwrap();
+        let (adapter_dir, merged_dir) =
+            (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
+        t.save(base_dir.path()).unwrap();
+        t.attach_adapter(lora(&["all-linear"]), 3).unwrap();
+        perturb_adapter(&t);
+        let x = ids(&[3, 14, 15, 9, 2, 6]);
+        let want = t.model.forward(&x, None, 0).unwrap();
+        let frozen = t.frozen().unwrap();
+        assert_eq!(max_diff(&want, &frozen.forward(&x, None, 0).unwrap()), 0.0);
+        let base = t.base_model().unwrap().forward(&x, None, 0).unwrap();
+        assert!(
+            max_diff(&want, &base) > 1e-3,
+            "the base without the adapter differs"
+        );
+        t.save_adapter(
+            adapter_dir.path(),
+            &base_dir.path().display().to_string(),
+            "CAUSAL_LM",
+            &[],
+            |_| false,
+        )
+        .unwrap();
+        let peft: serde_json::Value = serde_json::from_str(
+            &std::fs::read_to_string(adapter_dir.path().join("adapter_config.json")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(peft["r"], 4);
+        assert_eq!(peft["peft_type"], "LORA");
+        let stored = candle_core::safetensors::load(
+            adapter_dir.path().join("adapter_model.safetensors"),
+            &Device::Cpu,
+        )
+        .unwrap();
+        assert!(stored.keys().all(|k| k.starts_with("base_model.model.")
+            && (k.ends_with(".lora_A.weight") || k.ends_with(".lora_B.weight"))));
+        let loaded = Trainable::load(adapter_dir.path(), &Device::Cpu).unwrap();
+        let got = loaded.model.forward(&x, None, 0).unwrap();
+        assert!(
+            max_diff(&want, &got) < 1e-5,
+            "{config:?}: {}",
+            max_diff(&want, &got)
+        );
+        t.save_merged(merged_dir.path(), |_| false).unwrap();
+        let merged = Trainable::load(merged_dir.path(), &Device::Cpu).unwrap();
+        assert_eq!(merged.config, config);
+        let got = merged.model.forward(&x, None, 0).unwrap();
+        assert!(max_diff(&want, &got) < 1e-5, "{config:?}");
+        // The KV cache, with the adapter.
+        let mut cache = frozen.new_cache();
+        let first = frozen
+            .forward(&ids(&[3, 14, 15]), Some(&mut cache), 0)
+            .unwrap();
+        let rest = frozen
+            .forward(&ids(&[9, 2, 6]), Some(&mut cache), 3)
+            .unwrap();
+        let stepwise = Tensor::cat(&[first, rest], 1).unwrap();
+        assert!(max_diff(&want, &stepwise) < 1e-4);
+    }
+}
+
+#[test]
+fn adapter_targets_that_match_nothing_are_named() {
+    let mut t = Trainable::seeded(&llama(), SEED, &Device::Cpu).unwrap();
+    let e = t
+        .attach_adapter(lora(&["q_proj", "c_attn"]), 0)
+        .unwrap_err();
+    assert!(
+        e.contains("`c_attn`") && e.contains("q_proj, k_proj"),
+        "{e}"
+    );
+    let mut t = Trainable::seeded(&gpt2(), SEED, &Device::Cpu).unwrap();
+    t.attach_adapter(lora(&["c_attn"]), 0).unwrap();
+    assert!(t.attach_adapter(lora(&["c_attn"]), 0).is_err());
+}
+
+/// AdamW on the adapter alone fits a sequence and leaves every base weight as it was.
+#[test]
+fn training_an_adapter_leaves_the_base_unchanged() {
+    for config in [gpt2(), llama(), phi3(), neox(true)] {
+        let mut t = Trainable::seeded(&config, SEED, &Device::Cpu).unwrap();
+        // Embeddings (and tied heads) of a trained model's size: at 0.02 the logits of a
+        // frozen tied head can hardly move.
+        for (name, var) in t.varmap.data().lock().unwrap().iter() {
+            if name.contains("wte") || name.contains("embed") || name.contains("lm_head") {
+                var.set(&(var.as_tensor() * 25.0).unwrap()).unwrap();
+            }
+        }
+        let base_before = weights(&t);
+        let mut cfg = lora(&["all-linear"]);
+        cfg.r = 8;
+        cfg.alpha = 16.0;
+        t.attach_adapter(cfg, 1).unwrap();
+        let vars = crate::policy::train::lm_vars(&t);
+        assert!(vars.iter().all(|(n, _)| super::lora::is_adapter_var(n)));
+        let schedule = Schedule {
+            peak_lr: 2e-2,
+            warmup_steps: 5,
+            total_steps: 80,
+            final_fraction: 0.1,
+        };
+        let mut trainer = Trainer::new(vars, schedule, 0.0, Some(1.0)).unwrap();
+        let batch = Batch::new(&[(vec![7, 8, 9, 10, 11, 12, 13, 14], 0)], 0, &Device::Cpu).unwrap();
+        let first = lm_loss(&t.model, &batch)
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap();
+        let mut last = first;
+        for _ in 0..80 {
+            let loss = lm_loss(&t.model, &batch).unwrap();
+            last = loss.to_scalar::<f32>().unwrap();
+            trainer.step(&loss).unwrap();
+        }
+        assert!(last < first - 1.0, "{config:?}: loss {first} -> {last}");
+        let after: Vec<(String, Vec<f32>)> = weights(&t)
+            .into_iter()
+            .filter(|(n, _)| !super::lora::is_adapter_var(n))
+            .collect();
+        assert_eq!(after, base_before, "{config:?}");
+    }
+}

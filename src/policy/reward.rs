@@ -214,9 +214,23 @@ pub fn save_reward_model(
     out: &std::path::Path,
     meta: &super::meta::ModelMeta,
     base_dir: &std::path::Path,
+    merge: bool,
 ) -> Result<()> {
     let eot = super::end_of_text(&rm.base.config, tok);
-    rm.save(out, eot).map_err(|e| PolicyError::input(out, e))?;
+    if rm.base.adapter.is_some() {
+        // PEFT's sequence-classification adapter: the head as `modules_to_save`.
+        let reference = crate::artifact::store_reference(base_dir, 0);
+        rm.base
+            .save_adapter(out, &reference, "SEQ_CLS", &["score"], |n| {
+                n == "score.weight"
+            })
+            .map_err(|e| PolicyError::input(out, e))?;
+        if merge {
+            rm.save(out, eot).map_err(|e| PolicyError::input(out, e))?;
+        }
+    } else {
+        rm.save(out, eot).map_err(|e| PolicyError::input(out, e))?;
+    }
     tok.save(out.join("tokenizer.json"), true)
         .map_err(|e| PolicyError::input(out, e))?;
     super::chat::carry_tokenizer_files(base_dir, out)?;
@@ -247,7 +261,7 @@ impl Scorer {
         device: &candle_core::Device,
     ) -> Result<Self> {
         Ok(Scorer {
-            model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)?,
+            model: rm.base.frozen()?,
             tok: tok.clone(),
             format: format.clone(),
             eot,
@@ -358,8 +372,7 @@ impl RewardScorer {
         let format = reward_format(dir, &template)?;
         let eot = super::end_of_text(&rm.base.config, &tok);
         Ok(RewardScorer {
-            model: CausalLm::frozen(&rm.base.config, &rm.base.varmap, device)
-                .map_err(PolicyError::from)?,
+            model: rm.base.frozen().map_err(PolicyError::from)?,
             head: rm.head.as_tensor().detach(),
             offset: meta.and_then(|m| m.reward_offset).unwrap_or(0.0),
             context: rm.base.config.context_len(),

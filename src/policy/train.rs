@@ -16,14 +16,21 @@ use crate::model::train::{Batch, Trainer, lm_loss};
 
 /// A causal LM's trainable variables, by name: all of them (with PPO's value head, which
 /// lives in the policy's variables and trains with it).
+/// With a LoRA adapter, only the adapter's (and the value head).
 pub fn lm_vars(model: &Trainable) -> Vec<(String, Var)> {
     Trainer::named_vars(&model.varmap)
+        .into_iter()
+        .filter(|(name, _)| model.trains(name))
+        .collect()
 }
 
 /// A reward model's: its backbone without the language-model head it never uses, and its
-/// scalar head.
+/// scalar head; with a LoRA adapter, the adapter and the head.
 pub fn reward_model_vars(rm: &RewardModel) -> Vec<(String, Var)> {
     rm.trainable_vars()
+        .into_iter()
+        .filter(|(name, _)| rm.base.trains(name))
+        .collect()
 }
 
 /// One optimiser step of a training stage.
@@ -78,8 +85,9 @@ impl<'a> ResumeState<'a> {
     ) -> Result<()> {
         let tmp = self.dir.join("saving");
         let _ = std::fs::remove_dir_all(&tmp);
+        // With an adapter, only what trains: the base is the stage's input.
         trainable
-            .save(&tmp.join("model"))
+            .save_filtered(&tmp.join("model"), |name| trainable.trains(name))
             .map_err(|e| PolicyError::input(self.dir, e))?;
         trainer
             .save_state(&tmp.join("optimizer.safetensors"))
@@ -132,6 +140,9 @@ impl<'a> ResumeState<'a> {
         )
         .map_err(|e| PolicyError::input(self.dir, e))?;
         for (name, var) in trainable.varmap.data().lock().expect("varmap lock").iter() {
+            if !trainable.trains(name) {
+                continue;
+            }
             let source = saved.get(name).ok_or_else(|| {
                 PolicyError::input(self.dir, format!("checkpoint lacks `{name}`"))
             })?;
@@ -213,7 +224,17 @@ pub fn train_with_loss<E: From<PolicyError>>(
         if progress.cancelled() {
             return Err(PolicyError::Cancelled.into());
         }
-        let (loss, tokens) = loss_for(trainer.step)?;
+        // An adapter's dropout drops in the step's forward passes only, with the masks
+        // of this step (the same on a resumed run).
+        let dropout = trainable.adapter.as_ref().map(|a| a.ctx.dropout.clone());
+        if let Some(d) = &dropout {
+            d.train_step(trainer.step as u64);
+        }
+        let computed = loss_for(trainer.step);
+        if let Some(d) = &dropout {
+            d.eval();
+        }
+        let (loss, tokens) = computed?;
         let lr = trainer.lr();
         let grad_norm = trainer.step(&loss).map_err(PolicyError::from)?;
         let loss_value = f64::from(loss.to_scalar::<f32>().map_err(PolicyError::from)?);

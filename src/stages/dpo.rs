@@ -85,6 +85,9 @@ pub struct DpoParams {
     #[serde(default = "default_checkpoint_every")]
     #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
+    /// Train a LoRA adapter instead of every weight (see the README's "LoRA adapters").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<lm::AdapterParams>,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
@@ -155,6 +158,7 @@ impl Kind for Dpo {
             ));
         }
         lm::check_device(&p.device, &mut errors);
+        lm::check_adapter_without_dropout(p.adapter.as_ref(), "dpo", &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -181,8 +185,15 @@ impl Kind for Dpo {
 
     fn run(&self, p: &DpoParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
-        let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
-        let reference = lm::load_reference(ctx, "policy", &device)?;
+        let (mut policy, tok) = lm::load_input(ctx, "policy", &device)?;
+        lm::attach_adapter(&mut policy, p.adapter.as_ref(), ctx.seed)?;
+        // With an adapter the reference is the policy's own base without it (TRL's way: one
+        // copy of the weights), unless a `reference` input is bound.
+        let reference = if policy.adapter.is_some() && !ctx.inputs.contains_key("reference") {
+            policy.base_model().map_err(failed)?
+        } else {
+            lm::load_reference(ctx, "policy", &device)?
+        };
         let eot = lm::end_of_text(&policy.config, &tok);
         let context = policy.config.context_len();
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
@@ -264,7 +275,7 @@ impl Kind for Dpo {
         let (correct, margin_sum) =
             implicit_rewards(&frozen, &examples, &reference_sums, p.beta, eot, &device)?;
         let out = ctx.workspace.join(&ctx.outputs["policy"]);
-        lm::write_model(
+        lm::write_model_with(
             &out,
             &policy,
             &tok,
@@ -273,6 +284,7 @@ impl Kind for Dpo {
                 ..ModelMeta::of_stage("dpo")
             },
             Some(&lm::input_dir(ctx, "policy")?),
+            p.adapter.as_ref().is_some_and(|a| a.merge),
         )?;
         let summary = json!({
             "pairs": pairs.len(),

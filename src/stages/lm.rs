@@ -8,6 +8,8 @@ use std::path::Path;
 
 use arrow::array::ArrayRef;
 use candle_core::Device;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use tokenizers::Tokenizer;
 
@@ -138,9 +140,99 @@ pub fn load_reference(
     load_input(ctx, port, device)?.0.frozen().map_err(failed)
 }
 
+fn default_lora_r() -> usize {
+    8
+}
+fn default_lora_alpha() -> f64 {
+    8.0
+}
+
+/// A stage's `adapter:` block: train a LoRA adapter (PEFT's layout) instead of every
+/// weight. Left out, the stage trains all weights, as it always did.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AdapterParams {
+    /// The adapter's rank.
+    #[serde(default = "default_lora_r")]
+    #[schemars(range(min = 1, max = 4096))]
+    pub r: usize,
+    /// Its scale is `alpha / r` (`alpha / sqrt(r)` with `rslora`); PEFT's defaults, r 8 and
+    /// alpha 8.
+    #[serde(default = "default_lora_alpha")]
+    #[schemars(extend("exclusiveMinimum" = 0))]
+    pub alpha: f64,
+    /// Dropout on the adapter's input while training (sft and reward-fit; dpo and ppo
+    /// train without it, as TRL does).
+    #[serde(default)]
+    #[schemars(range(min = 0), extend("exclusiveMaximum" = 1))]
+    pub dropout: f64,
+    /// The linear layers adapted, by PEFT's module names (`q_proj`, `c_attn`,
+    /// `query_key_value`, ...) or `[all-linear]`; default PEFT's for the model type (the
+    /// attention's query and value projections).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1))]
+    pub target_modules: Option<Vec<String>>,
+    /// rsLoRA's scale.
+    #[serde(default)]
+    pub rslora: bool,
+    /// Also write the base with the adapter merged in (`config.json`, `model.safetensors`)
+    /// beside the adapter's files.
+    #[serde(default)]
+    pub merge: bool,
+}
+
+/// Attaches the stage's adapter to `trainable` (drawn from the stage's seed); nothing
+/// without one. `stage` names the kind in errors: dpo and ppo refuse a dropout.
+pub fn attach_adapter(
+    trainable: &mut Trainable,
+    adapter: Option<&AdapterParams>,
+    seed: u64,
+) -> Result<(), StageError> {
+    let Some(a) = adapter else {
+        return Ok(());
+    };
+    let config = crate::model::lora::LoraConfig {
+        r: a.r,
+        alpha: a.alpha,
+        dropout: a.dropout,
+        target_modules: a
+            .target_modules
+            .clone()
+            .unwrap_or_else(|| crate::model::lora::default_targets(trainable.config.model_type())),
+        rslora: a.rslora,
+    };
+    trainable
+        .attach_adapter(config, seed)
+        .map_err(|e| failed(format!("adapter: {e}")))
+}
+
+/// Adds a spec error when an adapter asks for dropout in a stage that trains without it.
+pub fn check_adapter_without_dropout(
+    adapter: Option<&AdapterParams>,
+    kind: &str,
+    errors: &mut Vec<super::ParamError>,
+) {
+    if let Some(a) = adapter
+        && a.dropout > 0.0
+    {
+        errors.push(super::ParamError::new(
+            vec![
+                crate::spec::node::PathSeg::Key("adapter".into()),
+                crate::spec::node::PathSeg::Key("dropout".into()),
+            ],
+            format!(
+                "`dropout` is {}: {kind} trains an adapter without dropout (as TRL does: its log-probability ratios assume the policy computes the same twice); leave it out",
+                a.dropout
+            ),
+        ));
+    }
+}
+
 /// Writes a model directory a Hugging Face user recognises, plus `hone.json` (how it was
 /// made), with the tokenizer files (chat template, special tokens, generation config) of
-/// the model in `base_dir` it was made from.
+/// the model in `base_dir` it was made from. A model with an adapter is written as PEFT
+/// writes one (`adapter_config.json` naming `base_dir`, `adapter_model.safetensors`), and
+/// with `merge` also as the merged plain checkpoint.
 pub fn write_model(
     dir: &Path,
     trainable: &Trainable,
@@ -148,7 +240,30 @@ pub fn write_model(
     meta: &ModelMeta,
     base_dir: Option<&Path>,
 ) -> Result<(), StageError> {
-    trainable.save(dir).map_err(failed)?;
+    write_model_with(dir, trainable, tok, meta, base_dir, false)
+}
+
+/// As [`write_model`], with `merge` for a model with an adapter.
+pub fn write_model_with(
+    dir: &Path,
+    trainable: &Trainable,
+    tok: &Tokenizer,
+    meta: &ModelMeta,
+    base_dir: Option<&Path>,
+    merge: bool,
+) -> Result<(), StageError> {
+    if trainable.adapter.is_some() {
+        let base = base_dir.ok_or_else(|| failed("an adapter needs the base it adapts"))?;
+        let reference = crate::artifact::store_reference(base, 0);
+        trainable
+            .save_adapter(dir, &reference, "CAUSAL_LM", &[], |_| false)
+            .map_err(failed)?;
+        if merge {
+            trainable.save_merged(dir, |_| false).map_err(failed)?;
+        }
+    } else {
+        trainable.save(dir).map_err(failed)?;
+    }
     tok.save(dir.join("tokenizer.json"), true).map_err(failed)?;
     if let Some(base) = base_dir {
         crate::policy::chat::carry_tokenizer_files(base, dir)?;

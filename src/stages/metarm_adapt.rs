@@ -337,7 +337,7 @@ impl Kind for MetarmAdapt {
             template: Some(template.clone()),
             ..meta.unwrap_or_default()
         };
-        save_reward_model(&rm, &tok, &out, &meta_out, &rm_dir)?;
+        save_reward_model(&rm, &tok, &out, &meta_out, &rm_dir, false)?;
 
         let provenance = ctx.provenance();
         lm::write_summary_and_table(

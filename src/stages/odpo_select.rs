@@ -17,7 +17,7 @@ use crate::artifact::ArtifactType;
 use crate::artifact::candidates::{Candidate, read_candidates};
 use crate::artifact::table::{Column, ColumnType::*, TableKind, TableRow, TableWriter, col};
 use crate::model::reward::{RewardModel, last_hidden};
-use crate::model::{CausalLm, tokenizer};
+use crate::model::tokenizer;
 use crate::rl::design;
 
 pub struct OdpoSelect;
@@ -380,7 +380,7 @@ fn candidate_features(
     let eot = rm.base.config.eos_token_id().unwrap_or(0);
     let format = crate::policy::reward::reward_format(dir, &p.template)?;
     let context = rm.base.config.context_len();
-    let frozen = CausalLm::frozen(&rm.base.config, &rm.base.varmap, device).map_err(failed)?;
+    let frozen = rm.base.frozen().map_err(failed)?;
     let mut features: Vec<Vec<f64>> = Vec::with_capacity(candidates.len());
     for (n, chunk) in candidates.chunks(32).enumerate() {
         ctx.report((n * 32 + chunk.len()) as u64, candidates.len() as u64);

@@ -215,6 +215,10 @@ pub struct PpoParams {
     #[serde(default = "default_checkpoint_every")]
     #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
+    /// Train a LoRA adapter (and the value head) instead of every weight; the KL reference
+    /// is then the policy's base without it, unless `reference` is bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<lm::AdapterParams>,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
@@ -408,6 +412,7 @@ impl Kind for Ppo {
             ));
         }
         lm::check_device(&p.device, &mut errors);
+        lm::check_adapter_without_dropout(p.adapter.as_ref(), "ppo", &mut errors);
         if !errors.is_empty() {
             return Err(errors);
         }
@@ -430,8 +435,15 @@ impl Kind for Ppo {
 
     fn run(&self, p: &PpoParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
-        let (policy, tok) = lm::load_input(ctx, "policy", &device)?;
-        let reference = lm::load_reference(ctx, "policy", &device)?;
+        let (mut policy, tok) = lm::load_input(ctx, "policy", &device)?;
+        lm::attach_adapter(&mut policy, p.adapter.as_ref(), ctx.seed)?;
+        // With an adapter the reference is the policy's own base without it (TRL's way: one
+        // copy of the weights), unless a `reference` input is bound.
+        let reference = if policy.adapter.is_some() && !ctx.inputs.contains_key("reference") {
+            policy.base_model().map_err(failed)?
+        } else {
+            lm::load_reference(ctx, "policy", &device)?
+        };
         let scorer = RewardScorer::load(
             &ctx.workspace.join(&ctx.inputs["reward_model"][0]),
             p.reward_template.as_deref(),
@@ -981,9 +993,19 @@ fn write_outputs(
 ) -> Result<(), StageError> {
     // The policy, without the value head.
     let out = ctx.workspace.join(&ctx.outputs["policy"]);
-    policy
-        .save_filtered(&out, |name| !name.starts_with("hone_value."))
-        .map_err(failed)?;
+    if policy.adapter.is_some() {
+        let reference = crate::artifact::store_reference(&lm::input_dir(ctx, "policy")?, 0);
+        policy
+            .save_adapter(&out, &reference, "CAUSAL_LM", &[], |_| false)
+            .map_err(failed)?;
+        if p.adapter.as_ref().is_some_and(|a| a.merge) {
+            policy.save_merged(&out, |_| false).map_err(failed)?;
+        }
+    } else {
+        policy
+            .save_filtered(&out, |name| !name.starts_with("hone_value."))
+            .map_err(failed)?;
+    }
     tok.save(out.join("tokenizer.json"), true).map_err(failed)?;
     crate::policy::chat::carry_tokenizer_files(&lm::input_dir(ctx, "policy")?, &out)?;
     ModelMeta {

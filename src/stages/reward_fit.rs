@@ -147,6 +147,9 @@ pub struct RewardFitParams {
     /// many runs (the `aggregate` stage groups by them).
     #[serde(default)]
     pub tags: BTreeMap<String, Value>,
+    /// Train a LoRA adapter and the head instead of every weight (`train: full` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<lm::AdapterParams>,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
@@ -178,6 +181,12 @@ impl Kind for RewardFit {
             ));
         }
         lm::check_device(&p.device, &mut errors);
+        if p.adapter.is_some() && p.train == TrainMode::Head {
+            errors.push(ParamError::new(
+                key("adapter"),
+                "`train: head` fits the head alone on a frozen backbone: an adapter would not train; use `train: full`",
+            ));
+        }
         let init_bound = inputs.contains(&"init");
         if init_bound && inputs.contains(&"model") {
             errors.push(ParamError::new(
@@ -207,7 +216,7 @@ impl Kind for RewardFit {
 
     fn run(&self, p: &RewardFitParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
-        let (rm, tok) = start_model(ctx, ctx.seed, &device)?;
+        let (rm, tok) = start_model(ctx, p, ctx.seed, &device)?;
         let eot = lm::end_of_text(&rm.base.config, &tok);
         let data = lm::read_feedback(ctx, p.use_margin)?;
         let feedback_dir = ctx.workspace.join(&ctx.inputs["feedback"][0]);
@@ -296,6 +305,7 @@ impl Kind for RewardFit {
                 ..ModelMeta::of_stage("reward-fit")
             },
             &source_dir(ctx)?,
+            p.adapter.as_ref().is_some_and(|a| a.merge),
         )?;
         if p.ensemble > 1 {
             let member_dir = |k: usize| out.join("members").join(k.to_string());
@@ -370,7 +380,7 @@ fn fit_full(
     let mut members = Vec::new();
     for k in 1..p.ensemble {
         let (seed, resample) = bootstrap(ctx.seed, data.pairs, k);
-        let (start, _) = start_model(ctx, seed, device)?;
+        let (start, _) = start_model(ctx, p, seed, device)?;
         let resume = ctx.resume_dir.join(format!("member-{k}"));
         let member = fit_member(
             ctx,
@@ -422,7 +432,7 @@ fn fit_heads(
     for k in 1..p.ensemble {
         let (_, resample) = bootstrap(ctx.seed, data.pairs, k);
         let (weights, _) = fit_head(ctx, p, &mut scorer, &resample)?;
-        let (member, _) = start_model(ctx, ctx.seed, device)?;
+        let (member, _) = start_model(ctx, p, ctx.seed, device)?;
         set_head(&member, &weights, device)?;
         members.push(member);
     }
@@ -619,19 +629,29 @@ fn flag_loss(
 
 /// The model training starts from: the `init` reward model (backbone and head), or the
 /// `model` causal LM with a fresh head drawn from `seed`.
+/// With an adapter, it is attached (drawn from `seed`): the backbone stays as it is and
+/// the adapter and the head train.
 fn start_model(
     ctx: &StageContext<'_>,
+    p: &RewardFitParams,
     seed: u64,
     device: &candle_core::Device,
 ) -> Result<(RewardModel, tokenizers::Tokenizer), StageError> {
-    if ctx.inputs.get("init").and_then(|i| i.first()).is_some() {
+    let (mut rm, tok) = if ctx.inputs.get("init").and_then(|i| i.first()).is_some() {
         let dir = source_dir(ctx)?;
         let rm = RewardModel::load(&dir, seed, device).map_err(failed)?;
         let tok = tokenizer::load(&dir.join("tokenizer.json")).map_err(failed)?;
-        return Ok((rm, tok));
+        (rm, tok)
+    } else {
+        let (base, tok) = lm::load_input(ctx, "model", device)?;
+        (
+            RewardModel::from_causal(base, seed, device).map_err(failed)?,
+            tok,
+        )
+    };
+    if p.train == TrainMode::Full {
+        lm::attach_adapter(&mut rm.base, p.adapter.as_ref(), seed)?;
     }
-    let (base, tok) = lm::load_input(ctx, "model", device)?;
-    let rm = RewardModel::from_causal(base, seed, device).map_err(failed)?;
     Ok((rm, tok))
 }
 

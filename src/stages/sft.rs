@@ -77,6 +77,9 @@ pub struct SftParams {
     #[serde(default = "default_checkpoint_every")]
     #[schemars(range(min = 1))]
     pub checkpoint_every: usize,
+    /// Train a LoRA adapter instead of every weight (see the README's "LoRA adapters").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adapter: Option<lm::AdapterParams>,
     #[serde(default = "lm::default_device")]
     pub device: String,
 }
@@ -120,7 +123,8 @@ impl Kind for Sft {
 
     fn run(&self, p: &SftParams, ctx: &StageContext<'_>) -> Result<(), StageError> {
         let device = lm::device(&p.device)?;
-        let (trainable, tok) = lm::load_input(ctx, "model", &device)?;
+        let (mut trainable, tok) = lm::load_input(ctx, "model", &device)?;
+        lm::attach_adapter(&mut trainable, p.adapter.as_ref(), ctx.seed)?;
         let eot = lm::end_of_text(&trainable.config, &tok);
         let context = trainable.config.context_len();
         // (tokens, index of the first completion token), cut to the context.
@@ -177,7 +181,7 @@ impl Kind for Sft {
             },
         )?;
         let final_loss = lm::final_loss(&history);
-        lm::write_model(
+        lm::write_model_with(
             &ctx.workspace.join(&ctx.outputs["model"]),
             &trainable,
             &tok,
@@ -188,6 +192,7 @@ impl Kind for Sft {
                 ..ModelMeta::of_stage("sft")
             },
             Some(&lm::input_dir(ctx, "model")?),
+            p.adapter.as_ref().is_some_and(|a| a.merge),
         )?;
         let provenance = ctx.provenance();
         let summary = json!({"steps": total, "examples": examples.len(), "skipped": skipped, "final_loss": final_loss});
