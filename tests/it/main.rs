@@ -7,6 +7,7 @@ mod crash;
 mod faults;
 mod feedback;
 mod lm_stages;
+mod lora;
 mod models;
 mod policy;
 mod run;
