@@ -17,7 +17,7 @@ SETUP
         torch transformers safetensors tokenizers numpy
 
 USAGE
-    /tmp/hone-ref-venv/bin/python scripts/check_hf_checkpoint.py DIR [EXPECTED_JSON]
+    /tmp/hone-ref-venv/bin/python scripts/check_hf_checkpoint.py DIR [EXPECTED_JSON] [--and DIR [EXPECTED_JSON] ...]
         [--tol 1e-4] [--attn eager|sdpa] [--dtype float32|keep]
 
     EXPECTED_JSON defaults to DIR/expected.json when that exists; without one
@@ -58,7 +58,7 @@ def max_abs(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a.double() - b.double()).abs().max().item())
 
 
-def main() -> int:
+def main(argv) -> int:
     ap = argparse.ArgumentParser(description="Load a checkpoint dir in transformers and compare outputs.")
     ap.add_argument("dir", type=Path)
     ap.add_argument("expected", type=Path, nargs="?")
@@ -70,7 +70,7 @@ def main() -> int:
         choices=["float32", "keep"],
         help="float32: upcast weights (default); keep: use the dtype stored in the checkpoint",
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
 
     transformers.logging.set_verbosity_error()
     transformers.utils.logging.disable_progress_bar()
@@ -192,5 +192,19 @@ def main() -> int:
     return 0 if result["ok"] else 1
 
 
+def run_groups(main, argv) -> int:
+    """`SCRIPT ARGS [--and ARGS ...]`: one check per group of arguments, in one process
+    (torch's import takes seconds); exit 1 when any fails."""
+    groups, current = [], []
+    for arg in argv:
+        if arg == "--and":
+            groups.append(current)
+            current = []
+        else:
+            current.append(arg)
+    groups.append(current)
+    return max(main(group) for group in groups)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_groups(main, sys.argv[1:]))

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Check a reward model hone saved against transformers, both ways.
 
-    python scripts/check_hf_reward_model.py DIR EXPECTED_JSON OUT_DIR
+    python scripts/check_hf_reward_model.py DIR EXPECTED_JSON OUT_DIR [--and DIR EXPECTED_JSON OUT_DIR ...]
 
 DIR is a reward model hone wrote (`*ForSequenceClassification` config, `score.weight`).
 EXPECTED_JSON holds {"sequences": [[ids...], ...], "rewards": [r, ...]}: hone's reward of
@@ -19,8 +19,8 @@ import torch
 from transformers import AutoModelForSequenceClassification
 
 
-def main() -> int:
-    directory, expected_path, out = sys.argv[1:4]
+def main(argv) -> int:
+    directory, expected_path, out = argv
     expected = json.load(open(expected_path))
     model = AutoModelForSequenceClassification.from_pretrained(directory, attn_implementation="eager")
     model.eval()
@@ -39,5 +39,19 @@ def main() -> int:
     return 1 if failures else 0
 
 
+def run_groups(main, argv) -> int:
+    """`SCRIPT ARGS [--and ARGS ...]`: one check per group of arguments, in one process
+    (torch's import takes seconds); exit 1 when any fails."""
+    groups, current = [], []
+    for arg in argv:
+        if arg == "--and":
+            groups.append(current)
+            current = []
+        else:
+            current.append(arg)
+    groups.append(current)
+    return max(main(group) for group in groups)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_groups(main, sys.argv[1:]))

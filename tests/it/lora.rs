@@ -87,9 +87,16 @@ fn every_training_stage_trains_and_saves_a_peft_adapter() {
     assert!(!sft.join("model.safetensors").exists());
     let (names, config) = adapter(&sft);
     assert_eq!(names.len(), 8, "{names:?}");
-    assert!(names.iter().all(|n| n.starts_with("base_model.model.transformer.h.0.")
-        && (n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight"))));
-    assert_eq!(config["target_modules"], serde_json::json!(["c_attn", "c_fc", "c_proj"]));
+    assert!(
+        names
+            .iter()
+            .all(|n| n.starts_with("base_model.model.transformer.h.0.")
+                && (n.ends_with(".lora_A.weight") || n.ends_with(".lora_B.weight")))
+    );
+    assert_eq!(
+        config["target_modules"],
+        serde_json::json!(["c_attn", "c_fc", "c_proj"])
+    );
     assert_eq!(config["fan_in_fan_out"], true);
     assert_eq!(config["lora_dropout"], 0.1);
     let reference = config["base_model_name_or_path"].as_str().unwrap();
@@ -105,7 +112,15 @@ fn every_training_stage_trains_and_saves_a_peft_adapter() {
     )
     .unwrap();
     let b = &tensors["base_model.model.transformer.h.0.attn.c_attn.lora_B.weight"];
-    assert!(b.abs().unwrap().sum_all().unwrap().to_scalar::<f32>().unwrap() > 0.0);
+    assert!(
+        b.abs()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            > 0.0
+    );
 
     // dpo on the sft adapter: its own adapter, its base the sft adapter.
     let dpo = output(&ws, "dpo", "policy");
@@ -122,7 +137,10 @@ fn every_training_stage_trains_and_saves_a_peft_adapter() {
     // merged sequence classifier beside it.
     let reward = output(&ws, "reward", "reward_model");
     let (names, config) = adapter(&reward);
-    assert!(names.contains(&"base_model.model.score.weight".to_string()), "{names:?}");
+    assert!(
+        names.contains(&"base_model.model.score.weight".to_string()),
+        "{names:?}"
+    );
     assert_eq!(config["task_type"], "SEQ_CLS");
     assert_eq!(config["modules_to_save"], serde_json::json!(["score"]));
     assert!(reward.join("model.safetensors").is_file() && reward.join("config.json").is_file());
@@ -156,7 +174,10 @@ fn adapter_settings_a_stage_cannot_use_are_spec_errors() {
         let (kind, inputs) = match stage {
             "dpo" => ("dpo", "{ policy: base.model, feedback: label.feedback }"),
             "sft" => ("sft", "{ model: base.model }"),
-            _ => ("reward-fit", "{ model: base.model, feedback: label.feedback }"),
+            _ => (
+                "reward-fit",
+                "{ model: base.model, feedback: label.feedback }",
+            ),
         };
         ws.write(
             "p.yaml",

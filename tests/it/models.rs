@@ -164,61 +164,85 @@ fn the_tokenizer_agrees_with_the_python_one() {
     }
 }
 
+/// The Python with torch, transformers and peft that the round-trip tests run
+/// (HONE_TRANSFORMERS_PYTHON; `.ci/run` installs one). Without it a test is skipped with a
+/// message, except under `CI=true`, where it fails: CI must never pass one silently.
+fn reference_python(test: &str) -> Option<PathBuf> {
+    match std::env::var_os("HONE_TRANSFORMERS_PYTHON") {
+        Some(python) if !python.is_empty() => Some(PathBuf::from(python)),
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => panic!(
+            "{test}: HONE_TRANSFORMERS_PYTHON is not set under CI=true; .ci/run installs torch, \
+             transformers and peft and sets it (CONTRIBUTING.md, \"The transformers round trip\")"
+        ),
+        _ => {
+            eprintln!(
+                "SKIPPED {test}: HONE_TRANSFORMERS_PYTHON is not set (a Python with torch, \
+                 transformers and peft; CONTRIBUTING.md, \"The transformers round trip\")"
+            );
+            None
+        }
+    }
+}
+
 /// A checkpoint hone saves loads in transformers with the same logits: hone loads each
 /// fixture (written by transformers), saves it, and `scripts/check_hf_checkpoint.py` loads
 /// that with `AutoModelForCausalLM` and compares logits, greedy decoding, log-probabilities
-/// and loss with the fixture's `expected.json`. Needs a Python with torch and transformers in
-/// HONE_TRANSFORMERS_PYTHON, so it is ignored by default; run with `--ignored` it fails
-/// without one (CONTRIBUTING.md, "The transformers round trip", has the commands).
+/// and loss with the fixture's `expected.json` (see [`reference_python`]).
 #[test]
-#[ignore = "needs torch and transformers: see CONTRIBUTING.md"]
 fn a_checkpoint_saved_by_hone_loads_in_transformers() {
-    let python = match std::env::var_os("HONE_TRANSFORMERS_PYTHON") {
-        Some(python) if !python.is_empty() => PathBuf::from(python),
-        _ => panic!(
-            "HONE_TRANSFORMERS_PYTHON is not set: this test needs it to name a Python with \
-             torch and transformers (e.g. /tmp/hone-ref-venv/bin/python); CONTRIBUTING.md, \
-             \"The transformers round trip\", gives the commands to set one up"
-        ),
+    let Some(python) = reference_python("a_checkpoint_saved_by_hone_loads_in_transformers") else {
+        return;
     };
+    let mut dirs = Vec::new();
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
     for model_name in MODELS {
         let dir = tempfile::tempdir().unwrap();
         let trainable = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
         trainable.save(dir.path()).unwrap();
         std::fs::copy(fixture("tokenizer.json"), dir.path().join("tokenizer.json")).unwrap();
-        let out = std::process::Command::new(&python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_hf_checkpoint.py"))
-            .arg(dir.path())
-            .arg(fixture(model_name).join("expected.json"))
-            .output()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "HONE_TRANSFORMERS_PYTHON=`{}` does not run: {e}",
-                    python.display()
-                )
-            });
-        assert!(
-            out.status.success(),
-            "{model_name}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !args.is_empty() {
+            args.push("--and".into());
+        }
+        args.push(dir.path().into());
+        args.push(fixture(model_name).join("expected.json").into());
+        dirs.push(dir);
     }
+    run_check(&python, "check_hf_checkpoint.py", &args);
+}
+
+/// Runs `scripts/SCRIPT ARGS` with the reference Python (all fixtures in one process:
+/// torch's import takes seconds) and fails with its output when a check fails.
+fn run_check(python: &Path, script: &str, args: &[std::ffi::OsString]) {
+    let out = std::process::Command::new(python)
+        .arg(
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("scripts")
+                .join(script),
+        )
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "HONE_TRANSFORMERS_PYTHON=`{}` does not run: {e}",
+                python.display()
+            )
+        });
+    assert!(
+        out.status.success(),
+        "{script}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Reward models both ways: hone's `*ForSequenceClassification` checkpoint loads in
 /// transformers with the same rewards (within 1e-4), and the checkpoint transformers saves
 /// from it (which has no LM head) loads back in hone with the same rewards.
 #[test]
-#[ignore = "needs torch and transformers: see CONTRIBUTING.md"]
 fn a_reward_model_round_trips_through_transformers() {
     use hone::model::reward::RewardModel;
-    let python = match std::env::var_os("HONE_TRANSFORMERS_PYTHON") {
-        Some(python) if !python.is_empty() => PathBuf::from(python),
-        _ => panic!(
-            "HONE_TRANSFORMERS_PYTHON is not set: CONTRIBUTING.md, \"The transformers round \
-             trip\", gives the commands to set one up"
-        ),
+    let Some(python) = reference_python("a_reward_model_round_trips_through_transformers") else {
+        return;
     };
     // No token 0 (the padding id written into the config): transformers reads the reward
     // at the last token that is not padding.
@@ -249,6 +273,8 @@ fn a_reward_model_round_trips_through_transformers() {
             })
             .collect()
     };
+    let mut made = Vec::new();
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
     for model_name in MODELS {
         let (dir, back) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
         let base = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
@@ -261,26 +287,89 @@ fn a_reward_model_round_trips_through_transformers() {
             serde_json::json!({"sequences": sequences, "rewards": want}).to_string(),
         )
         .unwrap();
-        let out = std::process::Command::new(&python)
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/check_hf_reward_model.py"))
-            .arg(dir.path())
-            .arg(&expected)
-            .arg(back.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{model_name}: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // transformers' own checkpoint, back in hone.
+        if !args.is_empty() {
+            args.push("--and".into());
+        }
+        args.extend([dir.path().into(), expected.into(), back.path().into()]);
+        made.push((model_name, dir, back, want));
+    }
+    run_check(&python, "check_hf_reward_model.py", &args);
+    // transformers' own checkpoints, back in hone.
+    for (model_name, _dir, back, want) in &made {
         let again = RewardModel::load(back.path(), 0, &Device::Cpu)
             .unwrap_or_else(|e| panic!("{model_name}: {e}"));
-        for (a, b) in rewards(&again).iter().zip(&want) {
+        for (a, b) in rewards(&again).iter().zip(want) {
             assert!((a - b).abs() < 1e-4, "{model_name}: {a} against {b}");
         }
     }
+}
+
+/// A LoRA adapter hone saves loads in PEFT with the same logits, adapted and merged: on
+/// every fixture, an adapter on all its linear layers (random A and B, so that it changes
+/// the output), saved by hone naming the fixture as its base, loaded by
+/// `scripts/check_peft_adapter.py` with `PeftModel.from_pretrained`.
+#[test]
+fn a_lora_adapter_saved_by_hone_loads_in_peft() {
+    use rand_distr::{Distribution, Normal};
+    let Some(python) = reference_python("a_lora_adapter_saved_by_hone_loads_in_peft") else {
+        return;
+    };
+    let sequence: Vec<u32> = vec![5, 17, 42, 8, 63, 2, 11];
+    let mut dirs = Vec::new();
+    let mut args: Vec<std::ffi::OsString> = Vec::new();
+    for model_name in MODELS {
+        let dir = tempfile::tempdir().unwrap();
+        let mut t = Trainable::load(&fixture(model_name), &Device::Cpu).unwrap();
+        t.attach_adapter(
+            hone::model::lora::LoraConfig {
+                r: 4,
+                alpha: 8.0,
+                dropout: 0.0,
+                target_modules: vec!["all-linear".into()],
+                rslora: false,
+            },
+            1,
+        )
+        .unwrap();
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(2);
+        let normal = Normal::new(0.0f32, 0.2).unwrap();
+        for (name, var) in t.varmap.data().lock().unwrap().iter() {
+            if name.ends_with(".lora_B.weight") {
+                let v: Vec<f32> = (0..var.elem_count())
+                    .map(|_| normal.sample(&mut rng))
+                    .collect();
+                var.set(&Tensor::from_vec(v, var.shape(), &Device::Cpu).unwrap())
+                    .unwrap();
+            }
+        }
+        let ids = Tensor::new(sequence.as_slice(), &Device::Cpu)
+            .unwrap()
+            .unsqueeze(0)
+            .unwrap();
+        let logits = t.model.forward(&ids, None, 0).unwrap().squeeze(0).unwrap();
+        let base = fixture(model_name).canonicalize().unwrap();
+        t.save_adapter(
+            dir.path(),
+            &base.display().to_string(),
+            "CAUSAL_LM",
+            &[],
+            |_| false,
+        )
+        .unwrap();
+        let expected = dir.path().join("expected_logits.json");
+        std::fs::write(
+            &expected,
+            serde_json::json!({"ids": sequence, "logits": logits.to_vec2::<f32>().unwrap()})
+                .to_string(),
+        )
+        .unwrap();
+        if !args.is_empty() {
+            args.push("--and".into());
+        }
+        args.extend([dir.path().into(), expected.into()]);
+        dirs.push(dir);
+    }
+    run_check(&python, "check_peft_adapter.py", &args);
 }
 
 /// Checkpoints stored in bf16 or f16 (as most published ones are) load, converted to f32:
