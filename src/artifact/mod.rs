@@ -363,8 +363,12 @@ fn set_mode(path: &Path, meta: &fs::Metadata, readonly: bool) -> io::Result<()> 
     {
         use std::os::unix::fs::PermissionsExt;
         let mode = perms.mode();
+        // Sealed objects are readable by everyone who can reach the store (a teammate
+        // sharing it; restrict the store's own directory to keep others out), whatever
+        // mode the writer gave them: transformers writes model.safetensors 0600.
+        let read = if meta.is_dir() { 0o555 } else { 0o444 };
         perms.set_mode(if readonly {
-            mode & !0o222
+            (mode & !0o222) | read
         } else {
             mode | 0o200
         });
