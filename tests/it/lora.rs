@@ -27,8 +27,20 @@ fn world(ws: &Workspace) {
 }
 
 fn output(ws: &Workspace, stage: &str, name: &str) -> std::path::PathBuf {
-    let show: Value =
-        serde_json::from_str(&ws.ok(&["show", "p.yaml", stage, "--json"]).stdout).unwrap();
+    output_in(ws, stage, name, &[])
+}
+
+/// [`output`], with `hone show` run in the environment `env`.
+fn output_in(ws: &Workspace, stage: &str, name: &str, env: &[(&str, &Path)]) -> std::path::PathBuf {
+    let mut cmd = ws.command(&["show", "p.yaml", stage, "--json"]);
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let show: Value = serde_json::from_slice(&out.stdout).unwrap();
     let o = show["outputs"]
         .as_array()
         .unwrap()
@@ -213,4 +225,106 @@ stages:
         out.stderr,
         out.stdout
     );
+}
+
+/// pipelines/examples/hf_lora.yaml, shortened by overrides, runs end to end on the
+/// example model in a Hugging Face cache seeded as README says; every training stage
+/// leaves a PEFT adapter, and a second run is all cached.
+#[test]
+fn the_hf_lora_example_runs_on_a_model_from_the_hugging_face_cache() {
+    let ws = Workspace::new();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for entry in std::fs::read_dir(repo.join("data/hhh")).unwrap() {
+        let path = entry.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        ws.write(
+            &format!("data/hhh/{name}"),
+            &std::fs::read_to_string(&path).unwrap(),
+        );
+    }
+    let hub = crate::support::seeded_hf_cache();
+    let env = [("HF_HUB_CACHE", hub.path())];
+    ws.write(
+        "p.yaml",
+        &std::fs::read_to_string(repo.join("pipelines/examples/hf_lora.yaml")).unwrap(),
+    );
+    let shorter = [
+        "sft.with.max_steps=4",
+        "generate.with.max_prompts=6",
+        "generate.with.max_new_tokens=8",
+        "pool_label.with.max_prompts=12",
+        "reward.with.max_steps=3",
+        "ppo.with.iterations=1",
+        "ppo.with.rollouts=8",
+        "ppo.with.max_new_tokens=8",
+        "dpo.with.max_steps=3",
+        "evaluate.with.max_prompts=4",
+        "evaluate.with.max_new_tokens=8",
+    ];
+    let run = || {
+        let mut args = vec!["run", "p.yaml", "--json"];
+        for s in &shorter {
+            args.extend(["-S", s]);
+        }
+        let out = ws
+            .command(&args)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        crate::support::Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    };
+    let out = run();
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let stages = [
+        "base",
+        "sft",
+        "generate",
+        "label",
+        "pool_label",
+        "reward",
+        "ppo",
+        "dpo",
+        "evaluate",
+    ];
+    assert_eq!(out.with_status("ran").len(), stages.len(), "{}", out.stdout);
+    let lock = ws.read("p.lock");
+    assert!(lock.contains("hf:hone-examples/qwen2-chat-tiny@"), "{lock}");
+    for (stage, name) in [
+        ("sft", "model"),
+        ("reward", "reward_model"),
+        ("ppo", "policy"),
+        ("dpo", "policy"),
+    ] {
+        let dir = output_in(&ws, stage, name, &env);
+        assert!(
+            !dir.join("model.safetensors").exists(),
+            "{stage} saved only its adapter"
+        );
+        let (names, config) = adapter(&dir);
+        assert!(
+            names.iter().all(|n| n.starts_with("base_model.model.")),
+            "{names:?}"
+        );
+        let base = config["base_model_name_or_path"].as_str().unwrap();
+        // The base is the model before (itself an adapter, but for sft's).
+        let base = dir.join(base);
+        assert!(
+            base.join("config.json").exists() || base.join("adapter_config.json").exists(),
+            "{stage}: {}",
+            base.display()
+        );
+    }
+    // The model's chat template formatted the prompts, and travelled with the adapters.
+    assert!(
+        output_in(&ws, "ppo", "policy", &env)
+            .join("chat_template.jinja")
+            .exists()
+    );
+    let again = run();
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert_eq!(again.with_status("cached").len(), stages.len());
 }

@@ -153,3 +153,23 @@ pub fn chain(n: usize, tags: &[(usize, &str)]) -> String {
     }
     spec
 }
+
+/// A Hugging Face cache holding the example model `hone-examples/qwen2-chat-tiny`, put
+/// there by scripts/seed_hf_cache.sh (what README tells a user to run); point
+/// `HF_HUB_CACHE` at it.
+pub fn seeded_hf_cache() -> tempfile::TempDir {
+    let hub = tempfile::tempdir().unwrap();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/seed_hf_cache.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .env("HF_HUB_CACHE", hub.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    hub
+}
