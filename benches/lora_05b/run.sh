@@ -5,7 +5,9 @@
 # doing the same on the same demonstrations. Each run is its own process, measured for
 # target tokens per second of the training loop and peak resident memory.
 #
-#   benches/lora_05b/run.sh [STEPS] [BATCH]      (defaults 20 and 4)
+#   benches/lora_05b/run.sh [STEPS] [BATCH]      (defaults 20 and 2)
+#
+# HONE_BENCH_MODES="lora" (or "full") runs one of the two pairs.
 #
 # Needs a release build of hone and a Python with torch, transformers and peft
 # ($HONE_TRANSFORMERS_PYTHON, as .ci/run installs). Writes to $HONE_BENCH_DIR (default
@@ -16,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 STEPS="${1:-20}"
-BATCH="${2:-4}"
+BATCH="${2:-2}"
 PY="${HONE_TRANSFORMERS_PYTHON:-python3}"
 OUT="${HONE_BENCH_DIR:-$PWD/target/bench-lora-05b}"
 HONE="$PWD/target/release/hone"
@@ -36,14 +38,14 @@ $(sft sft_lora ", adapter: { r: 16, alpha: 32, dropout: 0.05, target_modules: [a
 $(sft sft_full "")
 EOF
 RESULTS="$OUT/results.jsonl"
-: > "$RESULTS"
+: >> "$RESULTS"
 "$HONE" run -C "$OUT/ws" bench.yaml base -q
 hone_sft() { # STAGE MODE
     local log="$OUT/$1.log"
     /usr/bin/time -v "$HONE" run -C "$OUT/ws" bench.yaml "$1" --force "$1" -v 2> "$log" >/dev/null
     local rate rss seconds
     # The training loop's rate, as sft logs it at the last step (target tokens per second).
-    rate=$(grep "step=$STEPS " "$log" | sed -E 's/.*items_per_s=([0-9]+).*/\1/' | tail -1)
+    rate=$(grep "step=$STEPS " "$log" | sed -E 's/.*items_per_s=([0-9.]+).*/\1/' | tail -1)
     rss=$(sed -nE 's/.*Maximum resident set size \(kbytes\): ([0-9]+)/\1/p' "$log")
     seconds=$(sed -nE 's/.*Elapsed \(wall clock\) time \(h:mm:ss or m:ss\): (.*)/\1/p' "$log")
     printf '{"trainer": "hone", "mode": "%s", "target_tokens_per_s": %s, "peak_rss_mib": %d, "stage_wall": "%s"}\n' \
@@ -53,8 +55,8 @@ torch_sft() { # MODE
     /usr/bin/time -v "$PY" benches/lora_05b/torch_sft.py "$OUT" "$1" "$BATCH" "$STEPS" \
         2> "$OUT/torch_$1.log" | tee -a "$RESULTS"
 }
-hone_sft sft_lora lora
-torch_sft lora
-hone_sft sft_full full
-torch_sft full
+for mode in ${HONE_BENCH_MODES:-lora full}; do
+    hone_sft "sft_$mode" "$mode"
+    torch_sft "$mode"
+done
 echo "results in $RESULTS ($(nproc) cores, $(lscpu | sed -nE 's/^Model name: +//p'))"

@@ -40,7 +40,12 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let mut dims = x.dims().to_vec();
     let n_in = x.dim(D::Minus1)?;
     let rows = x.elem_count() / n_in.max(1);
-    let y = x.reshape((rows, n_in))?.matmul(w)?;
+    let x2 = x.reshape((rows, n_in))?;
+    let y = if x2.track_op() && !w.track_op() && x2.device().is_cpu() {
+        x2.apply_op1(FrozenWeight { w: w.clone() })?
+    } else {
+        x2.matmul(w)?
+    };
     let y = match bias {
         Some(b) if kernels::applies(&y) => kernels::add_bias(&y, b)?,
         Some(b) => y.broadcast_add(b)?,
@@ -50,6 +55,46 @@ pub fn linear(x: &Tensor, w: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
         *last = w.dim(1)?;
     }
     y.reshape(dims)
+}
+
+/// `x · w` for a weight that takes no gradient (a frozen base weight under a LoRA adapter,
+/// handed out detached) and an `x` that does. candle's matmul backward computes the
+/// right-hand side's gradient whatever it is (`xᵀ · grad`, plus a zeros and an add):
+/// as much memory as the weight and as much work as the forward pass, for a gradient
+/// nothing reads. This op's forward is the same matmul call candle makes (the same bits),
+/// and its backward is `grad · wᵀ` alone, as candle computes the left-hand side's.
+/// CPU only (the caller falls back to the plain matmul elsewhere).
+struct FrozenWeight {
+    w: Tensor,
+}
+
+impl candle_core::CustomOp1 for FrozenWeight {
+    fn name(&self) -> &'static str {
+        "hone-frozen-weight-matmul"
+    }
+
+    fn cpu_fwd(
+        &self,
+        storage: &candle_core::CpuStorage,
+        layout: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        use candle_core::backend::BackendStorage;
+        let (m, k) = layout.shape().dims2()?;
+        let (k2, n) = self.w.dims2()?;
+        if k != k2 {
+            candle_core::bail!("frozen-weight matmul: x is [{m}, {k}], the weight [{k2}, {n}]");
+        }
+        let (w_storage, w_layout) = self.w.storage_and_layout();
+        let candle_core::Storage::Cpu(w_storage) = &*w_storage else {
+            candle_core::bail!("frozen-weight matmul: the weight is not on the CPU");
+        };
+        let out = storage.matmul(w_storage, (1, m, n, k), layout, w_layout)?;
+        Ok((out, candle_core::Shape::from((m, n))))
+    }
+
+    fn bwd(&self, _arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        Ok(Some(grad.matmul(&self.w.t()?)?))
+    }
 }
 
 /// log softmax(logits)[target] over the last dimension: logits [.., v], targets [..] (any
@@ -285,6 +330,53 @@ mod tests {
         assert_eq!(a.len(), b.len());
         for (x, y) in a.iter().zip(b) {
             assert!((x - y).abs() < 1e-5, "{a:?} vs {b:?}");
+        }
+    }
+
+    /// A linear layer over a detached weight gives the bits of the plain matmul, forward
+    /// and backward to x, and leaves no gradient for the weight. By hand: x = [[1, 2]],
+    /// w = [[1, 0, 2], [3, 1, 0]] (2 x 3): x w = [[7, 2, 2]]; with loss sum(y * [1, 2, 3]),
+    /// dx = [1, 2, 3] wᵀ = [[7, 5]].
+    #[test]
+    fn a_frozen_weight_gets_no_gradient_and_changes_no_bit() {
+        let dev = Device::Cpu;
+        let w = Tensor::new(&[[1f32, 0., 2.], [3., 1., 0.]], &dev).unwrap();
+        let x = candle_core::Var::new(&[[1f32, 2.]], &dev).unwrap();
+        let c = Tensor::new(&[1f32, 2., 3.], &dev).unwrap();
+        let frozen = linear(x.as_tensor(), &w, None).unwrap();
+        assert_eq!(frozen.to_vec2::<f32>().unwrap(), vec![vec![7f32, 2., 2.]]);
+        let grads = frozen
+            .broadcast_mul(&c)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        assert_eq!(
+            grads.get(x.as_tensor()).unwrap().to_vec2::<f32>().unwrap(),
+            vec![vec![7f32, 5.]]
+        );
+        assert!(grads.get(&w).is_none(), "the frozen weight got a gradient");
+        // Against candle's own matmul on random values, bit for bit.
+        let w = Tensor::randn(0f32, 1., (64, 48), &dev).unwrap();
+        let x = candle_core::Var::randn(0f32, 1., (2, 5, 64), &dev).unwrap();
+        let g = Tensor::randn(0f32, 1., (2, 5, 48), &dev).unwrap();
+        // Contiguous (GPT-2's Conv1D) and a transposed view (the other layers' weight.t()).
+        let stored = Tensor::randn(0f32, 1., (48, 64), &dev).unwrap();
+        for w in [w, stored.t().unwrap()] {
+            let bits = |t: &Tensor| -> Vec<u32> {
+                let v = t.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+                v.iter().map(|v| v.to_bits()).collect()
+            };
+            let ours = linear(x.as_tensor(), &w, None).unwrap();
+            let plain = x.as_tensor().reshape((10, 64)).unwrap();
+            let plain = plain.matmul(&w).unwrap().reshape((2, 5, 48)).unwrap();
+            assert_eq!(bits(&ours), bits(&plain));
+            let gx = |y: &Tensor| {
+                let grads = (y * &g).unwrap().sum_all().unwrap().backward().unwrap();
+                bits(grads.get(x.as_tensor()).unwrap())
+            };
+            assert_eq!(gx(&ours), gx(&plain));
         }
     }
 

@@ -668,6 +668,33 @@ fn a_lora_adapter_trains_alone_on_every_architecture() {
                 assert!(!t.trains(name), "{name}");
             }
         }
+        // Nor of their detached copies: candle's matmul backward would compute a gradient
+        // of the weight whatever its origin; no gradient in the store outside the
+        // adapter's has the shape of a base weight matrix (what remains: norm weights,
+        // biases, activations that do not depend on the adapter).
+        let adapter_ids: std::collections::HashSet<_> = data
+            .iter()
+            .filter(|(name, _)| super::lora::is_adapter_var(name))
+            .map(|(_, v)| v.as_tensor().id())
+            .collect();
+        let matrices: std::collections::HashSet<Vec<usize>> = data
+            .iter()
+            .filter(|(name, v)| !super::lora::is_adapter_var(name) && v.rank() == 2)
+            .flat_map(|(_, v)| {
+                let d = v.dims().to_vec();
+                [d.clone(), vec![d[1], d[0]]]
+            })
+            .collect();
+        for id in grads.get_ids() {
+            if !adapter_ids.contains(id) {
+                let g = grads.get_id(*id).unwrap();
+                assert!(
+                    !matrices.contains(g.dims()),
+                    "{config:?}: a weight-shaped gradient {:?} outside the adapter",
+                    g.dims()
+                );
+            }
+        }
         // Two variables per linear layer: GPT-2 has 4 per block, Phi-3 4, NeoX 4, the
         // others 7.
         let per_layer = match &config {

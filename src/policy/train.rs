@@ -254,7 +254,7 @@ pub fn train_with_loss<E: From<PolicyError>>(
                 step = trainer.step,
                 steps = total,
                 loss = loss_value,
-                items_per_s = rate as u64,
+                items_per_s = (rate * 100.0).round() / 100.0,
                 "{what}"
             );
         }
