@@ -901,32 +901,16 @@ impl candle_nn::var_builder::SimpleBackend for FrozenBase {
 struct FromCheckpoint<'a> {
     file: candle_core::safetensors::SliceSafetensors<'a>,
     varmap: VarMap,
-    missing: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    mismatched: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Shared with the loader, which reads it once the backend has moved into the model.
+    problems: std::sync::Arc<std::sync::Mutex<LoadProblems>>,
 }
 
-/// What a [`FromCheckpoint`] found wrong, readable after the backend moved into a model.
+/// What a [`FromCheckpoint`] found wrong: the names of missing tensors, and the first
+/// tensor of another shape than the config implies.
+#[derive(Default)]
 struct LoadProblems {
-    missing: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
-    mismatched: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-}
-
-impl LoadProblems {
-    fn take(&self) -> (Vec<String>, Option<String>) {
-        (
-            std::mem::take(&mut *self.missing.lock().expect("problems lock")),
-            self.mismatched.lock().expect("problems lock").take(),
-        )
-    }
-}
-
-impl FromCheckpoint<'_> {
-    fn problems(&self) -> LoadProblems {
-        LoadProblems {
-            missing: self.missing.clone(),
-            mismatched: self.mismatched.clone(),
-        }
-    }
+    missing: Vec<String>,
+    mismatched: Option<String>,
 }
 
 impl candle_nn::var_builder::SimpleBackend for FromCheckpoint<'_> {
@@ -952,8 +936,8 @@ impl candle_nn::var_builder::SimpleBackend for FromCheckpoint<'_> {
                 candle_core::safetensors::Load::load(&view, dev)?.to_dtype(dtype)?
             }
             Ok(view) => {
-                let mut mismatched = self.mismatched.lock().expect("problems lock");
-                mismatched.get_or_insert_with(|| {
+                let mut problems = self.problems.lock().expect("problems lock");
+                problems.mismatched.get_or_insert_with(|| {
                     format!(
                         "`{name}` has shape {:?}, the config implies {:?}",
                         view.shape(),
@@ -963,10 +947,8 @@ impl candle_nn::var_builder::SimpleBackend for FromCheckpoint<'_> {
                 Tensor::zeros(s, dtype, dev)?
             }
             Err(_) => {
-                self.missing
-                    .lock()
-                    .expect("problems lock")
-                    .push(name.to_string());
+                let mut problems = self.problems.lock().expect("problems lock");
+                problems.missing.push(name.to_string());
                 Tensor::zeros(s, dtype, dev)?
             }
         };
@@ -1172,19 +1154,21 @@ impl Trainable {
         let file = candle_core::safetensors::SliceSafetensors::new(&bytes)
             .map_err(|e| invalid(e.to_string()))?;
         let varmap = VarMap::new();
+        let problems = std::sync::Arc::new(std::sync::Mutex::new(LoadProblems::default()));
         let backend = FromCheckpoint {
             file,
             varmap: varmap.clone(),
-            missing: Default::default(),
-            mismatched: Default::default(),
+            problems: problems.clone(),
         };
-        let problems = backend.problems();
         let model = CausalLm::new(
             &config,
             VarBuilder::from_backend(Box::new(backend), DType::F32, device.clone()),
         )
         .map_err(|e| invalid(e.to_string()))?;
-        let (mut missing, mismatched) = problems.take();
+        let LoadProblems {
+            mut missing,
+            mismatched,
+        } = std::mem::take(&mut *problems.lock().expect("problems lock"));
         if let Some(reason) = mismatched {
             return Err(invalid(reason));
         }

@@ -10,19 +10,18 @@ use crate::support::Workspace;
 
 const TINY: &str = "source: builtin, vocab_size: 300, d_model: 32, n_layers: 1, n_heads: 2, context: 64, batch_size: 4, device: cpu";
 
+/// The HHH world's data files, as the shipped specs name them.
 fn world(ws: &Workspace) {
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("data/hhh");
-    for name in [
-        "facts.jsonl",
-        "corpus.jsonl",
-        "demos.jsonl",
-        "prompts.jsonl",
-        "candidates.jsonl",
-    ] {
-        ws.write(
-            &format!("data/hhh/{name}"),
-            &std::fs::read_to_string(data.join(name)).unwrap(),
-        );
+    for entry in std::fs::read_dir(data).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "jsonl") {
+            let name = path.file_name().unwrap().to_string_lossy().into_owned();
+            ws.write(
+                &format!("data/hhh/{name}"),
+                &std::fs::read_to_string(&path).unwrap(),
+            );
+        }
     }
 }
 
@@ -32,15 +31,12 @@ fn output(ws: &Workspace, stage: &str, name: &str) -> std::path::PathBuf {
 
 /// [`output`], with `hone show` run in the environment `env`.
 fn output_in(ws: &Workspace, stage: &str, name: &str, env: &[(&str, &Path)]) -> std::path::PathBuf {
-    let mut cmd = ws.command(&["show", "p.yaml", stage, "--json"]);
-    cmd.envs(env.iter().copied());
-    let out = cmd.output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = crate::support::Output::of(
+        ws.command(&["show", "p.yaml", stage, "--json"])
+            .envs(env.iter().copied()),
     );
-    let show: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let show: Value = serde_json::from_str(&out.stdout).unwrap();
     let o = show["outputs"]
         .as_array()
         .unwrap()
@@ -233,15 +229,8 @@ stages:
 #[test]
 fn the_hf_lora_example_runs_on_a_model_from_the_hugging_face_cache() {
     let ws = Workspace::new();
+    world(&ws);
     let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
-    for entry in std::fs::read_dir(repo.join("data/hhh")).unwrap() {
-        let path = entry.unwrap().path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        ws.write(
-            &format!("data/hhh/{name}"),
-            &std::fs::read_to_string(&path).unwrap(),
-        );
-    }
     let hub = crate::support::seeded_hf_cache();
     let env = [("HF_HUB_CACHE", hub.path())];
     ws.write(
@@ -266,16 +255,7 @@ fn the_hf_lora_example_runs_on_a_model_from_the_hugging_face_cache() {
         for s in &shorter {
             args.extend(["-S", s]);
         }
-        let out = ws
-            .command(&args)
-            .envs(env.iter().copied())
-            .output()
-            .unwrap();
-        crate::support::Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        crate::support::Output::of(ws.command(&args).envs(env.iter().copied()))
     };
     let out = run();
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);

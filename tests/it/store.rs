@@ -249,9 +249,7 @@ fn stored_objects_are_readable_by_a_teammate_sharing_the_store() {
         "name: p\nstages:\n  a: { kind: command, with: { cmd: \"umask 077 && mkdir -p ${outputs.d}/sub && echo x > ${outputs.d}/sub/w.bin\", outputs: { d: files } } }\n",
     );
     ws.ok(&["run", "-q", "p.yaml"]);
-    let show: serde_json::Value =
-        serde_json::from_str(&ws.ok(&["show", "p.yaml", "a", "--json"]).stdout).unwrap();
-    let dir = ws.path(show["outputs"][0]["path"].as_str().unwrap());
+    let dir = object(&ws, "p.yaml", "a.d");
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode(&dir.join("sub/w.bin")), 0o444);
     assert_eq!(mode(&dir.join("sub")), 0o555);

@@ -15,6 +15,16 @@ pub struct Output {
 }
 
 impl Output {
+    /// Runs `cmd` to its end and keeps what it printed.
+    pub fn of(cmd: &mut Command) -> Output {
+        let out = cmd.output().unwrap();
+        Output {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
     /// `hone run --json` output: stage id -> status word.
     pub fn statuses(&self) -> BTreeMap<String, String> {
         let v: serde_json::Value = serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
@@ -86,12 +96,7 @@ impl Workspace {
     }
 
     pub fn hone(&self, args: &[&str]) -> Output {
-        let out = self.command(args).output().unwrap();
-        Output {
-            code: out.status.code().unwrap_or(-1),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        }
+        Output::of(&mut self.command(args))
     }
 
     /// Runs `hone` and asserts its exit code.
